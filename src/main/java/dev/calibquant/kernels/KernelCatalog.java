@@ -1,0 +1,116 @@
+package dev.calibquant.kernels;
+
+import dev.calibquant.cuda.CudaContext;
+import dev.calibquant.cuda.CudaModule;
+import dev.calibquant.cuda.DeviceProperties;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.Optional;
+import java.util.concurrent.ConcurrentHashMap;
+
+/**
+ * The shipped kernels, for one CUDA context: picks the PTX target that suits the device, loads each kernel's module
+ * on first use (the driver JIT-compiles it), and owns those modules until closed.
+ */
+public final class KernelCatalog implements AutoCloseable {
+    public static final String HOPPER = "sm_90a";
+    public static final String AMPERE = "sm_80";
+
+    private final CudaContext context;
+    private final KernelManifest manifest;
+    private final String target;
+    private final Map<String, Kernel> loaded = new ConcurrentHashMap<>();
+    private volatile boolean closed;
+
+    private KernelCatalog(CudaContext context, KernelManifest manifest, String target) {
+        this.context = context;
+        this.manifest = manifest;
+        this.target = target;
+    }
+
+    /** The catalog for {@code context}'s device, with the best target the shipped PTX offers for it. */
+    public static KernelCatalog open(CudaContext context) {
+        DeviceProperties p = context.device().properties();
+        String target = bestTarget(p.computeMajor(), p.computeMinor())
+                .orElseThrow(() -> new UnsupportedDeviceException(p.name() + " (compute capability " + p.computeMajor()
+                        + "." + p.computeMinor() + ") cannot run the shipped kernels: they need compute capability 8.0 "
+                        + "or newer (Ampere, Ada, Hopper, Blackwell)"));
+        return open(context, target);
+    }
+
+    /** The catalog with an explicit target, e.g. {@code sm_80} PTX on a Hopper card to test its JIT path. */
+    public static KernelCatalog open(CudaContext context, String target) {
+        KernelManifest manifest = KernelManifest.loadShipped();
+        if (manifest.kernels().stream().noneMatch(k -> k.targets().containsKey(target))) {
+            throw new UnsupportedDeviceException("no shipped kernel is compiled for target " + target);
+        }
+        return new KernelCatalog(context, manifest, target);
+    }
+
+    /**
+     * {@code sm_90a} PTX uses Hopper-only instructions and loads only on compute capability 9.0; every other card from
+     * 8.0 on gets the {@code sm_80} PTX, which the driver JIT-compiles forward.
+     */
+    public static Optional<String> bestTarget(int major, int minor) {
+        if (major == 9 && minor == 0) {
+            return Optional.of(HOPPER);
+        }
+        return major >= 8 ? Optional.of(AMPERE) : Optional.empty();
+    }
+
+    public String target() {
+        return target;
+    }
+
+    public KernelManifest manifest() {
+        return manifest;
+    }
+
+    public CudaContext context() {
+        return context;
+    }
+
+    /** The named kernel variant, loaded on first use. */
+    public Kernel kernel(String name) {
+        if (closed) {
+            throw new IllegalStateException("kernel catalog is closed");
+        }
+        return loaded.computeIfAbsent(name, this::load);
+    }
+
+    private Kernel load(String name) {
+        KernelManifest.Kernel spec = manifest.kernel(name);
+        KernelManifest.Target t = spec.targets().get(target);
+        if (t == null) {
+            throw new UnsupportedDeviceException("kernel " + name + " is not compiled for target " + target);
+        }
+        CudaModule module = context.loadPtx(name + "[" + target + "]", ShippedKernels.readText(t.ptx()));
+        try {
+            return new Kernel(context, spec, t, module, module.function(t.entry()));
+        } catch (RuntimeException e) {
+            module.close();
+            throw e;
+        }
+    }
+
+    /** Unloads every module this catalog loaded. */
+    @Override
+    public void close() {
+        closed = true;
+        List<RuntimeException> failures = new ArrayList<>();
+        for (Kernel k : loaded.values()) {
+            try {
+                k.close();
+            } catch (RuntimeException e) {
+                failures.add(e);
+            }
+        }
+        loaded.clear();
+        if (!failures.isEmpty()) {
+            RuntimeException first = failures.getFirst();
+            failures.stream().skip(1).forEach(first::addSuppressed);
+            throw first;
+        }
+    }
+}

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Packs everything the GPU host needs to run this project's Java code, into the git-ignored .gpu-bundle/:
+#   runtime.tar.xz   a jlink'ed JDK runtime (the GPU host has no Java),
+#   app/             the main and test classes, the runnable jar, every dependency jar, the JUnit console launcher.
+# Then `tools/gpu-run.sh` runs there. The device tool carries .gpu-bundle (keep it well under 64 MiB).
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+out="$root/.gpu-bundle"
+console_version="${JUNIT_CONSOLE_VERSION:-1.14.1}"
+
+java_ok() { [ -x "$1/bin/jlink" ] && "$1/bin/java" -version 2>&1 | grep -qE 'version "(2[2-9]|[3-9][0-9])'; }
+if [ -z "${JAVA_HOME:-}" ] || ! java_ok "$JAVA_HOME"; then
+  for d in /usr/lib/jvm/temurin-25-jdk-amd64 /usr/lib/jvm/*; do java_ok "$d" && { export JAVA_HOME="$d"; break; }; done
+fi
+java_ok "${JAVA_HOME:-/nonexistent}" || { echo "gpu-bundle: needs a JDK 22+ with jlink; set JAVA_HOME" >&2; exit 2; }
+
+rm -rf "$out"; mkdir -p "$out/app/lib"
+./mvnw -q -B -ntp -DskipTests package
+./mvnw -q -B -ntp dependency:copy-dependencies -DincludeScope=test -DoutputDirectory="$out/app/lib"
+./mvnw -q -B -ntp dependency:copy -Dartifact="org.junit.platform:junit-platform-console-standalone:$console_version" \
+    -DoutputDirectory="$out/app"
+cp -r target/classes "$out/app/classes"
+cp -r target/test-classes "$out/app/test-classes"
+cp target/calibquant-cli.jar "$out/app/"
+cp tools/gpu-run.sh "$out/"
+
+rm -rf "$out/jre"
+"$JAVA_HOME/bin/jlink" --add-modules java.base,java.logging,java.management,java.xml,jdk.unsupported,jdk.incubator.vector,jdk.management \
+    --strip-debug --no-header-files --no-man-pages --output "$out/jre"
+tar -C "$out" -cJf "$out/runtime.tar.xz" jre
+rm -rf "$out/jre"
+du -sh "$out" "$out/runtime.tar.xz" "$out/app"
