@@ -20,6 +20,7 @@ public record PtxEntry(String version, String target, String name, List<String> 
         if (!entry.find()) {
             throw new KernelManifestException("PTX has no .entry");
         }
+        String name = entry.group(1);
         List<String> params = new ArrayList<>();
         for (String param : entry.group(2).split(",")) {
             if (param.isBlank()) {
@@ -27,14 +28,14 @@ public record PtxEntry(String version, String target, String name, List<String> 
             }
             Matcher m = PARAM.matcher(param);
             if (!m.find()) {
-                throw new KernelManifestException("unreadable .param in .entry " + entry.group(1) + ": " + param.strip());
+                throw new KernelManifestException("unreadable .param in .entry " + name + ": " + param.strip());
             }
             params.add(m.group(1));
         }
         if (entry.find()) {
             throw new KernelManifestException("PTX holds more than one .entry; one kernel per file is expected");
         }
-        return new PtxEntry(version, target, entry.group(1), List.copyOf(params));
+        return new PtxEntry(version, target, name, List.copyOf(params));
     }
 
     /** PTX ISA version as major * 10 + minor (8.7 → 87). */

@@ -1,0 +1,222 @@
+package dev.calibquant.cuda;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import dev.calibquant.testing.GpuTest;
+import dev.calibquant.testing.Seeds;
+import java.io.IOException;
+import java.io.InputStream;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.charset.StandardCharsets;
+import java.util.Random;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+
+@GpuTest
+class CudaLayerGpuTest {
+    private CudaContext ctx;
+    private Random rnd;
+
+    @BeforeEach
+    void open() {
+        ctx = Cuda.device(0).openContext();
+        rnd = new Random(Seeds.fresh(getClass().getSimpleName()));
+    }
+
+    @AfterEach
+    void closeWithoutLeaks() {
+        assertThat(ctx.liveResources()).as("resources left open by the test").isZero();
+        ctx.close();
+    }
+
+    @Test
+    void deviceReportsSaneProperties() {
+        DeviceProperties p = ctx.device().properties();
+        assertThat(p.name()).isNotBlank();
+        assertThat(p.computeMajor()).isGreaterThanOrEqualTo(8);
+        assertThat(p.multiprocessors()).isPositive();
+        assertThat(p.totalMemoryBytes()).isGreaterThan(1L << 30);
+        assertThat(p.warpSize()).isEqualTo(32);
+        long[] info = ctx.memoryInfo();
+        assertThat(info[0]).isPositive().isLessThanOrEqualTo(info[1]);
+    }
+
+    @Test
+    void roundTripsRandomBytesAtOddSizesAndOffsets() {
+        for (int size : new int[] {1, 3, 17, 4097, 1 << 20 | 5}) {
+            byte[] data = new byte[size];
+            rnd.nextBytes(data);
+            int dstOffset = rnd.nextInt(7);
+            try (DeviceBuffer buf = ctx.allocate(size + dstOffset + 3); Arena arena = Arena.ofConfined()) {
+                buf.fill((byte) 0x5a);
+                buf.copyFrom(MemorySegment.ofArray(data), 0, dstOffset, size); // heap source: staged
+                MemorySegment back = arena.allocate(size + 2);
+                back.fill((byte) 0x77);
+                buf.copyTo(dstOffset, back, 1, size);
+                assertThat(back.asSlice(1, size).toArray(ValueLayout.JAVA_BYTE)).isEqualTo(data);
+                assertThat(back.get(ValueLayout.JAVA_BYTE, 0)).isEqualTo((byte) 0x77);
+                assertThat(back.get(ValueLayout.JAVA_BYTE, size + 1)).isEqualTo((byte) 0x77);
+                byte[] edge = new byte[1];
+                buf.copyTo(dstOffset + size, MemorySegment.ofArray(edge), 0, 1);
+                assertThat(edge[0]).isEqualTo((byte) 0x5a); // the byte after the copy is untouched
+            }
+        }
+    }
+
+    @Test
+    void asyncCopiesThroughPinnedMemoryAndDeviceToDevice() {
+        int n = 123_457;
+        try (PinnedHostBuffer host = ctx.allocatePinned(n); PinnedHostBuffer back = ctx.allocatePinned(n);
+                DeviceBuffer a = ctx.allocate(n); DeviceBuffer b = ctx.allocate(n); CudaStream s = ctx.createStream()) {
+            for (int i = 0; i < n; i++) {
+                host.segment().set(ValueLayout.JAVA_BYTE, i, (byte) rnd.nextInt());
+            }
+            back.segment().fill((byte) 0);
+            a.copyFromAsync(host, 0, 0, n, s);
+            s.synchronize();
+            b.copyFrom(a, 0, 0, n);
+            b.copyToAsync(0, back, 0, n, s);
+            s.synchronize();
+            assertThat(back.segment().mismatch(host.segment())).isEqualTo(-1);
+        }
+    }
+
+    @Test
+    void fill32WritesTheBitPattern() {
+        try (DeviceBuffer buf = ctx.allocate(64); Arena arena = Arena.ofConfined()) {
+            buf.fill((byte) 0);
+            buf.fill32(Float.floatToRawIntBits(Float.NaN), 8, 4);
+            MemorySegment host = arena.allocate(64);
+            buf.copyTo(host);
+            assertThat(host.get(ValueLayout.JAVA_INT, 4)).isZero();
+            for (int i = 2; i < 6; i++) {
+                assertThat(Float.isNaN(host.getAtIndex(ValueLayout.JAVA_FLOAT, i))).isTrue();
+            }
+            assertThat(host.get(ValueLayout.JAVA_INT, 24)).isZero();
+            assertThatThrownBy(() -> buf.fill32(0, 2, 1)).isInstanceOf(IllegalArgumentException.class);
+            assertThatThrownBy(() -> buf.fill32(0, 60, 2)).isInstanceOf(IndexOutOfBoundsException.class);
+        }
+    }
+
+    @Test
+    void outOfRangeCopiesAreRejectedBeforeTheDriverAndChangeNothing() {
+        try (DeviceBuffer buf = ctx.allocate(16); Arena arena = Arena.ofConfined()) {
+            buf.fill((byte) 1);
+            MemorySegment big = arena.allocate(32);
+            MemorySegment small = arena.allocate(8);
+            assertThatThrownBy(() -> buf.copyFrom(big)).isInstanceOf(IndexOutOfBoundsException.class)
+                    .hasMessageContaining("device buffer of 16 bytes");
+            assertThatThrownBy(() -> buf.copyFrom(small, 0, 12, 8)).isInstanceOf(IndexOutOfBoundsException.class);
+            assertThatThrownBy(() -> buf.copyFrom(small, 4, 0, 8)).isInstanceOf(IndexOutOfBoundsException.class)
+                    .hasMessageContaining("source segment");
+            assertThatThrownBy(() -> buf.copyTo(small)).isInstanceOf(IndexOutOfBoundsException.class)
+                    .hasMessageContaining("destination segment");
+            assertThatThrownBy(() -> buf.copyTo(-1, small, 0, 1)).isInstanceOf(IndexOutOfBoundsException.class);
+            assertThatThrownBy(() -> buf.address(17)).isInstanceOf(IndexOutOfBoundsException.class);
+            MemorySegment back = arena.allocate(16);
+            buf.copyTo(back);
+            for (int i = 0; i < 16; i++) {
+                assertThat(back.get(ValueLayout.JAVA_BYTE, i)).isEqualTo((byte) 1);
+            }
+        }
+    }
+
+    @Test
+    void useAfterCloseFailsFastNamingTheObject() {
+        DeviceBuffer buf = ctx.allocate(8);
+        CudaStream stream = ctx.createStream();
+        buf.close();
+        buf.close(); // idempotent
+        stream.close();
+        assertThatThrownBy(() -> buf.fill((byte) 0)).isInstanceOf(IllegalStateException.class)
+                .hasMessageContaining("device buffer of 8 bytes").hasMessageContaining("closed");
+        assertThatThrownBy(stream::synchronize).isInstanceOf(IllegalStateException.class)
+                .hasMessageContaining("CUDA stream");
+    }
+
+    @Test
+    void closingTheContextFreesAndReportsLeaks() {
+        CudaContext other = Cuda.device(0).openContext();
+        DeviceBuffer leaked = other.allocate(1000);
+        other.createEvent();
+        assertThat(other.liveDeviceBytes()).isEqualTo(1000);
+        assertThatThrownBy(other::close).isInstanceOf(ResourceLeakException.class)
+                .hasMessageContaining("2 resource(s)").hasMessageContaining("device buffer of 1000 bytes");
+        assertThat(leaked.isClosed()).isTrue();
+        assertThatThrownBy(() -> other.allocate(8)).isInstanceOf(IllegalStateException.class);
+        other.close(); // idempotent, nothing more to report
+    }
+
+    @Test
+    void outOfMemoryIsTypedAndLeavesNothingBehind() {
+        long before = ctx.liveDeviceBytes();
+        assertThatThrownBy(() -> ctx.allocate(1L << 50)).isInstanceOf(CudaOutOfMemoryException.class)
+                .hasMessageContaining("cuMemAlloc_v2").hasMessageContaining("CUDA_ERROR_OUT_OF_MEMORY");
+        assertThat(ctx.liveDeviceBytes()).isEqualTo(before);
+        assertThat(ctx.liveResources()).isZero();
+    }
+
+    @Test
+    void launchesAKernelAndMatchesTheCpu() throws IOException {
+        int n = 100_003;
+        float a = 1.0f + rnd.nextFloat();
+        float[] x = new float[n];
+        float[] y = new float[n];
+        for (int i = 0; i < n; i++) {
+            x[i] = (float) rnd.nextGaussian();
+            y[i] = (float) rnd.nextGaussian();
+        }
+        try (CudaModule m = ctx.loadPtx("scale_add", testPtx()); DeviceBuffer dx = ctx.allocate(4L * n);
+                DeviceBuffer dy = ctx.allocate(4L * n); DeviceBuffer dout = ctx.allocate(4L * n);
+                CudaStream s = ctx.createStream(); CudaEvent start = ctx.createEvent(); CudaEvent end = ctx.createEvent()) {
+            dx.copyFrom(MemorySegment.ofArray(x));
+            dy.copyFrom(MemorySegment.ofArray(y));
+            dout.fill32(Float.floatToRawIntBits(Float.NaN), 0, n);
+            CudaFunction f = m.function("scale_add");
+            assertThat(f.registersPerThread()).isPositive();
+            LaunchArgs args = new LaunchArgs().pointer(dx.address()).pointer(dy.address()).pointer(dout.address())
+                    .f32(a).i32(n);
+            start.record(s);
+            f.launch((n + 255) / 256, 1, 1, 256, 0, s, args);
+            end.record(s);
+            end.synchronize();
+            assertThat(end.elapsedMillisSince(start)).isPositive().isLessThan(1000f);
+            float[] out = new float[n];
+            dout.copyTo(MemorySegment.ofArray(out));
+            for (int i = 0; i < n; i++) {
+                // one fma or a mul+add: within one rounding of the fp32 result either way
+                float expect = a * x[i] + y[i];
+                assertThat(out[i]).as("out[%d]", i).isCloseTo(expect, org.assertj.core.api.Assertions.within(
+                        2 * Math.ulp(Math.abs(a * x[i]) + Math.abs(y[i]))));
+            }
+            assertThatThrownBy(() -> f.launch(1, 1, 1, 4096, 0, s, args)).isInstanceOf(IllegalArgumentException.class)
+                    .hasMessageContaining("threads per block");
+            assertThatThrownBy(() -> f.launch(0, 1, 1, 32, 0, s, args)).isInstanceOf(IllegalArgumentException.class);
+            assertThatThrownBy(() -> m.function("no_such_kernel")).isInstanceOf(CudaException.class)
+                    .hasMessageContaining("CUDA_ERROR_NOT_FOUND");
+        }
+    }
+
+    @Test
+    void invalidPtxCarriesTheJitLog() throws IOException {
+        String broken = testPtx().replace("fma.rn.f32", "fma.rn.bogus32").replace("mul.f32", "mul.bogus32");
+        assertThatThrownBy(() -> ctx.loadPtx("broken", broken))
+                .isInstanceOfSatisfying(PtxLoadException.class, e -> {
+                    assertThat(e.jitLog()).isNotBlank();
+                    assertThat(e.getMessage()).contains("cuModuleLoadDataEx(broken)").contains("JIT log");
+                });
+        assertThatThrownBy(() -> ctx.loadPtx("future", testPtx().replaceFirst("\\.version \\d+\\.\\d+", ".version 99.0")))
+                .isInstanceOf(PtxLoadException.class).hasMessageContaining("ISA 99.0");
+        assertThat(ctx.liveResources()).isZero();
+    }
+
+    static String testPtx() throws IOException {
+        try (InputStream in = CudaLayerGpuTest.class.getResourceAsStream("scale_add.ptx")) {
+            return new String(in.readAllBytes(), StandardCharsets.UTF_8);
+        }
+    }
+}
