@@ -1,0 +1,111 @@
+package dev.calibquant.quant;
+
+import java.util.Objects;
+
+/**
+ * How visual keys and values are quantized and how their scores are calibrated (spec §2 and §4).
+ *
+ * @param bits             code width: 1, 2, 4 or 8
+ * @param keyClip          clipping factor {@code c} for keys: the range {@code [c·min, c·max]}, in (0, 1]
+ * @param valueClip        clipping factor for values, in (0, 1]
+ * @param calibrate        whether decode attention calibrates the span's scores
+ * @param tauMin           calibration offset for the bottom score (finite, ≥ 0)
+ * @param tauMax           calibration offset for the top score (finite, ≥ 0)
+ * @param policy           what calibration does when the span's score range is at most {@code tauMax + tauMin}
+ * @param keyGranularity   which key elements share one (scale, offset)
+ * @param valueGranularity which value elements share one (scale, offset)
+ */
+public record QuantConfig(
+        int bits,
+        float keyClip,
+        float valueClip,
+        boolean calibrate,
+        float tauMin,
+        float tauMax,
+        CalibrationPolicy policy,
+        Granularity keyGranularity,
+        Granularity valueGranularity) {
+
+    public static final float DEFAULT_TAU_MIN = 0f;
+    public static final float DEFAULT_TAU_MAX = 3f;
+
+    public QuantConfig {
+        if (bits != 1 && bits != 2 && bits != 4 && bits != 8) {
+            throw new IllegalArgumentException("bits must be 1, 2, 4 or 8, got " + bits);
+        }
+        requireClip("keyClip", keyClip);
+        requireClip("valueClip", valueClip);
+        requireNonNegativeFinite("tauMin", tauMin);
+        requireNonNegativeFinite("tauMax", tauMax);
+        Objects.requireNonNull(policy, "policy");
+        Objects.requireNonNull(keyGranularity, "keyGranularity");
+        Objects.requireNonNull(valueGranularity, "valueGranularity");
+    }
+
+    /** The spec §2 table: 1 bit clips keys to 0.5 and values to 0.3; calibration is on for 1 and 2 bits. */
+    public static QuantConfig defaults(int bits) {
+        float keyClip = bits == 1 ? 0.5f : 1.0f;
+        float valueClip = bits == 1 ? 0.3f : 1.0f;
+        boolean calibrate = bits == 1 || bits == 2;
+        return new QuantConfig(bits, keyClip, valueClip, calibrate, DEFAULT_TAU_MIN, DEFAULT_TAU_MAX,
+                CalibrationPolicy.REFERENCE, Granularity.PER_CHANNEL, Granularity.PER_CHANNEL);
+    }
+
+    /** Largest code, {@code 2^bits − 1}. */
+    public int levels() {
+        return (1 << bits) - 1;
+    }
+
+    /** The calibration decode attention applies to this configuration's spans ({@link Calibration#OFF} if off). */
+    public Calibration calibration() {
+        return calibrate ? new Calibration(tauMin, tauMax, policy) : Calibration.OFF;
+    }
+
+    public QuantConfig withKeyClip(float clip) {
+        return new QuantConfig(bits, clip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
+                valueGranularity);
+    }
+
+    public QuantConfig withValueClip(float clip) {
+        return new QuantConfig(bits, keyClip, clip, calibrate, tauMin, tauMax, policy, keyGranularity,
+                valueGranularity);
+    }
+
+    public QuantConfig withCalibrate(boolean on) {
+        return new QuantConfig(bits, keyClip, valueClip, on, tauMin, tauMax, policy, keyGranularity,
+                valueGranularity);
+    }
+
+    public QuantConfig withTaus(float newTauMin, float newTauMax) {
+        return new QuantConfig(bits, keyClip, valueClip, calibrate, newTauMin, newTauMax, policy, keyGranularity,
+                valueGranularity);
+    }
+
+    public QuantConfig withPolicy(CalibrationPolicy newPolicy) {
+        return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, newPolicy, keyGranularity,
+                valueGranularity);
+    }
+
+    public QuantConfig withKeyGranularity(Granularity granularity) {
+        return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, granularity,
+                valueGranularity);
+    }
+
+    public QuantConfig withValueGranularity(Granularity granularity) {
+        return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
+                granularity);
+    }
+
+    /** A clip shrinks the range toward zero (spec §2), which also keeps {@code c·x} finite. */
+    private static void requireClip(String name, float value) {
+        if (!(value > 0 && value <= 1)) {
+            throw new IllegalArgumentException(name + " must be in (0, 1], got " + value);
+        }
+    }
+
+    private static void requireNonNegativeFinite(String name, float value) {
+        if (!(Float.isFinite(value) && value >= 0)) {
+            throw new IllegalArgumentException(name + " must be finite and >= 0, got " + value);
+        }
+    }
+}
