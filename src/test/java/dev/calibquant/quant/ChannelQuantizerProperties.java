@@ -118,16 +118,19 @@ class ChannelQuantizerProperties {
                 int[] codes = Dequantizer.codes(c.span, h, true);
                 for (int d = 0; d < headDim; d++) {
                     float max = Float.NEGATIVE_INFINITY;
+                    float min = Float.POSITIVE_INFINITY;
                     for (int n = 0; n < tokens; n++) {
                         max = Math.max(max, c.keys[(h * tokens + n) * headDim + d]);
+                        min = Math.min(min, c.keys[(h * tokens + n) * headDim + d]);
                     }
+                    boolean degenerate = min == max; // equal fp16 values happen with few tokens: code 0
                     BigDecimal alpha = new BigDecimal(param(c.span.keyOffset(), h * headDim + d));
                     BigDecimal beta = new BigDecimal(0.5f * max);
                     for (int n = 0; n < tokens; n++) {
                         float x = c.keys[(h * tokens + n) * headDim + d];
                         boolean above = new BigDecimal(x).multiply(BigDecimal.TWO).compareTo(alpha.add(beta)) > 0;
                         assertThat(codes[n * headDim + d]).as("seed %d head %d token %d channel %d", seed, h, n, d)
-                                .isEqualTo(above ? 1 : 0);
+                                .isEqualTo(above && !degenerate ? 1 : 0);
                     }
                 }
             }

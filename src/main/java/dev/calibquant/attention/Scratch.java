@@ -1,0 +1,31 @@
+package dev.calibquant.attention;
+
+/** Per-thread working arrays of the CPU decode path, grown on demand and reused across calls. */
+final class Scratch {
+    float[] scores = new float[0];
+    float[] rows = new float[0];
+    short[] shorts = new short[0];
+    byte[] codes = new byte[0];
+    float[] tables = new float[0];
+    float[] weights = new float[0];
+    float[] bias = new float[0];
+    float[] sums = new float[0];
+    float[] acc = new float[0];
+    float[] channelSums = new float[0];
+    float[] keyScale = new float[0];
+    float[] keyOffset = new float[0];
+    float[] valueScale = new float[0];
+    float[] valueOffset = new float[0];
+
+    static float[] grow(float[] a, int n) {
+        return a.length >= n ? a : new float[Math.max(n, a.length + a.length / 2)];
+    }
+
+    static short[] grow(short[] a, int n) {
+        return a.length >= n ? a : new short[Math.max(n, a.length + a.length / 2)];
+    }
+
+    static byte[] grow(byte[] a, int n) {
+        return a.length >= n ? a : new byte[Math.max(n, a.length + a.length / 2)];
+    }
+}
