@@ -365,9 +365,11 @@ public final class EvalCommand implements Callable<Integer> {
 
     private static void printTable(PrintWriter out, Capture c, List<Row> rows) {
         ModelGeometry g = c.geometry();
+        int visual = c.spans().stream().mapToInt(TokenSpan::length).sum();
         out.printf(Locale.ROOT, "%s: %d layers, %d query heads, %d KV heads, head dim %d; %d tokens of %s, "
-                + "visual spans %s%n", c.path(), g.layers(), g.queryHeads(), g.kvHeads(), g.headDim(), c.tokens(),
-                c.kvType(), c.spans());
+                + "visual spans %s (%d tokens)%n", c.path(), g.layers(), g.queryHeads(), g.kvHeads(), g.headDim(),
+                c.tokens(), c.kvType(), c.spans().stream().map(TokenSpan::toString).collect(
+                        java.util.stream.Collectors.joining(", ")), visual);
         out.println("Error of one decode step against exact attention (double precision, unquantized cache).");
         out.println();
         out.printf(Locale.ROOT, "%5s  %-11s  %-11s  %10s  %13s  %12s  %12s  %8s%n", "layer", "cache", "calibration",

@@ -210,7 +210,7 @@ class EvalCommandTest {
         Result r = run(file.toString());
         assertThat(r.exitCode()).as(r.err()).isZero();
         assertThat(r.out()).contains("2 layers, 4 query heads, 2 KV heads, head dim 16; 120 tokens of FP16")
-                .contains("visual spans [[5, 60), [100, 118)]").contains("rel. error");
+                .contains("visual spans [5, 60), [100, 118) (73 tokens)").contains("rel. error");
         List<String> rows = r.out().lines().filter(line -> line.matches("\\s+\\d+\\s+\\S+.*x$")).toList();
         assertThat(rows).hasSize(2 * (1 + 3 * 2));
         assertThat(rows.get(1)).containsPattern("^\\s+0\\s+1-bit\\s+on\\s");
