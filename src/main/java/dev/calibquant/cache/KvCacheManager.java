@@ -40,8 +40,10 @@ public final class KvCacheManager implements AutoCloseable {
     /**
      * @param geometry the model's attention shape
      * @param dtype how full-precision keys and values are stored (and given): FP16, BF16 or FP32
-     * @param storage where blocks are allocated; owned by the manager from now on
+     * @param storage where blocks are allocated; owned by the manager once the constructor returns (if it throws,
+     *     the storage stays the caller's)
      * @param byteLimit most bytes live at once, or {@link #NO_LIMIT}
+     * @throws IllegalArgumentException when {@code byteLimit} is not positive
      */
     public KvCacheManager(ModelGeometry geometry, DType dtype, KvStorage storage, long byteLimit) {
         this.geometry = Objects.requireNonNull(geometry, "geometry");
