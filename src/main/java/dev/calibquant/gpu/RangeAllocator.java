@@ -43,11 +43,11 @@ final class RangeAllocator {
         long want = roundUp(length);
         for (Map.Entry<Long, Long> e : free.entrySet()) {
             long offset = e.getKey();
-            long length = e.getValue(); // read before removing: TreeMap reuses the entry object on removal
-            if (length >= want) {
+            long size = e.getValue(); // read before removing: TreeMap reuses the entry object on removal
+            if (size >= want) {
                 free.remove(offset);
-                if (length > want) {
-                    free.put(offset + want, length - want);
+                if (size > want) {
+                    free.put(offset + want, size - want);
                 }
                 used += want;
                 return OptionalLong.of(offset);
