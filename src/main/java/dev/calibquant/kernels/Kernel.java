@@ -39,6 +39,15 @@ public final class Kernel implements AutoCloseable {
         return spec;
     }
 
+    /** An integer constexpr the variant was compiled with (e.g. {@code BN}); fails if it has none of that name. */
+    public int constexpr(String name) {
+        Object v = spec.constexprs().get(name);
+        if (!(v instanceof Number n)) {
+            throw new KernelManifestException("kernel " + name() + " has no integer constexpr " + name);
+        }
+        return n.intValue();
+    }
+
     public KernelManifest.Target target() {
         return target;
     }

@@ -79,6 +79,24 @@ public final class KernelCatalog implements AutoCloseable {
         return loaded.computeIfAbsent(name, this::load);
     }
 
+    /**
+     * The production variant of {@code function} whose constexprs include {@code required} (tuning experiments,
+     * named {@code x_...}, are never picked).
+     */
+    public Kernel find(String function, Map<String, Integer> required) {
+        return kernel(manifest.kernels().stream()
+                .filter(k -> k.function().equals(function) && !k.name().startsWith("x_"))
+                .filter(k -> required.entrySet().stream().allMatch(e -> constexprEquals(k, e.getKey(), e.getValue())))
+                .map(KernelManifest.Kernel::name)
+                .findFirst()
+                .orElseThrow(() -> new UnsupportedDeviceException("no shipped " + function + " kernel for " + required)));
+    }
+
+    private static boolean constexprEquals(KernelManifest.Kernel k, String name, int value) {
+        Object v = k.constexprs().get(name);
+        return v instanceof Number n && n.intValue() == value;
+    }
+
     private Kernel load(String name) {
         KernelManifest.Kernel spec = manifest.kernel(name);
         KernelManifest.Target t = spec.targets().get(target);

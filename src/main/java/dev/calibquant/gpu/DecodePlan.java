@@ -1,0 +1,96 @@
+package dev.calibquant.gpu;
+
+import dev.calibquant.cache.TokenSpan;
+import dev.calibquant.kernels.CalibQuantKernels;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * How one decode step over a batch is cut into work for the kernels: the host side of the index tables, and the
+ * calibration mode. Pure Java (tested without a GPU); {@link GpuDecodeAttention} uploads and launches it.
+ *
+ * <p>Work items are chunks of a sequence's full-precision block or of one visual span; each runs as one program
+ * per KV head, and the last to finish for a (sequence, KV head) merges the partial softmaxes. Chunks are sized so a
+ * step has about {@code targetPrograms} programs: small batches are split across many programs, large batches get
+ * one item per segment. With calibration, a span cut into several items needs its min/max first (mode 1: the
+ * {@code calibquant_minmax} pass over the same chunks); a span in one item finds them itself (mode 2).
+ */
+record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long[] workTab, long[] mmTab) {
+
+    int workItems() {
+        return workTab.length / CalibQuantKernels.WORK_COLS;
+    }
+
+    int minmaxChunks() {
+        return mmTab.length / CalibQuantKernels.MM_COLS;
+    }
+
+    int spans() {
+        return spanTab.length / CalibQuantKernels.SPAN_COLS;
+    }
+
+    /** What the planner needs of one sequence for one layer. */
+    record Entry(long fullOffset, int fullLength, int fullCapacity, List<TokenSpan> spans, long[] codeOffsets,
+            long[] scaleOffsets) {}
+
+    /**
+     * @param calibrate whether the visual scores are calibrated (modes 1/2) or not (mode 0)
+     * @param block the kernels' token block: chunk sizes are multiples of it
+     */
+    static DecodePlan build(List<Entry> batch, int queryHeads, int headDim, int kvHeads, boolean calibrate,
+            int targetPrograms, int block) {
+        long totalRows = 0;
+        int longestSpan = 0;
+        for (Entry e : batch) {
+            totalRows += e.fullLength();
+            for (TokenSpan s : e.spans()) {
+                totalRows += s.length();
+                longestSpan = Math.max(longestSpan, s.length());
+            }
+            if (e.fullLength() == 0 && e.spans().isEmpty()) {
+                throw new IllegalArgumentException("a sequence in the batch holds no tokens in this layer");
+            }
+        }
+        long wantItems = Math.max(1, Math.ceilDiv((long) targetPrograms, kvHeads));
+        long chunk = Math.max(4L * block, Math.ceilDiv(Math.ceilDiv(totalRows, wantItems), block) * block);
+        int mmMode = !calibrate ? 0 : (chunk >= longestSpan ? 2 : 1);
+
+        List<long[]> seq = new ArrayList<>();
+        List<long[]> span = new ArrayList<>();
+        List<long[]> work = new ArrayList<>();
+        List<long[]> mm = new ArrayList<>();
+        for (int b = 0; b < batch.size(); b++) {
+            Entry e = batch.get(b);
+            int workFirst = work.size();
+            for (long t0 = 0; t0 < e.fullLength(); t0 += chunk) {
+                work.add(new long[] {b, -1, t0, Math.min(chunk, e.fullLength() - t0)});
+            }
+            for (int i = 0; i < e.spans().size(); i++) {
+                int tokens = e.spans().get(i).length();
+                int spanId = span.size();
+                int mmFirst = mm.size();
+                long itemChunk = mmMode == 2 ? tokens : chunk;
+                for (long t0 = 0; t0 < tokens; t0 += itemChunk) {
+                    long tn = Math.min(itemChunk, tokens - t0);
+                    work.add(new long[] {b, spanId, t0, tn});
+                    if (mmMode == 1) {
+                        mm.add(new long[] {b, spanId, t0, tn});
+                    }
+                }
+                span.add(new long[] {e.codeOffsets()[i], tokens, e.scaleOffsets()[i], mmFirst, mm.size() - mmFirst});
+            }
+            seq.add(new long[] {e.fullOffset(), e.fullLength(), e.fullCapacity(), (long) b * queryHeads * headDim,
+                workFirst, work.size() - workFirst});
+        }
+        return new DecodePlan(batch.size(), mmMode, flatten(seq), flatten(span), flatten(work), flatten(mm));
+    }
+
+    private static long[] flatten(List<long[]> rows) {
+        int cols = rows.isEmpty() ? 0 : rows.getFirst().length;
+        long[] out = new long[rows.size() * cols];
+        for (int i = 0; i < rows.size(); i++) {
+            System.arraycopy(rows.get(i), 0, out, i * cols, cols);
+        }
+        return out;
+    }
+}

@@ -1,0 +1,282 @@
+package dev.calibquant.gpu;
+
+import dev.calibquant.cache.ModelGeometry;
+import dev.calibquant.cuda.CudaContext;
+import dev.calibquant.cuda.CudaStream;
+import dev.calibquant.cuda.DeviceBuffer;
+import dev.calibquant.cuda.PinnedHostBuffer;
+import dev.calibquant.kernels.CalibQuantKernels;
+import dev.calibquant.quant.InvalidShapeException;
+import dev.calibquant.quant.NonFiniteInputException;
+import dev.calibquant.quant.QuantConfig;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.List;
+
+/**
+ * Decode attention over a {@link GpuKvCache} on the GPU: CalibQuant (post-scaling, calibration, one softmax over
+ * all segments) for a quantized cache, flash-decoding for an fp16 cache. One step is one or two kernel launches
+ * on the cache's stream, whatever the batch.
+ *
+ * <p>{@link #decode} takes host queries and returns host outputs; {@link #prepare} builds a step whose tables stay
+ * on the device, for callers that keep queries and outputs on the GPU (and for timing the kernels alone).
+ * Not thread-safe on its own: it uses its cache's lock.
+ */
+public final class GpuDecodeAttention implements AutoCloseable {
+    private static final int TABLE_ALIGN = 256;
+    private static final int PROGRAMS_PER_SM = 2;
+
+    private final GpuKvCache cache;
+    private final CudaContext context;
+    private final int targetPrograms;
+    private final Scratch scratch;
+    private boolean poisonOutputs;
+
+    public GpuDecodeAttention(GpuKvCache cache) {
+        this.cache = cache;
+        this.context = cache.context();
+        this.targetPrograms = PROGRAMS_PER_SM * context.device().properties().multiprocessors();
+        this.scratch = new Scratch(context);
+    }
+
+    /** Fill the device output with NaN before every launch, so a kernel that skips an element cannot go unseen. */
+    public void poisonOutputs(boolean on) {
+        this.poisonOutputs = on;
+    }
+
+    /** A decode step whose index tables are on the device; valid until the batch's sequences change. */
+    public final class PreparedStep {
+        private final DecodePlan plan;
+        private final DeviceBuffer tables;
+        private final long seqOff;
+        private final long spanOff;
+        private final long workOff;
+        private final long mmOff;
+
+        private PreparedStep(DecodePlan plan, DeviceBuffer tables, long seqOff, long spanOff, long workOff, long mmOff) {
+            this.plan = plan;
+            this.tables = tables;
+            this.seqOff = seqOff;
+            this.spanOff = spanOff;
+            this.workOff = workOff;
+            this.mmOff = mmOff;
+        }
+
+        public int sequences() {
+            return plan.sequences();
+        }
+
+        public int workItems() {
+            return plan.workItems();
+        }
+
+        /** 0: no calibration, 1: a min/max pass first, 2: min/max found inside each whole-span item. */
+        public int calibrationMode() {
+            return plan.mmMode();
+        }
+
+        /** Queues the step: {@code q} fp16 {@code [B][Hq][D]}, {@code out} fp32 {@code [B][Hq][D]}. */
+        public void launch(DeviceBuffer q, DeviceBuffer out, CudaStream stream) {
+            ModelGeometry g = cache.geometry();
+            long rows = (long) plan.sequences() * g.queryHeads();
+            if (q.byteSize() < rows * g.headDim() * 2 || out.byteSize() < rows * g.headDim() * 4) {
+                throw new InvalidShapeException("queries need " + rows * g.headDim() * 2 + " bytes and outputs "
+                        + rows * g.headDim() * 4 + "; given " + q.byteSize() + " and " + out.byteSize());
+            }
+            CalibQuantKernels k = cache.kernels();
+            int kvh = g.kvHeads();
+            int group = g.groupSize();
+            float smScale = (float) (1.0 / Math.sqrt(g.headDim()));
+            DeviceBuffer partMl = scratch.partMl(4L * 2 * plan.workItems() * g.queryHeads());
+            DeviceBuffer partAcc = scratch.partAcc(4L * plan.workItems() * g.queryHeads() * g.headDim());
+            DeviceBuffer counters = scratch.counters(4L * plan.sequences() * kvh);
+            DeviceBuffer mmBuf = scratch.mmBuf(4L * 2 * Math.max(1, plan.minmaxChunks()) * g.queryHeads());
+            if (poisonOutputs) {
+                out.fill32(Float.floatToRawIntBits(Float.NaN), 0, rows * g.headDim());
+            }
+            ParallelPool full = cache.fullPool();
+            QuantConfig c = cache.config();
+            if (c == null) {
+                k.fp16Decode(q, full.buffer(0), full.buffer(1), tables, seqOff, workOff, partMl, partAcc, counters, out,
+                        plan.workItems(), kvh, group, smScale, stream);
+                return;
+            }
+            ParallelPool codes = cache.codePool();
+            ParallelPool scales = cache.scalePool();
+            if (plan.mmMode() == 1) {
+                k.minmax(q, codes.buffer(0), scales.buffer(0), scales.buffer(1), tables, seqOff, spanOff, mmOff, mmBuf,
+                        plan.minmaxChunks(), kvh, group, smScale, stream);
+            }
+            k.decode(plan.mmMode(), q, full.buffer(0), full.buffer(1), codes.buffer(0), codes.buffer(1),
+                    scales.buffer(0), scales.buffer(1), scales.buffer(2), scales.buffer(3), tables, seqOff, spanOff,
+                    workOff, mmBuf, partMl, partAcc, counters, out, plan.workItems(), kvh, group, smScale,
+                    c.tauMin(), c.tauMax(), c.policy() == dev.calibquant.quant.CalibrationPolicy.CLAMP_AT_ZERO, stream);
+        }
+    }
+
+    /** Plans the step for {@code layer} of {@code batch} and uploads its tables. */
+    public PreparedStep prepare(int layer, List<GpuSequence> batch) {
+        synchronized (cache) {
+            if (batch.isEmpty()) {
+                throw new IllegalArgumentException("decode of an empty batch");
+            }
+            if (batch.stream().distinct().count() != batch.size()) {
+                throw new IllegalArgumentException("a sequence appears twice in the batch");
+            }
+            List<DecodePlan.Entry> entries = new ArrayList<>(batch.size());
+            for (GpuSequence s : batch) {
+                cache.checkSequence(s, layer);
+                if (!s.filled[layer]) {
+                    throw new IllegalStateException(s + " layer " + layer + " is not filled yet");
+                }
+                entries.add(new DecodePlan.Entry(s.fullOffset[layer], s.fullLength[layer], s.fullCapacity(),
+                        s.quantizedSpans(), s.codeOffset[layer], s.scaleOffset[layer]));
+            }
+            ModelGeometry g = cache.geometry();
+            QuantConfig c = cache.config();
+            DecodePlan plan = DecodePlan.build(entries, g.queryHeads(), g.headDim(), g.kvHeads(),
+                    c != null && c.calibrate(), targetPrograms, cache.kernels().decodeBlock());
+            long seqOff = 0;
+            long spanOff = align(seqOff + 8L * plan.seqTab().length);
+            long workOff = align(spanOff + 8L * plan.spanTab().length);
+            long mmOff = align(workOff + 8L * plan.workTab().length);
+            long bytes = align(mmOff + 8L * plan.mmTab().length);
+            PinnedHostBuffer host = scratch.hostTables(bytes);
+            MemorySegment h = host.segment();
+            MemorySegment.copy(plan.seqTab(), 0, h, ValueLayout.JAVA_LONG, seqOff, plan.seqTab().length);
+            MemorySegment.copy(plan.spanTab(), 0, h, ValueLayout.JAVA_LONG, spanOff, plan.spanTab().length);
+            MemorySegment.copy(plan.workTab(), 0, h, ValueLayout.JAVA_LONG, workOff, plan.workTab().length);
+            MemorySegment.copy(plan.mmTab(), 0, h, ValueLayout.JAVA_LONG, mmOff, plan.mmTab().length);
+            DeviceBuffer tables = scratch.tables(bytes);
+            tables.copyFromAsync(host, 0, 0, bytes, cache.stream());
+            cache.stream().synchronize(); // the pinned tables are reused by the next prepare
+            return new PreparedStep(plan, tables, seqOff, spanOff, workOff, mmOff);
+        }
+    }
+
+    /**
+     * One decode step for {@code layer}: {@code queries} fp16 {@code [batch][queryHeads][headDim]} (post-RoPE),
+     * {@code out} fp32 of the same shape. Checked before anything is launched; {@code out} is written only on success.
+     */
+    public void decode(int layer, List<GpuSequence> batch, MemorySegment queries, MemorySegment out) {
+        ModelGeometry g = cache.geometry();
+        long rows = (long) batch.size() * g.queryHeads();
+        if (queries.byteSize() != rows * g.headDim() * 2) {
+            throw new InvalidShapeException("queries hold " + queries.byteSize() + " bytes; expected fp16 [" + batch.size()
+                    + "][" + g.queryHeads() + "][" + g.headDim() + "] = " + rows * g.headDim() * 2);
+        }
+        if (out.byteSize() != rows * g.headDim() * 4) {
+            throw new InvalidShapeException("out holds " + out.byteSize() + " bytes; expected fp32 [" + batch.size()
+                    + "][" + g.queryHeads() + "][" + g.headDim() + "] = " + rows * g.headDim() * 4);
+        }
+        for (long i = 0; i < rows * g.headDim(); i++) {
+            short bits = queries.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i);
+            if ((bits & 0x7c00) == 0x7c00) {
+                long row = i / g.headDim();
+                throw new NonFiniteInputException("queries", (int) (row % g.queryHeads()), (int) (row / g.queryHeads()),
+                        (int) (i % g.headDim()), Float.float16ToFloat(bits));
+            }
+        }
+        synchronized (cache) {
+            PreparedStep step = prepare(layer, batch);
+            DeviceBuffer q = scratch.queries(queries.byteSize());
+            DeviceBuffer o = scratch.outputs(out.byteSize());
+            q.copyFrom(queries, 0, 0, queries.byteSize());
+            step.launch(q, o, cache.stream());
+            cache.stream().synchronize();
+            o.copyTo(0, out, 0, out.byteSize());
+        }
+    }
+
+    private static long align(long x) {
+        return Math.ceilDiv(x, TABLE_ALIGN) * TABLE_ALIGN;
+    }
+
+    @Override
+    public void close() {
+        scratch.close();
+    }
+
+    /** Grow-only device buffers of a decode step. Counters start zeroed; the kernel leaves them zeroed. */
+    private static final class Scratch implements AutoCloseable {
+        private final CudaContext context;
+        private DeviceBuffer partMl;
+        private DeviceBuffer partAcc;
+        private DeviceBuffer counters;
+        private DeviceBuffer mmBuf;
+        private DeviceBuffer tables;
+        private DeviceBuffer queries;
+        private DeviceBuffer outputs;
+        private PinnedHostBuffer hostTables;
+
+        Scratch(CudaContext context) {
+            this.context = context;
+        }
+
+        private DeviceBuffer grow(DeviceBuffer b, long bytes) {
+            if (b != null && b.byteSize() >= bytes) {
+                return b;
+            }
+            if (b != null) {
+                b.close();
+            }
+            return context.allocate(Math.max(bytes, 4096));
+        }
+
+        DeviceBuffer partMl(long bytes) {
+            return partMl = grow(partMl, bytes);
+        }
+
+        DeviceBuffer partAcc(long bytes) {
+            return partAcc = grow(partAcc, bytes);
+        }
+
+        DeviceBuffer mmBuf(long bytes) {
+            return mmBuf = grow(mmBuf, bytes);
+        }
+
+        DeviceBuffer tables(long bytes) {
+            return tables = grow(tables, bytes);
+        }
+
+        DeviceBuffer queries(long bytes) {
+            return queries = grow(queries, bytes);
+        }
+
+        DeviceBuffer outputs(long bytes) {
+            return outputs = grow(outputs, bytes);
+        }
+
+        DeviceBuffer counters(long bytes) {
+            if (counters == null || counters.byteSize() < bytes) {
+                counters = grow(counters, bytes);
+                counters.fill((byte) 0);
+            }
+            return counters;
+        }
+
+        PinnedHostBuffer hostTables(long bytes) {
+            if (hostTables == null || hostTables.byteSize() < bytes) {
+                if (hostTables != null) {
+                    hostTables.close();
+                }
+                hostTables = context.allocatePinned(Math.max(bytes, 4096));
+            }
+            return hostTables;
+        }
+
+        @Override
+        public void close() {
+            for (AutoCloseable c : new AutoCloseable[] {partMl, partAcc, counters, mmBuf, tables, queries, outputs, hostTables}) {
+                if (c != null) {
+                    try {
+                        c.close();
+                    } catch (Exception e) {
+                        throw e instanceof RuntimeException r ? r : new IllegalStateException(e);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+package dev.calibquant.kernels;
+
+import dev.calibquant.cuda.CudaStream;
+import dev.calibquant.cuda.DeviceBuffer;
+import java.util.Map;
+
+/**
+ * Typed launches of the CalibQuant kernels for one head dimension and bit width: the only place that knows their
+ * argument order and grids (see {@code ptx/README.md} for the tables they read).
+ *
+ * <p>Table rows are int64. {@code seq_tab}: fp_off, fp_len, fp_cap, q_off, work_first, work_count.
+ * {@code span_tab}: code_off, tokens, scale_off, mm_first, mm_count. {@code work_tab}: seq, span (−1 for the
+ * full-precision block), t0, tn. {@code mm_tab}: seq, span, t0, tn. {@code qs_tab}: src_off, src_cap, src_t0,
+ * tokens, code_off, scale_off. Offsets count elements of the buffer they index, and are multiples of 16.
+ */
+public final class CalibQuantKernels {
+    public static final int SEQ_COLS = 6;
+    public static final int SPAN_COLS = 5;
+    public static final int WORK_COLS = 4;
+    public static final int MM_COLS = 4;
+    public static final int QS_COLS = 6;
+
+    private final KernelCatalog catalog;
+    private final int headDim;
+    private final int bits;
+
+    public CalibQuantKernels(KernelCatalog catalog, int headDim, int bits) {
+        this.catalog = catalog;
+        this.headDim = headDim;
+        this.bits = bits;
+    }
+
+    public int headDim() {
+        return headDim;
+    }
+
+    public int bits() {
+        return bits;
+    }
+
+    /** Largest GQA group (query heads per KV head) the decode kernels handle: their head-slot count. */
+    public int maxGroup() {
+        return fp16Decode().constexpr("HS");
+    }
+
+    /** Token block of the decode kernels: work items are best cut at multiples of it. */
+    public int decodeBlock() {
+        return fp16Decode().constexpr("BN");
+    }
+
+    private Kernel quantizePack() {
+        return catalog.find("quantize_pack", Map.of("D", headDim, "BITS", bits));
+    }
+
+    private Kernel minmax() {
+        return catalog.find("calibquant_minmax", Map.of("D", headDim, "BITS", bits));
+    }
+
+    private Kernel decode(int mmMode) {
+        return catalog.find("calibquant_decode", Map.of("D", headDim, "BITS", bits, "MM_MODE", mmMode));
+    }
+
+    private Kernel fp16Decode() {
+        return catalog.find("fp16_decode", Map.of("D", headDim));
+    }
+
+    private Kernel append() {
+        return catalog.find("append_token", Map.of("D", headDim));
+    }
+
+    /** Loads every variant this configuration can launch, so the first decode step pays no JIT. */
+    public void preload() {
+        quantizePack();
+        minmax();
+        for (int mm = 0; mm <= 2; mm++) {
+            decode(mm);
+        }
+        fp16Decode();
+        append();
+    }
+
+    /** End-of-prefill quantization of {@code spans} rows of {@code qsTab}, keys and values in one launch. */
+    public void quantizePack(DeviceBuffer kin, DeviceBuffer vin, DeviceBuffer kcode, DeviceBuffer vcode,
+            DeviceBuffer ksig, DeviceBuffer kalp, DeviceBuffer vsig, DeviceBuffer valp, DeviceBuffer qsTab, long qsOffset,
+            int spans, int kvHeads, float clipK, float clipV, CudaStream stream) {
+        Kernel k = quantizePack();
+        int blocksPerHead = headDim / k.constexpr("DB");
+        k.args().pointer(kin).pointer(vin).pointer(kcode).pointer(vcode)
+                .pointer(ksig).pointer(kalp).pointer(vsig).pointer(valp)
+                .pointer(qsTab, qsOffset).f32(clipK).f32(clipV)
+                .launch(spans, kvHeads * blocksPerHead, 2, stream);
+    }
+
+    /** Min and max of the raw visual scores of each {@code mm_tab} chunk, per query head, into {@code mmBuf}. */
+    public void minmax(DeviceBuffer q, DeviceBuffer kcode, DeviceBuffer ksig, DeviceBuffer kalp, DeviceBuffer tables,
+            long seqOffset, long spanOffset, long mmOffset, DeviceBuffer mmBuf, int chunks, int kvHeads, int group,
+            float smScale, CudaStream stream) {
+        minmax().args().pointer(q).pointer(kcode).pointer(ksig).pointer(kalp)
+                .pointer(tables, seqOffset).pointer(tables, spanOffset).pointer(tables, mmOffset).pointer(mmBuf)
+                .i32(kvHeads).i32(group).f32(smScale)
+                .launch(chunks, kvHeads, 1, stream);
+    }
+
+    /** One CalibQuant decode step over {@code workItems} rows of {@code work_tab}; the output is fp32. */
+    public void decode(int mmMode, DeviceBuffer q, DeviceBuffer kfp, DeviceBuffer vfp, DeviceBuffer kcode,
+            DeviceBuffer vcode, DeviceBuffer ksig, DeviceBuffer kalp, DeviceBuffer vsig, DeviceBuffer valp,
+            DeviceBuffer tables, long seqOffset, long spanOffset, long workOffset, DeviceBuffer mmBuf,
+            DeviceBuffer partMl, DeviceBuffer partAcc, DeviceBuffer counters, DeviceBuffer out, int workItems,
+            int kvHeads, int group, float smScale, float tauMin, float tauMax, boolean clamp, CudaStream stream) {
+        decode(mmMode).args().pointer(q).pointer(kfp).pointer(vfp).pointer(kcode).pointer(vcode)
+                .pointer(ksig).pointer(kalp).pointer(vsig).pointer(valp)
+                .pointer(tables, seqOffset).pointer(tables, spanOffset).pointer(tables, workOffset).pointer(mmBuf)
+                .pointer(partMl).pointer(partAcc).pointer(counters).pointer(out)
+                .i32(kvHeads).i32(group).f32(smScale).f32(tauMin).f32(tauMax).i32(clamp ? 1 : 0)
+                .launch(workItems, kvHeads, 1, stream);
+    }
+
+    /** Flash-decoding over full-precision tokens only (the fp16 baseline on the same cache layout). */
+    public void fp16Decode(DeviceBuffer q, DeviceBuffer kfp, DeviceBuffer vfp, DeviceBuffer tables, long seqOffset,
+            long workOffset, DeviceBuffer partMl, DeviceBuffer partAcc, DeviceBuffer counters, DeviceBuffer out,
+            int workItems, int kvHeads, int group, float smScale, CudaStream stream) {
+        fp16Decode().args().pointer(q).pointer(kfp).pointer(vfp).pointer(tables, seqOffset)
+                .pointer(tables, workOffset).pointer(partMl).pointer(partAcc).pointer(counters).pointer(out)
+                .i32(kvHeads).i32(group).f32(smScale)
+                .launch(workItems, kvHeads, 1, stream);
+    }
+
+    /** Writes row {@code fp_len} of every sequence of {@code seq_tab} from {@code knew}/{@code vnew} [B][KVH][D]. */
+    public void appendToken(DeviceBuffer kfp, DeviceBuffer vfp, DeviceBuffer knew, DeviceBuffer vnew,
+            DeviceBuffer tables, long seqOffset, int sequences, int kvHeads, CudaStream stream) {
+        append().args().pointer(kfp).pointer(vfp).pointer(knew).pointer(vnew).pointer(tables, seqOffset).i32(kvHeads)
+                .launch(sequences, kvHeads, 1, stream);
+    }
+}
