@@ -6,7 +6,7 @@ import java.util.Optional;
 
 /** Every kernel check the project has; a shipped kernel without one makes {@code selftest} fail, not pass. */
 public final class KernelChecks {
-    private static final List<KernelCheck> ALL = List.of();
+    private static final List<KernelCheck> ALL = List.of(new ScenarioCheck(), new QuantizePackCheck());
 
     private KernelChecks() {}
 

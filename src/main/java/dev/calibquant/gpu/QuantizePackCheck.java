@@ -1,0 +1,119 @@
+package dev.calibquant.gpu;
+
+import dev.calibquant.cuda.CudaContext;
+import dev.calibquant.cuda.CudaStream;
+import dev.calibquant.cuda.DeviceBuffer;
+import dev.calibquant.kernels.CalibQuantKernels;
+import dev.calibquant.kernels.KernelCatalog;
+import dev.calibquant.kernels.KernelManifest;
+import dev.calibquant.quant.ChannelQuantizer;
+import dev.calibquant.quant.DType;
+import dev.calibquant.quant.KvSlice;
+import dev.calibquant.quant.QuantConfig;
+import dev.calibquant.quant.QuantizedSpan;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.Random;
+
+/**
+ * Checks {@code quantize_pack} at 8 bits, which no GPU cache uses (the decode kernels stop at 4), by launching it
+ * directly on three spans (1, 37 and 300 tokens) and comparing with {@link ChannelQuantizer}.
+ */
+final class QuantizePackCheck implements KernelCheck {
+
+    @Override
+    public boolean handles(KernelManifest.Kernel kernel) {
+        return kernel.function().equals("quantize_pack") && !kernel.name().startsWith("x_")
+                && kernel.constexprs().get("BITS") instanceof Number n && n.intValue() == 8;
+    }
+
+    @Override
+    public Result run(KernelCatalog catalog, KernelManifest.Kernel kernel, Random random) {
+        int d = ((Number) kernel.constexprs().get("D")).intValue();
+        int bits = 8;
+        int kvh = 2;
+        int[] starts = {3, 10, 60};
+        int[] lengths = {1, 37, 300};
+        int prompt = 400;
+        QuantConfig config = QuantConfig.defaults(bits);
+        CudaContext ctx = catalog.context();
+        float[] k = GpuScenario.normal(random, kvh, prompt, d, 4);
+        float[] v = GpuScenario.normal(random, kvh, prompt, d, 0);
+        CalibQuantKernels kernels = new CalibQuantKernels(catalog, d, bits);
+        long[] codeOff = new long[3];
+        long[] scaleOff = new long[3];
+        long codeBytes = 0;
+        for (int i = 0; i < 3; i++) {
+            codeOff[i] = codeBytes;
+            codeBytes += ParallelPool.roundUp((long) kvh * lengths[i] * d);
+            scaleOff[i] = (long) i * ParallelPool.roundUp((long) kvh * d);
+        }
+        long scaleFloats = 3 * ParallelPool.roundUp((long) kvh * d);
+        try (Arena arena = Arena.ofConfined(); CudaStream stream = ctx.createStream();
+                DeviceBuffer kin = ctx.allocate(2L * k.length); DeviceBuffer vin = ctx.allocate(2L * v.length);
+                DeviceBuffer kc = ctx.allocate(codeBytes); DeviceBuffer vc = ctx.allocate(codeBytes);
+                DeviceBuffer ks = ctx.allocate(4 * scaleFloats); DeviceBuffer ka = ctx.allocate(4 * scaleFloats);
+                DeviceBuffer vs = ctx.allocate(4 * scaleFloats); DeviceBuffer va = ctx.allocate(4 * scaleFloats);
+                DeviceBuffer tab = ctx.allocate(8L * 3 * CalibQuantKernels.QS_COLS)) {
+            kin.copyFrom(GpuScenario.fp16(arena, k));
+            vin.copyFrom(GpuScenario.fp16(arena, v));
+            kc.fill((byte) 0xa5);
+            vc.fill((byte) 0xa5);
+            for (DeviceBuffer b : new DeviceBuffer[] {ks, ka, vs, va}) {
+                b.fill32(Float.floatToRawIntBits(Float.NaN), 0, scaleFloats);
+            }
+            MemorySegment t = arena.allocate(8L * 3 * CalibQuantKernels.QS_COLS);
+            for (int i = 0; i < 3; i++) {
+                long[] row = {0, prompt, starts[i], lengths[i], codeOff[i], scaleOff[i]};
+                MemorySegment.copy(row, 0, t, ValueLayout.JAVA_LONG, 8L * i * CalibQuantKernels.QS_COLS, row.length);
+            }
+            tab.copyFrom(t);
+            kernels.quantizePack(kin, vin, kc, vc, ks, ka, vs, va, tab, 0, 3, kvh, config.keyClip(), config.valueClip(),
+                    stream);
+            stream.synchronize();
+            double worstUlps = 0;
+            MemorySegment kin16 = GpuScenario.fp16(arena, k);
+            MemorySegment vin16 = GpuScenario.fp16(arena, v);
+            for (int i = 0; i < 3; i++) {
+                QuantizedSpan cpu = ChannelQuantizer.quantize(config,
+                        KvSlice.ofTokens(kin16, DType.FP16, kvh, prompt, d, starts[i], starts[i] + lengths[i]),
+                        KvSlice.ofTokens(vin16, DType.FP16, kvh, prompt, d, starts[i], starts[i] + lengths[i]), arena);
+                long n = (long) kvh * lengths[i] * d;
+                MemorySegment gk = arena.allocate(n);
+                MemorySegment gv = arena.allocate(n);
+                kc.copyTo(codeOff[i], gk, 0, n);
+                vc.copyTo(codeOff[i], gv, 0, n);
+                MemorySegment[] sc = new MemorySegment[4];
+                DeviceBuffer[] src = {ks, ka, vs, va};
+                for (int j = 0; j < 4; j++) {
+                    sc[j] = arena.allocate(4L * kvh * d);
+                    src[j].copyTo(4 * scaleOff[i], sc[j], 0, 4L * kvh * d);
+                }
+                worstUlps = Math.max(worstUlps, Math.max(
+                        Math.max(GpuVerification.scaleUlps(cpu.keyScale(), sc[0]), GpuVerification.scaleUlps(cpu.keyOffset(), sc[1])),
+                        Math.max(GpuVerification.scaleUlps(cpu.valueScale(), sc[2]), GpuVerification.scaleUlps(cpu.valueOffset(), sc[3]))));
+                String bad = GpuVerification.unexplainedCodeDifference(slice(k, kvh, prompt, d, starts[i], lengths[i]), kvh,
+                        lengths[i], d, bits, cpu.keyCodes(), gk, cpu.keyScale(), cpu.keyOffset());
+                if (bad == null) {
+                    bad = GpuVerification.unexplainedCodeDifference(slice(v, kvh, prompt, d, starts[i], lengths[i]), kvh,
+                            lengths[i], d, bits, cpu.valueCodes(), gv, cpu.valueScale(), cpu.valueOffset());
+                }
+                if (bad != null || worstUlps > GpuVerification.SCALE_ULPS) {
+                    return new Result(false, worstUlps, GpuVerification.SCALE_ULPS, "span of " + lengths[i] + ": "
+                            + (bad != null ? bad : "scales differ by " + worstUlps + " ulp"));
+                }
+            }
+            return new Result(true, worstUlps, GpuVerification.SCALE_ULPS,
+                    "scale difference in ulp; codes equal but at fp32 rounding ties; spans of 1, 37, 300 tokens");
+        }
+    }
+
+    private static float[] slice(float[] x, int kvh, int tokens, int d, int start, int len) {
+        float[] out = new float[kvh * len * d];
+        for (int h = 0; h < kvh; h++) {
+            System.arraycopy(x, (h * tokens + start) * d, out, h * len * d, len * d);
+        }
+        return out;
+    }
+}
