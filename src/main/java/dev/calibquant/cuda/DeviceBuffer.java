@@ -98,6 +98,19 @@ public final class DeviceBuffer extends NativeResource {
         }
     }
 
+    /** Asynchronous device-to-device copy on {@code stream}. */
+    public void copyFromAsync(DeviceBuffer src, long srcOffset, long dstOffset, long bytes, CudaStream stream) {
+        checkRange(src.describe(), src.byteSize, srcOffset, bytes);
+        checkRange(describe(), byteSize, dstOffset, bytes);
+        src.checkOpen();
+        stream.checkOpen();
+        checkOpen();
+        if (bytes > 0) {
+            Driver.check(cuMemcpyDtoDAsync_v2(address + dstOffset, src.address + srcOffset, bytes, stream.handle()),
+                    "cuMemcpyDtoDAsync_v2");
+        }
+    }
+
     /** Asynchronous host-to-device copy on {@code stream}; {@code src} must stay alive until the stream passes it. */
     public void copyFromAsync(PinnedHostBuffer src, long srcOffset, long dstOffset, long bytes, CudaStream stream) {
         checkRange(src.describe(), src.byteSize(), srcOffset, bytes);

@@ -1,0 +1,219 @@
+package dev.calibquant.gpu;
+
+import dev.calibquant.cache.ModelGeometry;
+import dev.calibquant.cache.TokenSpan;
+import dev.calibquant.cuda.CudaContext;
+import dev.calibquant.cuda.CudaEvent;
+import dev.calibquant.cuda.CudaStream;
+import dev.calibquant.cuda.DeviceBuffer;
+import dev.calibquant.kernels.CalibQuantKernels;
+import dev.calibquant.kernels.KernelCatalog;
+import dev.calibquant.quant.QuantConfig;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Random;
+
+/**
+ * The BENCHMARKS.md workload on the GPU: one decode step of one layer of InternVL2.5-8B (32 query heads, 8 KV
+ * heads, head dim 128; per sequence 41 prefix + 3328 visual + 64 text tokens), for the 1-bit CalibQuant cache and
+ * the fp16 cache on the same layout. Times are medians over repetitions of the GPU time of {@code steps}
+ * back-to-back steps launched from Java (CUDA events), so launch overhead counts where it limits.
+ */
+public final class DecodeBenchmark {
+    public static final int QUERY_HEADS = 32;
+    public static final int KV_HEADS = 8;
+    public static final int HEAD_DIM = 128;
+    public static final int PREFIX = 41;
+    public static final int VISUAL = 3328;
+    public static final int TEXT = 64;
+    public static final int TOKENS = PREFIX + VISUAL + TEXT;
+
+    /** One batch size's figures; times in microseconds, bandwidth in GB/s (bytes read + written). */
+    public record Row(int batch, double calibQuantUs, double fp16Us, double quantizeUs, double quantizeGBs,
+            double fp16FloorUs, double oneBitFloorUs, int calibrationMode, int workItems) {
+        public double speedupOverFp16() {
+            return fp16Us / calibQuantUs;
+        }
+
+        public double overOneBitFloor() {
+            return calibQuantUs / oneBitFloorUs;
+        }
+    }
+
+    public record Report(String device, String target, double copyGBs, double kernelLoadMs, List<Row> rows) {}
+
+    private final CudaContext ctx;
+    private final KernelCatalog catalog;
+    private final int reps;
+    private final int steps;
+    private final Random random = new Random(20261128);
+
+    public DecodeBenchmark(CudaContext ctx, KernelCatalog catalog, int reps, int steps) {
+        this.ctx = ctx;
+        this.catalog = catalog;
+        this.reps = reps;
+        this.steps = steps;
+    }
+
+    /** Least HBM bytes of an fp16 step: all keys and values once. */
+    public static double fp16FloorBytes(int b) {
+        return 2.0 * b * KV_HEADS * TOKENS * HEAD_DIM * 2;
+    }
+
+    /** Least HBM bytes of a 1-bit step: the codes, the fp16 prefix/text, and the per-channel scales. */
+    public static double oneBitFloorBytes(int b) {
+        return 2.0 * b * KV_HEADS * VISUAL * 16 + 2.0 * b * KV_HEADS * (PREFIX + TEXT) * HEAD_DIM * 2
+                + 4.0 * b * KV_HEADS * HEAD_DIM * 2;
+    }
+
+    /** Device-to-device copy bandwidth, bytes read + written, over a 1 GiB buffer. */
+    public double copyBandwidthGBs() {
+        long bytes = 1L << 30;
+        try (DeviceBuffer a = ctx.allocate(bytes); DeviceBuffer b = ctx.allocate(bytes); CudaStream s = ctx.createStream();
+                CudaEvent e0 = ctx.createEvent(); CudaEvent e1 = ctx.createEvent()) {
+            a.fill((byte) 1);
+            double[] t = new double[reps];
+            for (int r = -2; r < reps; r++) {
+                e0.record(s);
+                b.copyFromAsync(a, 0, 0, bytes, s);
+                e1.record(s);
+                e1.synchronize();
+                if (r >= 0) {
+                    t[r] = e1.elapsedMillisSince(e0);
+                }
+            }
+            return 2.0 * bytes / (median(t) * 1e-3) / 1e9;
+        }
+    }
+
+    /** All figures for one batch size; floors from the measured copy bandwidth {@code copyGBs}. */
+    public Row measure(int batch, double copyGBs) {
+        ModelGeometry g = new ModelGeometry(1, QUERY_HEADS, KV_HEADS, HEAD_DIM);
+        List<TokenSpan> spans = List.of(new TokenSpan(PREFIX, PREFIX + VISUAL));
+        // A few distinct prompts, cycled: the data does not change the work, and host time stays small.
+        int templates = Math.min(batch, 4);
+        try (Arena arena = Arena.ofConfined()) {
+            List<MemorySegment[]> prompts = new ArrayList<>();
+            for (int i = 0; i < templates; i++) {
+                prompts.add(new MemorySegment[] {
+                    GpuScenario.fp16(arena, GpuScenario.normal(random, KV_HEADS, TOKENS, HEAD_DIM, 4)),
+                    GpuScenario.fp16(arena, GpuScenario.normal(random, KV_HEADS, TOKENS, HEAD_DIM, 0))});
+            }
+            MemorySegment q = GpuScenario.fp16(arena, GpuScenario.normal(random, batch, QUERY_HEADS, HEAD_DIM, 0));
+            double[] one = timeCache(g, QuantConfig.defaults(1), batch, spans, prompts, q);
+            double[] fp16 = timeCache(g, null, batch, spans, prompts, q);
+            double[] quant = timeQuantize(batch, prompts.getFirst());
+            double bytesQuant = 2.0 * batch * KV_HEADS * VISUAL * HEAD_DIM * 2 // read fp16 K and V
+                    + 2.0 * batch * KV_HEADS * VISUAL * 16 + 4.0 * 4 * batch * KV_HEADS * HEAD_DIM; // codes, scales
+            return new Row(batch, one[0], fp16[0], quant[0], bytesQuant / (quant[0] * 1e-6) / 1e9,
+                    fp16FloorBytes(batch) / (copyGBs * 1e9) * 1e6, oneBitFloorBytes(batch) / (copyGBs * 1e9) * 1e6,
+                    (int) one[1], (int) one[2]);
+        }
+    }
+
+    /** {median µs per step, calibration mode, work items}. */
+    private double[] timeCache(ModelGeometry g, QuantConfig config, int batch, List<TokenSpan> spans,
+            List<MemorySegment[]> prompts, MemorySegment q) {
+        long full = (long) batch * (config == null ? TOKENS : PREFIX + TEXT) + 64L * batch;
+        try (GpuKvCache cache = new GpuKvCache(ctx, catalog, g, config,
+                new GpuKvCache.Capacity(full, (long) batch * VISUAL + 64L * batch, batch));
+                GpuDecodeAttention attention = new GpuDecodeAttention(cache);
+                DeviceBuffer dq = ctx.allocate(q.byteSize());
+                DeviceBuffer out = ctx.allocate(4L * batch * QUERY_HEADS * HEAD_DIM);
+                CudaStream s = ctx.createStream(); CudaEvent e0 = ctx.createEvent(); CudaEvent e1 = ctx.createEvent()) {
+            List<GpuSequence> seqs = new ArrayList<>();
+            try {
+                for (int b = 0; b < batch; b++) {
+                    GpuSequence seq = cache.createSequence(TOKENS, spans, 0);
+                    seqs.add(seq);
+                    MemorySegment[] p = prompts.get(b % prompts.size());
+                    cache.fill(seq, 0, p[0], p[1]);
+                }
+                dq.copyFrom(q);
+                GpuDecodeAttention.PreparedStep step = attention.prepare(0, seqs);
+                double[] t = new double[reps];
+                for (int r = -1; r < reps; r++) {
+                    e0.record(s);
+                    for (int i = 0; i < steps; i++) {
+                        step.launch(dq, out, s);
+                    }
+                    e1.record(s);
+                    e1.synchronize();
+                    if (r >= 0) {
+                        t[r] = e1.elapsedMillisSince(e0) * 1e3 / steps;
+                    }
+                }
+                return new double[] {median(t), step.calibrationMode(), step.workItems()};
+            } finally {
+                seqs.forEach(GpuSequence::close);
+            }
+        }
+    }
+
+    /** {median µs} of quantizing {@code batch} visual spans (keys and values) at the end of prefill. */
+    private double[] timeQuantize(int batch, MemorySegment[] prompt) {
+        long promptBytes = 2L * KV_HEADS * TOKENS * HEAD_DIM;
+        long codeBytes = ParallelPool.roundUp((long) KV_HEADS * VISUAL * 16);
+        long scaleFloats = ParallelPool.roundUp((long) KV_HEADS * HEAD_DIM);
+        CalibQuantKernels kernels = new CalibQuantKernels(catalog, HEAD_DIM, 1);
+        QuantConfig c = QuantConfig.defaults(1);
+        try (Arena arena = Arena.ofConfined(); DeviceBuffer kin = ctx.allocate(promptBytes * batch);
+                DeviceBuffer vin = ctx.allocate(promptBytes * batch);
+                DeviceBuffer kc = ctx.allocate(codeBytes * batch); DeviceBuffer vc = ctx.allocate(codeBytes * batch);
+                DeviceBuffer ks = ctx.allocate(4 * scaleFloats * batch); DeviceBuffer ka = ctx.allocate(4 * scaleFloats * batch);
+                DeviceBuffer vs = ctx.allocate(4 * scaleFloats * batch); DeviceBuffer va = ctx.allocate(4 * scaleFloats * batch);
+                DeviceBuffer tab = ctx.allocate(8L * CalibQuantKernels.QS_COLS * batch);
+                CudaStream s = ctx.createStream(); CudaEvent e0 = ctx.createEvent(); CudaEvent e1 = ctx.createEvent()) {
+            for (int b = 0; b < batch; b++) { // distinct copies: every span reads its own bytes from HBM
+                kin.copyFrom(prompt[0], 0, b * promptBytes, promptBytes);
+                vin.copyFrom(prompt[1], 0, b * promptBytes, promptBytes);
+            }
+            MemorySegment t = arena.allocate(8L * CalibQuantKernels.QS_COLS * batch);
+            for (int b = 0; b < batch; b++) {
+                long[] row = {(long) b * promptBytes / 2, TOKENS, PREFIX, VISUAL, b * codeBytes, b * scaleFloats};
+                MemorySegment.copy(row, 0, t, ValueLayout.JAVA_LONG, 8L * b * CalibQuantKernels.QS_COLS, row.length);
+            }
+            tab.copyFrom(t);
+            double[] times = new double[reps];
+            for (int r = -1; r < reps; r++) {
+                e0.record(s);
+                kernels.quantizePack(kin, vin, kc, vc, ks, ka, vs, va, tab, 0, batch, KV_HEADS, c.keyClip(), c.valueClip(), s);
+                e1.record(s);
+                e1.synchronize();
+                if (r >= 0) {
+                    times[r] = e1.elapsedMillisSince(e0) * 1e3;
+                }
+            }
+            return new double[] {median(times)};
+        }
+    }
+
+    /** Runs everything: kernel load time, copy bandwidth, then each batch size. */
+    public static Report run(CudaContext ctx, int[] batches, int reps, int steps) {
+        long t0 = System.nanoTime();
+        KernelCatalog catalog = KernelCatalog.open(ctx);
+        try {
+            new CalibQuantKernels(catalog, HEAD_DIM, 1).preload();
+            double loadMs = (System.nanoTime() - t0) / 1e6;
+            DecodeBenchmark bench = new DecodeBenchmark(ctx, catalog, reps, steps);
+            double copy = bench.copyBandwidthGBs();
+            List<Row> rows = new ArrayList<>();
+            for (int b : batches) {
+                rows.add(bench.measure(b, copy));
+            }
+            return new Report(ctx.device().name(), catalog.target(), copy, loadMs, rows);
+        } finally {
+            catalog.close();
+        }
+    }
+
+    static double median(double[] x) {
+        double[] s = x.clone();
+        Arrays.sort(s);
+        return s.length % 2 == 1 ? s[s.length / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+    }
+}
