@@ -52,7 +52,7 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
             }
         }
         long wantItems = Math.max(1, Math.ceilDiv((long) targetPrograms, kvHeads));
-        long chunk = Math.max(4L * block, Math.ceilDiv(Math.ceilDiv(totalRows, wantItems), block) * block);
+        long chunk = Math.max(2L * block, Math.ceilDiv(Math.ceilDiv(totalRows, wantItems), block) * block);
         int mmMode = !calibrate ? 0 : (chunk >= longestSpan ? 2 : 1);
 
         List<long[]> seq = new ArrayList<>();

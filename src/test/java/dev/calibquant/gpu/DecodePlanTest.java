@@ -1,0 +1,125 @@
+package dev.calibquant.gpu;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import dev.calibquant.cache.TokenSpan;
+import dev.calibquant.kernels.CalibQuantKernels;
+import java.util.ArrayList;
+import java.util.List;
+import net.jqwik.api.ForAll;
+import net.jqwik.api.Property;
+import net.jqwik.api.constraints.IntRange;
+import net.jqwik.api.constraints.Size;
+import org.junit.jupiter.api.Test;
+
+class DecodePlanTest {
+    private static final int SMS_X2 = 264;
+
+    private static DecodePlan.Entry entry(int full, int... spanLengths) {
+        List<TokenSpan> spans = new ArrayList<>();
+        long[] codes = new long[spanLengths.length];
+        long[] scales = new long[spanLengths.length];
+        int at = 0;
+        for (int i = 0; i < spanLengths.length; i++) {
+            spans.add(new TokenSpan(at, at + spanLengths[i]));
+            at += spanLengths[i];
+            codes[i] = 1000L * (i + 1);
+            scales[i] = 64L * (i + 1);
+        }
+        return new DecodePlan.Entry(4096, full, full + 8, spans, codes, scales);
+    }
+
+    @Test
+    void oneSequenceIsSplitAcrossManyProgramsWithAMinMaxPass() {
+        DecodePlan p = DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, true, SMS_X2, 64);
+        assertThat(p.mmMode()).isEqualTo(1);
+        assertThat(p.workItems() * 8).isGreaterThanOrEqualTo(SMS_X2 / 2);
+        assertThat(p.minmaxChunks()).isEqualTo(p.workItems() - 1); // every visual item has its min/max chunk
+    }
+
+    @Test
+    void largeBatchesGetOneItemPerSegmentAndNoMinMaxPass() {
+        List<DecodePlan.Entry> batch = new ArrayList<>();
+        for (int b = 0; b < 256; b++) {
+            batch.add(entry(105, 3328));
+        }
+        DecodePlan p = DecodePlan.build(batch, 32, 128, 8, true, SMS_X2, 64);
+        assertThat(p.mmMode()).isEqualTo(2);
+        assertThat(p.workItems()).isEqualTo(512);
+        assertThat(p.minmaxChunks()).isZero();
+    }
+
+    @Test
+    void withoutCalibrationThereIsNoMinMaxPass() {
+        DecodePlan p = DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, false, SMS_X2, 64);
+        assertThat(p.mmMode()).isZero();
+        assertThat(p.minmaxChunks()).isZero();
+    }
+
+    @Test
+    void aSequenceWithoutTokensIsRejected() {
+        assertThatThrownBy(() -> DecodePlan.build(List.of(entry(0)), 32, 128, 8, true, SMS_X2, 64))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("no tokens");
+    }
+
+    /** The tables cover every token of every segment exactly once, and point where the entries say. */
+    @Property(tries = 200)
+    void tablesCoverEveryTokenOnce(@ForAll @Size(min = 1, max = 12) List<@Size(max = 3) List<@IntRange(min = 1, max = 5000) Integer>> spans,
+            @ForAll @IntRange(min = 0, max = 300) int full, @ForAll boolean calibrate) {
+        List<DecodePlan.Entry> batch = new ArrayList<>();
+        for (List<Integer> s : spans) {
+            batch.add(entry(s.isEmpty() ? Math.max(full, 1) : full, s.stream().mapToInt(Integer::intValue).toArray()));
+        }
+        DecodePlan p = DecodePlan.build(batch, 8, 64, 2, calibrate, SMS_X2, 64);
+        long[] seq = p.seqTab();
+        long[] work = p.workTab();
+        long[] span = p.spanTab();
+        int spanId = 0;
+        for (int b = 0; b < batch.size(); b++) {
+            DecodePlan.Entry e = batch.get(b);
+            int s0 = b * CalibQuantKernels.SEQ_COLS;
+            assertThat(seq[s0]).isEqualTo(e.fullOffset());
+            assertThat(seq[s0 + 1]).isEqualTo(e.fullLength());
+            assertThat(seq[s0 + 3]).isEqualTo((long) b * 8 * 64);
+            long first = seq[s0 + 4];
+            long count = seq[s0 + 5];
+            assertThat(count).isPositive();
+            long fullCovered = 0;
+            long[] spanCovered = new long[e.spans().size()];
+            for (long w = first; w < first + count; w++) {
+                int w0 = (int) w * CalibQuantKernels.WORK_COLS;
+                assertThat(work[w0]).isEqualTo(b);
+                if (work[w0 + 1] < 0) {
+                    assertThat(work[w0 + 2]).isEqualTo(fullCovered);
+                    fullCovered += work[w0 + 3];
+                } else {
+                    int local = (int) work[w0 + 1] - spanId;
+                    assertThat(work[w0 + 2]).isEqualTo(spanCovered[local]);
+                    spanCovered[local] += work[w0 + 3];
+                }
+            }
+            assertThat(fullCovered).isEqualTo(e.fullLength());
+            for (int i = 0; i < e.spans().size(); i++) {
+                int r = (spanId + i) * CalibQuantKernels.SPAN_COLS;
+                assertThat(spanCovered[i]).isEqualTo(e.spans().get(i).length());
+                assertThat(span[r]).isEqualTo(e.codeOffsets()[i]);
+                assertThat(span[r + 1]).isEqualTo(e.spans().get(i).length());
+                assertThat(span[r + 2]).isEqualTo(e.scaleOffsets()[i]);
+                if (p.mmMode() == 1) {
+                    long covered = 0;
+                    for (long c = span[r + 3]; c < span[r + 3] + span[r + 4]; c++) {
+                        int m0 = (int) c * CalibQuantKernels.MM_COLS;
+                        assertThat(p.mmTab()[m0]).isEqualTo(b);
+                        assertThat(p.mmTab()[m0 + 1]).isEqualTo(spanId + i);
+                        assertThat(p.mmTab()[m0 + 2]).isEqualTo(covered);
+                        covered += p.mmTab()[m0 + 3];
+                    }
+                    assertThat(covered).isEqualTo(e.spans().get(i).length());
+                }
+            }
+            spanId += e.spans().size();
+        }
+        assertThat(p.mmMode()).isEqualTo(calibrate ? p.mmMode() : 0);
+    }
+}
