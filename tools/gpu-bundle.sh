@@ -23,7 +23,7 @@ rm -rf "$out"; mkdir -p "$out/app/lib"
 cp -r target/classes "$out/app/classes"
 cp -r target/test-classes "$out/app/test-classes"
 cp target/calibquant-cli.jar "$out/app/"
-cp tools/gpu-run.sh "$out/"
+cp tools/gpu-run.sh tools/bench_sdpa.py "$out/"
 
 rm -rf "$out/jre"
 "$JAVA_HOME/bin/jlink" --add-modules java.base,java.logging,java.management,java.xml,jdk.unsupported,jdk.incubator.vector,jdk.management \

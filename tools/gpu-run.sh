@@ -1,37 +1,70 @@
 #!/usr/bin/env bash
 # Runs on the GPU host (no JDK there) from a bundle made by tools/gpu-bundle.sh:
-#   tools/gpu-run.sh [BUNDLE_DIR] [OUT_DIR]
-# unpacks the runtime, runs `calibquant info` and `selftest`, then every test (GPU tests included) with the JUnit
-# console launcher and XML reports, and packs logs and reports into OUT_DIR/gpu-run.tar.gz.
+#   tools/gpu-run.sh BUNDLE_DIR OUT_DIR [--bench] [--sanitize]
+# Unpacks the runtime; runs `calibquant info` and `selftest`, then every test (GPU tests included) with the JUnit
+# console launcher and XML reports. --bench adds `calibquant bench` with PyTorch SDPA measured in the same run
+# (tools/bench_sdpa.py, where torch is installed). --sanitize runs `selftest` under compute-sanitizer memcheck and
+# racecheck. Logs, reports and results are packed into OUT_DIR/gpu-run.tar.gz; the exit status is non-zero if
+# anything failed.
 set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
 bundle="$(cd "${1:-.gpu-bundle}" && pwd)"
 out="${2:-${OUT:-/tmp/gpu-run-out}}"
-mkdir -p "$out" /tmp/cq-work
-work=/tmp/cq-work
+shift 2 || true
+bench=0; sanitize=0
+for a in "$@"; do
+  case "$a" in --bench) bench=1 ;; --sanitize) sanitize=1 ;; *) echo "unknown option $a" >&2; exit 2 ;; esac
+done
+mkdir -p "$out"
+work=$(mktemp -d /tmp/cq-work.XXXX)
 tar -C "$work" -xJf "$bundle/runtime.tar.xz"
 java="$work/jre/bin/java"
 app="$bundle/app"
+jar="$app/calibquant-cli.jar"
 cp_test="$app/test-classes:$app/classes:$(ls "$app"/lib/*.jar | tr '\n' ':')"
 logs="$work/logs"; mkdir -p "$logs"
-
-"$java" -version 2>&1 | tee "$logs/java-version.txt"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$logs/nvidia-smi.txt"
-
+jflags=(--enable-native-access=ALL-UNNAMED -Djava.awt.headless=true)
 status=0
-"$java" --enable-native-access=ALL-UNNAMED -jar "$app/calibquant-cli.jar" info 2>&1 | tee "$logs/info.txt" || status=1
-"$java" --enable-native-access=ALL-UNNAMED -jar "$app/calibquant-cli.jar" selftest 2>&1 | tee "$logs/selftest.txt" || status=1
+step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
 
-"$java" --enable-native-access=ALL-UNNAMED -Xmx16g -jar "$app"/junit-platform-console-standalone-*.jar execute \
+step env
+{ "$java" -version; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; } 2>&1 | tee "$logs/env.txt"
+
+step info
+"$java" "${jflags[@]}" -jar "$jar" info 2>&1 | tee "$logs/info.txt" || status=1
+step selftest
+"$java" "${jflags[@]}" -jar "$jar" selftest 2>&1 | tee "$logs/selftest.txt" || status=1
+step selftest sm_80
+"$java" "${jflags[@]}" -jar "$jar" selftest --target sm_80 2>&1 | tee "$logs/selftest-sm80.txt" || status=1
+
+step junit
+"$java" "${jflags[@]}" -Xmx24g -jar "$app"/junit-platform-console-standalone-*.jar execute \
     --class-path "$cp_test" --scan-class-path "$app/test-classes" \
     --include-classname '.*(Test|Tests|Properties)$' \
-    --reports-dir "$logs/junit" --details=summary --details-theme=ascii --disable-banner 2>&1 | tee "$logs/junit.txt" \
+    --reports-dir "$logs/junit" --details=tree --details-theme=ascii --disable-banner > "$logs/junit.txt" 2>&1 \
     || status=1
+grep -E "tests (successful|failed|skipped|aborted)|calibquant\]" "$logs/junit.txt" | tail -60
+grep -B2 -A12 "\[X\]" "$logs/junit.txt" | head -150
 
-for extra in "${@:3}"; do
-  echo "+ $extra" | tee -a "$logs/extra.txt"
-  (cd "$app" && JAVA="$java" CP="$cp_test" bash -c "$extra") 2>&1 | tee -a "$logs/extra.txt" || status=1
-done
+if [ "$bench" = 1 ]; then
+  step sdpa
+  if python3 -c 'import torch' 2>/dev/null; then
+    PYTHONUNBUFFERED=1 python3 "$here/bench_sdpa.py" --out "$logs/sdpa.json" 2>&1 | tee "$logs/sdpa.txt" || status=1
+  fi
+  step bench
+  sdpa_opt=(); [ -f "$logs/sdpa.json" ] && sdpa_opt=(--sdpa "$logs/sdpa.json")
+  "$java" "${jflags[@]}" -Xmx24g -jar "$jar" bench "${sdpa_opt[@]}" --csv "$logs/bench.csv" 2>&1 | tee "$logs/bench.txt" || status=1
+fi
+
+if [ "$sanitize" = 1 ]; then
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool"
+    compute-sanitizer --tool "$tool" --error-exitcode 99 --target-processes all \
+        "$java" "${jflags[@]}" -jar "$jar" selftest > "$logs/sanitizer-$tool.txt" 2>&1 || status=1
+    tail -5 "$logs/sanitizer-$tool.txt"
+  done
+fi
 
 tar -C "$work" -czf "$out/gpu-run.tar.gz" logs
-echo "gpu-run: status $status; reports in $out/gpu-run.tar.gz"
+step "done: status $status; results in $out/gpu-run.tar.gz"
 exit $status
