@@ -65,7 +65,7 @@ public final class AnswerGenerator {
                 steps++;
             }
             long nanos = System.nanoTime() - started;
-            return new Answer(Arrays.copyOf(tokens, count), kvBytes(sequence, prefill.tokens() + steps, quant),
+            return new Answer(Arrays.copyOf(tokens, count), kvBytes(prefill.tokens() + steps, quant),
                     steps, nanos);
         }
     }
@@ -109,7 +109,7 @@ public final class AnswerGenerator {
         return sequence;
     }
 
-    private long kvBytes(Sequence sequence, int tokens, dev.calibquant.quant.QuantConfig quant) {
+    private long kvBytes(int tokens, dev.calibquant.quant.QuantConfig quant) {
         ModelGeometry g = cache.geometry();
         int visual = quant == null ? 0 : model.visualSpan().length();
         long perLayer = 2L * g.kvHeads() * g.headDim() * cache.dtype().byteSize() * (tokens - visual);

@@ -23,6 +23,8 @@ import java.util.List;
 public final class TaskGenerator {
     public static final int DRAWS = 32;
     public static final int MAX_OBJECTS = 5;
+    /** The longest answer, {@code <eos>} included: four objects of a row, three "and"s. */
+    public static final int MAX_ANSWER_TOKENS = 16;
     public static final long TRAIN_SEED = 1;
     /** The demo's and the accuracy table's test set; the training script never draws from it. */
     public static final long TEST_SEED = 2502;
