@@ -4,9 +4,11 @@ import dev.calibquant.cache.KvCacheManager;
 import dev.calibquant.io.SafetensorsFormatException;
 import dev.calibquant.model.DecodeAttentionFactory;
 import dev.calibquant.model.Evaluation;
+import dev.calibquant.model.KvCapture;
 import dev.calibquant.model.KvSetting;
 import dev.calibquant.model.SceneModel;
 import dev.calibquant.model.TaskGenerator;
+import dev.calibquant.model.TaskSample;
 import dev.calibquant.model.WeightsFormatException;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.QuantConfig;
@@ -89,6 +91,11 @@ public final class DemoCommand implements Callable<Integer> {
     @Option(names = "--no-progress", description = "no progress bar")
     boolean noProgress;
 
+    @Option(names = "--capture", paramLabel = "OUT", description = "write the model's KV cache for test image 0 "
+            + "(prompt keys and values, first decode step's queries) to OUT in the format of calibquant eval, and "
+            + "exit")
+    Path capture;
+
     @Spec
     CommandSpec spec;
 
@@ -128,6 +135,15 @@ public final class DemoCommand implements Callable<Integer> {
                     new KvSetting(bits + "-bit CalibQuant", quantConfig()));
             DecodeAttentionFactory attention = attention();
             SceneModel model = loadModel();
+            if (capture != null) {
+                TaskSample sample = new TaskGenerator(TaskGenerator.TEST_SEED).sample(0);
+                KvCapture.write(capture, model, sample);
+                out.println("wrote " + capture + ": KV cache of test image 0 (" + sample.questionText() + "), "
+                        + model.config().layers() + " layers, visual span " + model.visualSpan()
+                        + "; try: calibquant eval " + capture);
+                out.flush();
+                return 0;
+            }
             try (KvCacheManager cache = KvCacheManager.onHost(model.config().geometry(), DType.FP16)) {
                 Evaluation evaluation = new Evaluation(model, cache, attention, settings);
                 List<Evaluation.Result> results = run(evaluation, count, err);
@@ -149,6 +165,9 @@ public final class DemoCommand implements Callable<Integer> {
             return 2;
         } catch (NoModelException e) {
             err.println("calibquant demo: " + e.getMessage());
+            return 1;
+        } catch (IOException e) {
+            err.println("calibquant demo: cannot write " + capture + ": " + e);
             return 1;
         }
     }

@@ -26,6 +26,9 @@ public final class AnswerGenerator {
     private final KvCacheManager cache;
     private final DecodeAttentionFactory attention;
     private final int maxTokens;
+    /** One decode attention per calibration, made on first use (a GPU one may be costly to make). */
+    private final java.util.Map<Calibration, DecodeAttention> attentions =
+            new java.util.concurrent.ConcurrentHashMap<>();
 
     /**
      * @param cache where sequences live; its geometry must be the model's
@@ -48,7 +51,7 @@ public final class AnswerGenerator {
 
     /** Greedy answer from a prefill; {@code quant} null keeps the visual span in full precision. */
     public Answer answer(Prefill prefill, dev.calibquant.quant.QuantConfig quant) {
-        DecodeAttention decode = attention.create(quant == null ? Calibration.OFF : quant.calibration());
+        DecodeAttention decode = attentionFor(quant);
         int[] tokens = new int[maxTokens];
         int count = 0;
         int next = Ops.argmax(prefill.lastLogits());
@@ -72,7 +75,7 @@ public final class AnswerGenerator {
 
     /** Teacher forcing: the logits after each of {@code forced} fed as decode steps (for tests). */
     float[][] forcedLogits(Prefill prefill, dev.calibquant.quant.QuantConfig quant, int[] forced) {
-        DecodeAttention decode = attention.create(quant == null ? Calibration.OFF : quant.calibration());
+        DecodeAttention decode = attentionFor(quant);
         float[][] logits = new float[forced.length][];
         try (Sequence sequence = open(prefill, quant)) {
             for (int i = 0; i < forced.length; i++) {
@@ -80,6 +83,10 @@ public final class AnswerGenerator {
             }
         }
         return logits;
+    }
+
+    private DecodeAttention attentionFor(dev.calibquant.quant.QuantConfig quant) {
+        return attentions.computeIfAbsent(quant == null ? Calibration.OFF : quant.calibration(), attention::create);
     }
 
     /** A sequence of the cache holding the prompt's keys and values, visual span quantized when {@code quant} is set. */
