@@ -1,0 +1,299 @@
+package dev.calibquant.cli;
+
+import dev.calibquant.cache.KvCacheManager;
+import dev.calibquant.io.SafetensorsFormatException;
+import dev.calibquant.model.DecodeAttentionFactory;
+import dev.calibquant.model.Evaluation;
+import dev.calibquant.model.KvCapture;
+import dev.calibquant.model.KvSetting;
+import dev.calibquant.model.SceneModel;
+import dev.calibquant.model.TaskGenerator;
+import dev.calibquant.model.TaskSample;
+import dev.calibquant.model.WeightsFormatException;
+import dev.calibquant.quant.DType;
+import dev.calibquant.quant.QuantConfig;
+import java.io.IOException;
+import java.io.PrintWriter;
+import java.nio.file.NoSuchFileException;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import java.util.concurrent.Callable;
+import java.util.function.Supplier;
+import me.tongfei.progressbar.DelegatingProgressBarConsumer;
+import me.tongfei.progressbar.ProgressBar;
+import me.tongfei.progressbar.ProgressBarBuilder;
+import picocli.CommandLine.ArgGroup;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
+
+/**
+ * {@code calibquant demo}: the built-in scene model answers test images twice, with its visual KV cache in fp16 and
+ * quantized by CalibQuant, and prints both answers next to the truth, the accuracy, the KV bytes per sequence and
+ * the decode speed; {@code --table} prints the accuracy table over several quantization settings instead.
+ *
+ * <p>Exit codes: 0 done, 1 no usable model (no trained weights, a bad weights file) or GPU not available, 2 bad usage.
+ */
+@Command(name = "demo", mixinStandardHelpOptions = true,
+        description = {"Answers questions about generated scenes with the built-in model, visual KV in fp16 and in "
+            + "1-bit CalibQuant, side by side with the truth.",
+            "Images come from the scene task's test set (seed " + TaskGenerator.TEST_SEED + "), the same in every run."})
+public final class DemoCommand implements Callable<Integer> {
+
+    @Option(names = "--images", paramLabel = "N",
+            description = "test images to answer (default: 20, or 500 with --table)")
+    Integer images;
+
+    @Option(names = "--bits", defaultValue = "1", description = "code width of the quantized run: 1, 2, 4 or 8 "
+            + "(default: ${DEFAULT-VALUE})")
+    int bits;
+
+    @Option(names = "--no-calibration", description = "switch score calibration off (on by default for 1 and 2 bits)")
+    boolean noCalibration;
+
+    @Option(names = "--key-clip", paramLabel = "C", description = "key clipping factor in (0, 1] (default: 0.5 at "
+            + "1 bit, else 1)")
+    Float keyClip;
+
+    @Option(names = "--value-clip", paramLabel = "C", description = "value clipping factor in (0, 1] (default: 0.3 at "
+            + "1 bit, else 1)")
+    Float valueClip;
+
+    @ArgGroup(exclusive = true)
+    Device device = new Device();
+
+    static final class Device {
+        @Option(names = "--cpu", description = "decode attention on the CPU (default)")
+        boolean cpu;
+
+        @Option(names = "--gpu", description = "decode attention on the GPU")
+        boolean gpu;
+    }
+
+    @Option(names = "--weights", paramLabel = "PATH", description = "model weights (safetensors; default: the "
+            + "built-in model)")
+    Path weights;
+
+    @Option(names = "--png", paramLabel = "PATH", defaultValue = "calibquant-demo.png",
+            description = "where to draw the first images with both answers (default: ${DEFAULT-VALUE})")
+    Path png;
+
+    @Option(names = "--no-png", description = "draw no PNG")
+    boolean noPng;
+
+    @Option(names = "--table", description = "print the accuracy table: fp16, 1-bit CalibQuant and its ablations, "
+            + "2-bit, 4-bit")
+    boolean table;
+
+    @Option(names = "--no-progress", description = "no progress bar")
+    boolean noProgress;
+
+    @Option(names = "--capture", paramLabel = "OUT", description = "write the model's KV cache for test image 0 "
+            + "(prompt keys and values, first decode step's queries) to OUT in the format of calibquant eval, and "
+            + "exit")
+    Path capture;
+
+    @Spec
+    CommandSpec spec;
+
+    /** The GPU decode attention; null while the GPU path is not wired into the demo. */
+    private final Supplier<DecodeAttentionFactory> gpuAttention;
+
+    public DemoCommand() {
+        this(() -> null);
+    }
+
+    DemoCommand(Supplier<DecodeAttentionFactory> gpuAttention) {
+        this.gpuAttention = gpuAttention;
+    }
+
+    private static final class UsageException extends Exception {
+        UsageException(String message) {
+            super(message);
+        }
+    }
+
+    private static final class NoModelException extends Exception {
+        NoModelException(String message) {
+            super(message);
+        }
+    }
+
+    @Override
+    public Integer call() {
+        PrintWriter out = spec.commandLine().getOut();
+        PrintWriter err = spec.commandLine().getErr();
+        try {
+            int count = images != null ? images : table ? 500 : 20;
+            if (count < 1) {
+                throw new UsageException("--images must be at least 1, got " + count);
+            }
+            List<KvSetting> settings = table ? KvSetting.accuracyTable() : List.of(KvSetting.FP16,
+                    new KvSetting(bits + "-bit CalibQuant", quantConfig()));
+            DecodeAttentionFactory attention = attention();
+            SceneModel model = loadModel();
+            if (capture != null) {
+                TaskSample sample = new TaskGenerator(TaskGenerator.TEST_SEED).sample(0);
+                KvCapture.write(capture, model, sample);
+                out.println("wrote " + capture + ": KV cache of test image 0 (" + sample.questionText() + "), "
+                        + model.config().layers() + " layers, visual span " + model.visualSpan()
+                        + "; try: calibquant eval " + capture);
+                out.flush();
+                return 0;
+            }
+            try (KvCacheManager cache = KvCacheManager.onHost(model.config().geometry(), DType.FP16)) {
+                Evaluation evaluation = new Evaluation(model, cache, attention, settings);
+                List<Evaluation.Result> results = run(evaluation, count, err);
+                if (table) {
+                    printTable(out, evaluation, count);
+                } else {
+                    printAnswers(out, results, settings);
+                    printSummary(out, evaluation, count);
+                }
+                if (!noPng && !table) {
+                    drawSheet(out, err, results, settings);
+                }
+            }
+            out.flush();
+            return 0;
+        } catch (UsageException e) {
+            err.println("calibquant demo: " + e.getMessage());
+            spec.commandLine().usage(err);
+            return 2;
+        } catch (NoModelException e) {
+            err.println("calibquant demo: " + e.getMessage());
+            return 1;
+        } catch (IOException e) {
+            err.println("calibquant demo: cannot write " + capture + ": " + e);
+            return 1;
+        }
+    }
+
+    private QuantConfig quantConfig() throws UsageException {
+        QuantConfig q;
+        try {
+            q = QuantConfig.defaults(bits);
+            if (keyClip != null) {
+                q = q.withKeyClip(keyClip);
+            }
+            if (valueClip != null) {
+                q = q.withValueClip(valueClip);
+            }
+        } catch (IllegalArgumentException e) {
+            throw new UsageException(e.getMessage());
+        }
+        return noCalibration ? q.withCalibrate(false) : q;
+    }
+
+    private DecodeAttentionFactory attention() throws NoModelException {
+        if (!device.gpu) {
+            return DecodeAttentionFactory.cpu();
+        }
+        DecodeAttentionFactory gpu = gpuAttention.get();
+        if (gpu == null) {
+            throw new NoModelException("--gpu: the GPU decode attention is not wired into demo yet; run with --cpu");
+        }
+        return gpu;
+    }
+
+    private SceneModel loadModel() throws NoModelException {
+        try {
+            return weights != null ? SceneModel.load(weights) : SceneModel.loadBundled();
+        } catch (SceneModel.BundledWeightsMissingException e) {
+            throw new NoModelException(e.getMessage());
+        } catch (NoSuchFileException e) {
+            throw new NoModelException("no such weights file: " + e.getFile());
+        } catch (SafetensorsFormatException | WeightsFormatException e) {
+            throw new NoModelException(e.getMessage());
+        } catch (IOException e) {
+            throw new NoModelException("cannot read the weights: " + e);
+        }
+    }
+
+    private List<Evaluation.Result> run(Evaluation evaluation, int count, PrintWriter err) {
+        TaskGenerator task = new TaskGenerator(TaskGenerator.TEST_SEED);
+        List<Evaluation.Result> results = new ArrayList<>();
+        ProgressBarBuilder builder = new ProgressBarBuilder().setTaskName("answering").setInitialMax(count)
+                .setUnit(" images", 1).setUpdateIntervalMillis(200)
+                .setConsumer(new DelegatingProgressBarConsumer(line -> {
+                    err.print('\r' + line);
+                    err.flush();
+                }, 100));
+        if (noProgress) {
+            for (int i = 0; i < count; i++) {
+                results.add(evaluation.run(task.sample(i)));
+            }
+            return results;
+        }
+        try (ProgressBar bar = builder.build()) {
+            for (int i = 0; i < count; i++) {
+                results.add(evaluation.run(task.sample(i)));
+                bar.step();
+            }
+        }
+        err.println();
+        return results;
+    }
+
+    private static void printAnswers(PrintWriter out, List<Evaluation.Result> results, List<KvSetting> settings) {
+        out.printf(Locale.ROOT, "%4s  %-30s  %-34s  %-34s  %-34s%n", "#", "question", "truth", settings.get(0).name(),
+                settings.get(1).name());
+        for (Evaluation.Result r : results) {
+            out.printf(Locale.ROOT, "%4d  %-30s  %-34s  %-34s  %-34s%n", r.sample().index(), r.sample().questionText(),
+                    r.sample().answerText(), mark(r, 0), mark(r, 1));
+        }
+        out.println();
+    }
+
+    private static String mark(Evaluation.Result r, int i) {
+        boolean right = Evaluation.exactMatch(r.answers().get(i).tokens(), r.sample().answer());
+        return (right ? "ok  " : "XX  ") + r.answers().get(i).text();
+    }
+
+    private void printSummary(PrintWriter out, Evaluation evaluation, int count) {
+        List<Evaluation.Score> scores = evaluation.scores();
+        double fp16Bytes = scores.get(0).kvBytesPerSequence();
+        for (Evaluation.Score s : scores) {
+            out.printf(Locale.ROOT, "%-18s exact match %5.1f %%   token accuracy %5.1f %%   KV %,9.0f bytes/sequence"
+                    + " (%4.1f× less than fp16)   decode %,7.1f tokens/s%n", s.setting().name(), 100 * s.exactMatch(),
+                    100 * s.tokenAccuracy(), s.kvBytesPerSequence(), fp16Bytes / s.kvBytesPerSequence(),
+                    s.decodeTokensPerSecond());
+        }
+        out.printf(Locale.ROOT, "%s: %s.%n", scores.get(1).setting().name(), scores.get(1).setting().describe());
+        out.printf(Locale.ROOT, "%d images; prefill (vision encoder, then exact attention over the prompt) %.0f ms "
+                + "per image on the CPU; decode attention on the %s.%n", count,
+                evaluation.prefillNanos() / 1e6 / count, device.gpu ? "GPU" : "CPU");
+    }
+
+    private void printTable(PrintWriter out, Evaluation evaluation, int count) {
+        List<Evaluation.Score> scores = evaluation.scores();
+        double fp16Bytes = scores.get(0).kvBytesPerSequence();
+        out.printf(Locale.ROOT, "Accuracy of the built-in scene model on %d test images (seed %d), greedy answers; "
+                + "KV bytes of one sequence, all layers, at the end of its answer.%n%n", count, TaskGenerator.TEST_SEED);
+        out.println("| visual KV | exact match | token accuracy | KV bytes / sequence | vs fp16 |");
+        out.println("|---|---:|---:|---:|---:|");
+        for (Evaluation.Score s : scores) {
+            out.printf(Locale.ROOT, "| %s | %.1f %% | %.1f %% | %,.0f | %.2f× |%n", s.setting().name(),
+                    100 * s.exactMatch(), 100 * s.tokenAccuracy(), s.kvBytesPerSequence(),
+                    fp16Bytes / s.kvBytesPerSequence());
+        }
+        out.println();
+        for (Evaluation.Score s : scores) {
+            out.printf(Locale.ROOT, "- %s: %s%n", s.setting().name(), s.setting().describe());
+        }
+    }
+
+    private void drawSheet(PrintWriter out, PrintWriter err, List<Evaluation.Result> results,
+            List<KvSetting> settings) {
+        try {
+            DemoSheet.write(png, results, List.of(settings.get(0).name(), settings.get(1).name()));
+            out.println("drew the first " + Math.min(8, results.size()) + " images with both answers: " + png);
+        } catch (IOException | RuntimeException | LinkageError | java.awt.AWTError | InternalError e) {
+            // the PNG is a by-product: the answers above stand without it
+            err.println("calibquant demo: could not draw " + png + ": " + e);
+        }
+    }
+}

@@ -1,0 +1,128 @@
+package dev.calibquant.model;
+
+import dev.calibquant.attention.DecodeAttention;
+import dev.calibquant.cache.KvCacheManager;
+import dev.calibquant.cache.ModelGeometry;
+import dev.calibquant.cache.Sequence;
+import dev.calibquant.cache.TokenSpan;
+import dev.calibquant.quant.Calibration;
+import dev.calibquant.quant.ChannelQuantizer;
+import dev.calibquant.quant.DType;
+import dev.calibquant.quant.Elements;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Objects;
+
+/**
+ * Greedy decoding through the KV cache, as CalibQuant prescribes: prefill (exact attention) gives the first token
+ * and every layer's keys and values; these fill a {@link Sequence} whose visual span is quantized with the given
+ * {@link dev.calibquant.quant.QuantConfig} (or kept in the cache's dtype when it is null); each later token is one
+ * decode step whose attention reads that cache.
+ */
+public final class AnswerGenerator {
+    private final SceneModel model;
+    private final KvCacheManager cache;
+    private final DecodeAttentionFactory attention;
+    private final int maxTokens;
+    /** One decode attention per calibration, made on first use (a GPU one may be costly to make). */
+    private final java.util.Map<Calibration, DecodeAttention> attentions =
+            new java.util.concurrent.ConcurrentHashMap<>();
+
+    /**
+     * @param cache where sequences live; its geometry must be the model's
+     * @param maxTokens the most answer tokens generated, {@code <eos>} included
+     */
+    public AnswerGenerator(SceneModel model, KvCacheManager cache, DecodeAttentionFactory attention, int maxTokens) {
+        this.model = Objects.requireNonNull(model, "model");
+        this.cache = Objects.requireNonNull(cache, "cache");
+        this.attention = Objects.requireNonNull(attention, "attention");
+        ModelGeometry expected = model.config().geometry();
+        if (!cache.geometry().equals(expected)) {
+            throw new IllegalArgumentException("the cache has geometry " + cache.geometry() + ", the model "
+                    + expected);
+        }
+        if (maxTokens < 1) {
+            throw new IllegalArgumentException("maxTokens must be >= 1, got " + maxTokens);
+        }
+        this.maxTokens = maxTokens;
+    }
+
+    /** Greedy answer from a prefill; {@code quant} null keeps the visual span in full precision. */
+    public Answer answer(Prefill prefill, dev.calibquant.quant.QuantConfig quant) {
+        DecodeAttention decode = attentionFor(quant);
+        int[] tokens = new int[maxTokens];
+        int count = 0;
+        int next = Ops.argmax(prefill.lastLogits());
+        long started = System.nanoTime();
+        int steps = 0;
+        try (Sequence sequence = open(prefill, quant)) {
+            int position = prefill.tokens();
+            while (true) {
+                tokens[count++] = next;
+                if (next == Vocabulary.EOS || count == maxTokens) {
+                    break;
+                }
+                next = Ops.argmax(model.step(next, position++, sequence, cache.dtype(), decode));
+                steps++;
+            }
+            long nanos = System.nanoTime() - started;
+            return new Answer(Arrays.copyOf(tokens, count), kvBytes(prefill.tokens() + steps, quant),
+                    steps, nanos);
+        }
+    }
+
+    /** Teacher forcing: the logits after each of {@code forced} fed as decode steps (for tests). */
+    float[][] forcedLogits(Prefill prefill, dev.calibquant.quant.QuantConfig quant, int[] forced) {
+        DecodeAttention decode = attentionFor(quant);
+        float[][] logits = new float[forced.length][];
+        try (Sequence sequence = open(prefill, quant)) {
+            for (int i = 0; i < forced.length; i++) {
+                logits[i] = model.step(forced[i], prefill.tokens() + i, sequence, cache.dtype(), decode);
+            }
+        }
+        return logits;
+    }
+
+    private DecodeAttention attentionFor(dev.calibquant.quant.QuantConfig quant) {
+        return attentions.computeIfAbsent(quant == null ? Calibration.OFF : quant.calibration(), attention::create);
+    }
+
+    /** A sequence of the cache holding the prompt's keys and values, visual span quantized when {@code quant} is set. */
+    Sequence open(Prefill prefill, dev.calibquant.quant.QuantConfig quant) {
+        ModelGeometry g = cache.geometry();
+        DType dtype = cache.dtype();
+        TokenSpan span = model.visualSpan();
+        Sequence sequence = quant == null ? cache.createSequence(prefill.tokens())
+                : cache.createSequence(prefill.tokens(), List.of(span), quant);
+        try (Arena arena = Arena.ofConfined()) {
+            long elements = (long) g.kvHeads() * prefill.tokens() * g.headDim();
+            MemorySegment keys = arena.allocate(elements * dtype.byteSize());
+            MemorySegment values = arena.allocate(elements * dtype.byteSize());
+            for (int l = 0; l < g.layers(); l++) {
+                float[] k = prefill.keys()[l];
+                float[] v = prefill.values()[l];
+                for (int i = 0; i < elements; i++) {
+                    Elements.write(keys, dtype, i, k[i]);
+                    Elements.write(values, dtype, i, v[i]);
+                }
+                sequence.fill(l, keys, values, dtype);
+            }
+        } catch (RuntimeException | Error e) {
+            sequence.close();
+            throw e;
+        }
+        return sequence;
+    }
+
+    private long kvBytes(int tokens, dev.calibquant.quant.QuantConfig quant) {
+        ModelGeometry g = cache.geometry();
+        int visual = quant == null ? 0 : model.visualSpan().length();
+        long perLayer = 2L * g.kvHeads() * g.headDim() * cache.dtype().byteSize() * (tokens - visual);
+        if (quant != null) {
+            perLayer += ChannelQuantizer.bytesFor(quant, g.kvHeads(), visual, g.headDim());
+        }
+        return perLayer * g.layers();
+    }
+}

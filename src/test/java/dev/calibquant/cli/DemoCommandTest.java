@@ -1,0 +1,130 @@
+package dev.calibquant.cli;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import dev.calibquant.model.DecodeAttentionFactory;
+import dev.calibquant.model.SceneModel;
+import java.awt.image.BufferedImage;
+import java.io.PrintWriter;
+import java.io.StringWriter;
+import java.net.URISyntaxException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.function.Supplier;
+import javax.imageio.ImageIO;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import picocli.CommandLine;
+
+/** {@code calibquant demo} on the random tiny model the model tests use (its answers are nonsense; the plumbing is not). */
+class DemoCommandTest {
+
+    @TempDir
+    Path dir;
+
+    record Result(int exitCode, String out, String err) {
+    }
+
+    static Result run(Supplier<DecodeAttentionFactory> gpu, String... args) {
+        StringWriter out = new StringWriter();
+        StringWriter err = new StringWriter();
+        int code = new CommandLine(new DemoCommand(gpu)).setOut(new PrintWriter(out)).setErr(new PrintWriter(err))
+                .execute(args);
+        return new Result(code, out.toString(), err.toString());
+    }
+
+    static Result run(String... args) {
+        return run(() -> null, args);
+    }
+
+    static String tinyWeights() throws URISyntaxException {
+        return Path.of(DemoCommandTest.class.getResource("/dev/calibquant/model/tiny-random.safetensors").toURI())
+                .toString();
+    }
+
+    @Test
+    void answersSideBySideAndDrawsThePng() throws Exception {
+        Path png = dir.resolve("demo.png");
+        Result r = run("--weights", tinyWeights(), "--images", "3", "--png", png.toString());
+        assertThat(r.exitCode()).as(r.err()).isZero();
+        assertThat(r.out()).contains("question", "truth", "fp16", "1-bit CalibQuant", "where is the purple circle ?",
+                "row 0 column 3", "exact match", "token accuracy", "bytes/sequence", "tokens/s",
+                "keys clipped to 0.5, values to 0.3, calibrated");
+        assertThat(r.err()).contains("answering", "3/3");
+        BufferedImage sheet = ImageIO.read(png.toFile());
+        assertThat(sheet.getWidth()).isGreaterThan(3 * 256);
+    }
+
+    @Test
+    void accuracyTableHasEveryRow() throws Exception {
+        Result r = run("--weights", tinyWeights(), "--images", "2", "--table", "--no-progress");
+        assertThat(r.exitCode()).as(r.err()).isZero();
+        assertThat(r.out()).contains("| fp16 |", "| 1-bit CalibQuant |", "| 1-bit, no calibration |",
+                "| 1-bit, no clipping (factor 1) |", "| 1-bit, per-token values |", "| 2-bit CalibQuant |",
+                "| 4-bit |", "on 2 test images");
+        assertThat(r.err()).doesNotContain("answering");
+    }
+
+    @Test
+    void withoutTrainedWeightsItSaysSo() {
+        if (SceneModel.hasBundledWeights()) {
+            return; // trained weights ship: nothing to refuse
+        }
+        Result r = run("--images", "1", "--no-png");
+        assertThat(r.exitCode()).isEqualTo(1);
+        assertThat(r.err()).contains("built-in model weights are not trained yet");
+    }
+
+    @Test
+    void badWeightsFiles() throws Exception {
+        Result missing = run("--weights", dir.resolve("nope.safetensors").toString(), "--no-png");
+        assertThat(missing.exitCode()).isEqualTo(1);
+        assertThat(missing.err()).contains("no such weights file");
+        Path garbage = Files.writeString(dir.resolve("garbage.safetensors"), "not a safetensors file at all");
+        Result corrupt = run("--weights", garbage.toString(), "--no-png");
+        assertThat(corrupt.exitCode()).isEqualTo(1);
+        assertThat(corrupt.err()).contains("garbage.safetensors");
+    }
+
+    @Test
+    void gpuIsRefusedUntilWiredAndUsedOnceWired() throws Exception {
+        Result refused = run("--weights", tinyWeights(), "--gpu", "--no-png");
+        assertThat(refused.exitCode()).isEqualTo(1);
+        assertThat(refused.err()).contains("not wired");
+        AtomicInteger made = new AtomicInteger();
+        DecodeAttentionFactory counting = calibration -> {
+            made.incrementAndGet();
+            return DecodeAttentionFactory.cpu().create(calibration);
+        };
+        Result wired = run(() -> counting, "--weights", tinyWeights(), "--gpu", "--images", "1", "--no-png",
+                "--no-progress");
+        assertThat(wired.exitCode()).as(wired.err()).isZero();
+        assertThat(made.get()).isEqualTo(2); // fp16 and 1-bit, one image
+        assertThat(wired.out()).contains("decode attention on the GPU");
+    }
+
+    @Test
+    void captureFeedsCalibquantEval() throws Exception {
+        Path capture = dir.resolve("capture.safetensors");
+        Result r = run("--weights", tinyWeights(), "--capture", capture.toString());
+        assertThat(r.exitCode()).as(r.err()).isZero();
+        assertThat(r.out()).contains("visual span [11, 267)");
+        StringWriter out = new StringWriter();
+        StringWriter err = new StringWriter();
+        int code = new CommandLine(new EvalCommand()).setOut(new PrintWriter(out)).setErr(new PrintWriter(err))
+                .execute(capture.toString(), "--bits", "1");
+        assertThat(code).as(err.toString()).isZero();
+        assertThat(out.toString()).contains("[11, 267)");
+    }
+
+    @Test
+    void badOptions() throws Exception {
+        assertThat(run("--weights", tinyWeights(), "--bits", "3").exitCode()).isEqualTo(2);
+        Result clip = run("--weights", tinyWeights(), "--key-clip", "1.5");
+        assertThat(clip.exitCode()).isEqualTo(2);
+        assertThat(clip.err()).contains("keyClip must be in (0, 1]");
+        assertThat(run("--images", "0").exitCode()).isEqualTo(2);
+        assertThat(run("--cpu", "--gpu").exitCode()).isEqualTo(2);
+    }
+}

@@ -1,0 +1,157 @@
+package dev.calibquant.model;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import dev.calibquant.cache.KvCacheManager;
+import dev.calibquant.cache.RandomSeedExtension;
+import dev.calibquant.quant.DType;
+import dev.calibquant.quant.QuantConfig;
+import java.nio.file.Path;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.extension.RegisterExtension;
+import org.junit.jupiter.api.io.TempDir;
+
+/** Decoding through the KV cache against prefill of the whole sequence, on random tiny models. */
+class DecodeThroughCacheTest {
+
+    @RegisterExtension
+    final RandomSeedExtension seed = new RandomSeedExtension();
+
+    @TempDir
+    Path dir;
+
+    private SceneModel randomModel() throws Exception {
+        return SceneModel.load(new TestWeights(TestWeights.tiny(), seed.seed()).write(dir.resolve("w.safetensors")));
+    }
+
+    private static double maxDiff(float[] a, int offset, float[] b) {
+        double worst = 0;
+        for (int i = 0; i < b.length; i++) {
+            worst = Math.max(worst, Math.abs(a[offset + i] - b[i]));
+        }
+        return worst;
+    }
+
+    /**
+     * With an fp32 cache and no quantization, decode steps compute the same function as prefill of the whole
+     * sequence, only in another order of operations; each differs from exact arithmetic by the fp32 rounding that
+     * {@link ForwardPassTest} bounds by 16 × the NumPy fp32 gap of the tiny model, so two of them differ by at most
+     * twice that.
+     */
+    @Test
+    void fp32CacheDecodeEqualsPrefill() throws Exception {
+        SceneModel model = randomModel();
+        double bound = 2 * 16 * ReferenceLogits.read(ForwardPassTest.resource("tiny-random-logits.safetensors"))
+                .fp32Gap();
+        TaskGenerator task = new TaskGenerator(seed.seed());
+        try (KvCacheManager cache = KvCacheManager.onHost(model.config().geometry(), DType.FP32)) {
+            AnswerGenerator generator = new AnswerGenerator(model, cache, DecodeAttentionFactory.cpu(), 16);
+            for (int n = 0; n < 2; n++) {
+                TaskSample sample = task.sample(n);
+                int[] prompt = model.prompt(sample.question());
+                int[] all = concat(prompt, sample.answer());
+                Prefill whole = model.prefillTokens(sample.image(), all);
+                Prefill head = model.prefill(sample.image(), sample.question());
+                float[][] stepped = generator.forcedLogits(head, null, sample.answer());
+                int vocab = model.config().vocabSize();
+                assertThat(maxDiff(whole.logits(), (prompt.length - 1) * vocab, head.lastLogits())).isZero();
+                for (int i = 0; i < stepped.length; i++) {
+                    assertThat(maxDiff(whole.logits(), (prompt.length + i) * vocab, stepped[i]))
+                            .as("sample %d step %d", n, i).isLessThanOrEqualTo(bound);
+                }
+            }
+            assertThat(cache.openSequences()).isZero();
+        }
+    }
+
+    /**
+     * 8-bit codes over each channel's full range (no clipping, no calibration) perturb the visual keys and values by
+     * a rounding error of at most half a step, {@code (max − min)/510}; an fp16 cache perturbs every key and value by
+     * its own rounding. Both perturbations are small and unstructured, so the logits respond to them linearly with
+     * the same gain: the quantized cache moves the logits from the fp32 cache's by at most about
+     * {@code (1 + R)} times what fp16 alone moves them, {@code R} being the ratio of the RMS 8-bit error (measured on
+     * this prefill's visual keys and values) to the RMS fp16 error (on all of them). The bound allows twice that.
+     */
+    @Test
+    void eightBitWithoutClippingMatchesFp16() throws Exception {
+        SceneModel model = randomModel();
+        QuantConfig eightBit = QuantConfig.defaults(8).withKeyClip(1f).withValueClip(1f).withCalibrate(false);
+        TaskGenerator task = new TaskGenerator(seed.seed() + 1);
+        try (KvCacheManager fp16 = KvCacheManager.onHost(model.config().geometry(), DType.FP16);
+                KvCacheManager fp32 = KvCacheManager.onHost(model.config().geometry(), DType.FP32)) {
+            AnswerGenerator half = new AnswerGenerator(model, fp16, DecodeAttentionFactory.cpu(), 16);
+            AnswerGenerator single = new AnswerGenerator(model, fp32, DecodeAttentionFactory.cpu(), 16);
+            for (int n = 0; n < 2; n++) {
+                TaskSample sample = task.sample(n);
+                Prefill prefill = model.prefill(sample.image(), sample.question());
+                float[][] exact = single.forcedLogits(prefill, null, sample.answer());
+                float[][] rounded = half.forcedLogits(prefill, null, sample.answer());
+                float[][] quantized = half.forcedLogits(prefill, eightBit, sample.answer());
+                double ratio = rmsEightBitError(prefill, model) / rmsFp16Error(prefill);
+                for (int i = 0; i < exact.length; i++) {
+                    double fp16Moved = maxDiff(rounded[i], 0, exact[i]);
+                    double eightMoved = maxDiff(quantized[i], 0, exact[i]);
+                    assertThat(fp16Moved).as("fp16 moves the logits at all").isPositive();
+                    assertThat(eightMoved).as("sample %d step %d (fp16 moved %g)", n, i, fp16Moved)
+                            .isLessThanOrEqualTo(2 * (1 + ratio) * fp16Moved);
+                }
+                Answer a = half.answer(prefill, null);
+                Answer b = half.answer(prefill, eightBit);
+                assertThat(b.kvBytes()).isLessThan(a.kvBytes());
+            }
+        }
+    }
+
+    private static double rmsFp16Error(Prefill p) {
+        double sum = 0;
+        long n = 0;
+        for (float[][] kinds : new float[][][] {p.keys(), p.values()}) {
+            for (float[] layer : kinds) {
+                for (float x : layer) {
+                    double e = Float.float16ToFloat(Float.floatToFloat16(x)) - x;
+                    sum += e * e;
+                    n++;
+                }
+            }
+        }
+        return Math.sqrt(sum / n);
+    }
+
+    /** RMS of {@code x − (min + σ·round((x − min)/σ))}, σ = (max − min)/255, per layer, KV head and channel. */
+    private static double rmsEightBitError(Prefill p, SceneModel model) {
+        int heads = model.config().kvHeads();
+        int dim = model.config().headDim();
+        var span = model.visualSpan();
+        double sum = 0;
+        long n = 0;
+        for (float[][] kinds : new float[][][] {p.keys(), p.values()}) {
+            for (float[] layer : kinds) {
+                for (int h = 0; h < heads; h++) {
+                    for (int d = 0; d < dim; d++) {
+                        double min = Double.POSITIVE_INFINITY;
+                        double max = Double.NEGATIVE_INFINITY;
+                        for (int t = span.start(); t < span.end(); t++) {
+                            double x = Float.float16ToFloat(Float.floatToFloat16(layer[(h * p.tokens() + t) * dim + d]));
+                            min = Math.min(min, x);
+                            max = Math.max(max, x);
+                        }
+                        double step = (max - min) / 255;
+                        for (int t = span.start(); t < span.end(); t++) {
+                            double x = Float.float16ToFloat(Float.floatToFloat16(layer[(h * p.tokens() + t) * dim + d]));
+                            double e = x - (min + step * Math.rint((x - min) / step));
+                            sum += e * e;
+                            n++;
+                        }
+                    }
+                }
+            }
+        }
+        return Math.sqrt(sum / n);
+    }
+
+    static int[] concat(int[] a, int[] b) {
+        int[] c = java.util.Arrays.copyOf(a, a.length + b.length);
+        System.arraycopy(b, 0, c, a.length, b.length);
+        return c;
+    }
+}
