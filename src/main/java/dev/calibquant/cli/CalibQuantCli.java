@@ -6,7 +6,7 @@ import picocli.CommandLine.Command;
 /** The {@code calibquant} command: entry point of the executable jar. */
 @Command(name = "calibquant", mixinStandardHelpOptions = true, version = "calibquant 0.1.0",
         description = "CalibQuant for Java: 1-bit visual KV-cache quantization on the JVM.",
-        subcommands = {InfoCommand.class, SelftestCommand.class, BenchCommand.class, EvalCommand.class, CommandLine.HelpCommand.class})
+        subcommands = {DemoCommand.class, InfoCommand.class, SelftestCommand.class, BenchCommand.class, EvalCommand.class, CommandLine.HelpCommand.class})
 public final class CalibQuantCli implements Runnable {
 
     @Override
