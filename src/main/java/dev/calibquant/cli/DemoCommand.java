@@ -1,6 +1,7 @@
 package dev.calibquant.cli;
 
 import dev.calibquant.cache.KvCacheManager;
+import dev.calibquant.gpu.DecodeAttentions;
 import dev.calibquant.io.SafetensorsFormatException;
 import dev.calibquant.model.DecodeAttentionFactory;
 import dev.calibquant.model.Evaluation;
@@ -20,7 +21,6 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Locale;
 import java.util.concurrent.Callable;
-import java.util.function.Supplier;
 import me.tongfei.progressbar.DelegatingProgressBarConsumer;
 import me.tongfei.progressbar.ProgressBar;
 import me.tongfei.progressbar.ProgressBarBuilder;
@@ -99,16 +99,8 @@ public final class DemoCommand implements Callable<Integer> {
     @Spec
     CommandSpec spec;
 
-    /** The GPU decode attention; null while the GPU path is not wired into the demo. */
-    private final Supplier<DecodeAttentionFactory> gpuAttention;
-
-    public DemoCommand() {
-        this(() -> null);
-    }
-
-    DemoCommand(Supplier<DecodeAttentionFactory> gpuAttention) {
-        this.gpuAttention = gpuAttention;
-    }
+    /** Where GPU decode attention comes from when --gpu is given; open for the duration of call(). */
+    private DecodeAttentions gpuChooser;
 
     private static final class UsageException extends Exception {
         UsageException(String message) {
@@ -124,6 +116,22 @@ public final class DemoCommand implements Callable<Integer> {
 
     @Override
     public Integer call() {
+        PrintWriter err = spec.commandLine().getErr();
+        gpuChooser = device.gpu ? DecodeAttentions.choose(true) : null;
+        try {
+            if (gpuChooser != null && !gpuChooser.onGpu()) {
+                err.println("calibquant demo: --gpu: no usable GPU, decode attention runs on the CPU: "
+                        + gpuChooser.cpuReason());
+            }
+            return run();
+        } finally {
+            if (gpuChooser != null) {
+                gpuChooser.close();
+            }
+        }
+    }
+
+    private Integer run() {
         PrintWriter out = spec.commandLine().getOut();
         PrintWriter err = spec.commandLine().getErr();
         try {
@@ -192,11 +200,7 @@ public final class DemoCommand implements Callable<Integer> {
         if (!device.gpu) {
             return DecodeAttentionFactory.cpu();
         }
-        DecodeAttentionFactory gpu = gpuAttention.get();
-        if (gpu == null) {
-            throw new NoModelException("--gpu: the GPU decode attention is not wired into demo yet; run with --cpu");
-        }
-        return gpu;
+        return gpuChooser.onGpu() ? gpuChooser::create : DecodeAttentionFactory.cpu();
     }
 
     private SceneModel loadModel() throws NoModelException {
@@ -265,7 +269,7 @@ public final class DemoCommand implements Callable<Integer> {
         out.printf(Locale.ROOT, "%s: %s.%n", scores.get(1).setting().name(), scores.get(1).setting().describe());
         out.printf(Locale.ROOT, "%d images; prefill (vision encoder, then exact attention over the prompt) %.0f ms "
                 + "per image on the CPU; decode attention on the %s.%n", count,
-                evaluation.prefillNanos() / 1e6 / count, device.gpu ? "GPU" : "CPU");
+                evaluation.prefillNanos() / 1e6 / count, gpuChooser != null && gpuChooser.onGpu() ? "GPU" : "CPU");
     }
 
     private void printTable(PrintWriter out, Evaluation evaluation, int count) {

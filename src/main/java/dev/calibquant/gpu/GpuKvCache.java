@@ -347,6 +347,49 @@ public final class GpuKvCache implements AutoCloseable {
         }
     }
 
+    /**
+     * A one-layer sequence holding exactly what a host {@link dev.calibquant.cache.LayerKvView} holds (fp16 rows,
+     * quantized spans already packed): uploaded, not re-quantized. The caller checked the view's format.
+     */
+    synchronized GpuSequence load(dev.calibquant.cache.LayerKvView view) {
+        checkOpen();
+        int visual = 0;
+        List<TokenSpan> spans = new ArrayList<>();
+        int at = view.fullTokens();
+        for (var q : view.visualSpans()) {
+            spans.add(new TokenSpan(at, at + q.tokens()));
+            at += q.tokens();
+            visual += q.tokens();
+        }
+        GpuSequence s = createSequence(view.fullTokens() + visual, spans, 0);
+        try {
+            int kvh = geometry.kvHeads();
+            long rowBytes16 = 2L * geometry.headDim();
+            long rows = view.fullTokens();
+            for (int h = 0; h < kvh && rows > 0; h++) {
+                long src = (long) h * view.fullCapacity() * rowBytes16;
+                long dst = 2 * s.fullOffset[0] + (long) h * s.fullCapacity() * rowBytes16;
+                full.buffer(0).copyFrom(view.fullKeys(), src, dst, rows * rowBytes16);
+                full.buffer(1).copyFrom(view.fullValues(), src, dst, rows * rowBytes16);
+            }
+            for (int i = 0; i < spans.size(); i++) {
+                var q = view.visualSpans().get(i);
+                codes.buffer(0).copyFrom(q.keyCodes(), 0, s.codeOffset[0][i], q.keyCodes().byteSize());
+                codes.buffer(1).copyFrom(q.valueCodes(), 0, s.codeOffset[0][i], q.valueCodes().byteSize());
+                MemorySegment[] parts = {q.keyScale(), q.keyOffset(), q.valueScale(), q.valueOffset()};
+                for (int j = 0; j < 4; j++) {
+                    scales.buffer(j).copyFrom(parts[j], 0, 4 * s.scaleOffset[0][i], parts[j].byteSize());
+                }
+            }
+            s.fullLength[0] = view.fullTokens();
+            s.filled[0] = true;
+            return s;
+        } catch (RuntimeException e) {
+            free(s);
+            throw e;
+        }
+    }
+
     void checkSequence(GpuSequence s, int layer) {
         Objects.requireNonNull(s, "sequence");
         s.checkOpen();

@@ -1,8 +1,8 @@
 package dev.calibquant.cli;
 
+import dev.calibquant.cuda.Cuda;
 import static org.assertj.core.api.Assertions.assertThat;
 
-import dev.calibquant.model.DecodeAttentionFactory;
 import dev.calibquant.model.SceneModel;
 import java.awt.image.BufferedImage;
 import java.io.PrintWriter;
@@ -10,8 +10,6 @@ import java.io.StringWriter;
 import java.net.URISyntaxException;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.util.concurrent.atomic.AtomicInteger;
-import java.util.function.Supplier;
 import javax.imageio.ImageIO;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -26,16 +24,12 @@ class DemoCommandTest {
     record Result(int exitCode, String out, String err) {
     }
 
-    static Result run(Supplier<DecodeAttentionFactory> gpu, String... args) {
+    static Result run(String... args) {
         StringWriter out = new StringWriter();
         StringWriter err = new StringWriter();
-        int code = new CommandLine(new DemoCommand(gpu)).setOut(new PrintWriter(out)).setErr(new PrintWriter(err))
+        int code = new CommandLine(new DemoCommand()).setOut(new PrintWriter(out)).setErr(new PrintWriter(err))
                 .execute(args);
         return new Result(code, out.toString(), err.toString());
-    }
-
-    static Result run(String... args) {
-        return run(() -> null, args);
     }
 
     static String tinyWeights() throws URISyntaxException {
@@ -88,20 +82,15 @@ class DemoCommandTest {
     }
 
     @Test
-    void gpuIsRefusedUntilWiredAndUsedOnceWired() throws Exception {
-        Result refused = run("--weights", tinyWeights(), "--gpu", "--no-png");
-        assertThat(refused.exitCode()).isEqualTo(1);
-        assertThat(refused.err()).contains("not wired");
-        AtomicInteger made = new AtomicInteger();
-        DecodeAttentionFactory counting = calibration -> {
-            made.incrementAndGet();
-            return DecodeAttentionFactory.cpu().create(calibration);
-        };
-        Result wired = run(() -> counting, "--weights", tinyWeights(), "--gpu", "--images", "1", "--no-png",
-                "--no-progress");
-        assertThat(wired.exitCode()).as(wired.err()).isZero();
-        assertThat(made.get()).isEqualTo(2); // fp16 and 1-bit, one image
-        assertThat(wired.out()).contains("decode attention on the GPU");
+    void gpuRunsOnTheGpuOrSaysWhyItRunsOnTheCpu() throws Exception {
+        Result r = run("--weights", tinyWeights(), "--gpu", "--images", "1", "--no-png", "--no-progress");
+        assertThat(r.exitCode()).as(r.err()).isZero();
+        if (Cuda.isAvailable()) {
+            assertThat(r.out()).contains("decode attention on the GPU");
+        } else {
+            assertThat(r.err()).contains("no usable GPU, decode attention runs on the CPU", Cuda.availability().reason());
+            assertThat(r.out()).contains("decode attention on the CPU");
+        }
     }
 
     @Test
