@@ -19,6 +19,19 @@ import java.util.concurrent.RecursiveAction;
  * calling thread is processed on that thread alone.
  */
 final class CpuDecodeEngine {
+    /**
+     * The pool the attention classes use unless given one: one worker per core, daemon threads, created on first use
+     * and kept for the life of the process (like the common pool, which has one worker fewer than the cores and, in
+     * our measurements, does not let the calling thread share the work).
+     */
+    static ForkJoinPool defaultPool() {
+        return DefaultPool.POOL;
+    }
+
+    private static final class DefaultPool {
+        static final ForkJoinPool POOL = new ForkJoinPool(Runtime.getRuntime().availableProcessors());
+    }
+
     /** Full-precision rows widened per chunk, so the fp32 copy stays in the core's cache. */
     private static final int CHUNK_TOKENS = 128;
 
@@ -44,9 +57,6 @@ final class CpuDecodeEngine {
             for (int t = 0; t < tasks; t++) {
                 headGroup(in, t, result);
             }
-        } else if (pool == ForkJoinPool.commonPool()) {
-            // the caller works too, as in parallel streams: the common pool has one thread fewer than the cores
-            all.invoke();
         } else {
             pool.invoke(all);
         }

@@ -6,6 +6,7 @@ final class Scratch {
     float[] rows = new float[0];
     short[] shorts = new short[0];
     byte[] codes = new byte[0];
+    long[] words = new long[0];
     float[] tables = new float[0];
     float[] weights = new float[0];
     float[] bias = new float[0];
@@ -23,6 +24,10 @@ final class Scratch {
 
     static short[] grow(short[] a, int n) {
         return a.length >= n ? a : new short[Math.max(n, a.length + a.length / 2)];
+    }
+
+    static long[] grow(long[] a, int n) {
+        return a.length >= n ? a : new long[Math.max(n, a.length + a.length / 2)];
     }
 
     static byte[] grow(byte[] a, int n) {
