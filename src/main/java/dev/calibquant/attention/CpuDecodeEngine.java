@@ -161,14 +161,24 @@ final class CpuDecodeEngine {
             Scratch sc) {
         int headDim = view.headDim();
         long base = (long) kvh * view.fullCapacity() * headDim;
+        sc.headAcc = Scratch.zeroed(sc.headAcc, groups, headDim);
+        sc.row = Scratch.grow(sc.row, headDim);
+        float[][] heads = sc.headAcc;
+        float[] row = sc.row;
         for (int start = 0; start < view.fullTokens(); start += CHUNK_TOKENS) {
             int count = Math.min(CHUNK_TOKENS, view.fullTokens() - start);
             float[] rows = readRows(view.fullValues(), view.dtype(), base + (long) start * headDim,
                     count * headDim, sc);
             for (int n = 0; n < count; n++) {
+                System.arraycopy(rows, n * headDim, row, 0, headDim);
                 for (int g = 0; g < groups; g++) {
-                    Dot.axpy(weights[g * total + start + n], rows, n * headDim, acc, g * headDim, headDim);
+                    Dot.axpy(weights[g * total + start + n], row, heads[g], headDim);
                 }
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            for (int d = 0; d < headDim; d++) {
+                acc[g * headDim + d] += heads[g][d];
             }
         }
     }

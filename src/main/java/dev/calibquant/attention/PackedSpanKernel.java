@@ -19,8 +19,10 @@ import java.lang.foreign.ValueLayout;
  * offset term {@code Σ_n p_n α_n}). For 4 bits or fewer, each token adds its weight to one histogram bin per packed
  * byte ({@code [j][byte value]}); each histogram is then folded into its channels' code-weighted sums.
  *
- * <p>8-bit codes, and spans too short to repay building 256-entry tables, take the direct route: unpack a row,
- * then a dot product or an axpy.
+ * <p>When the group size is a multiple of 4, the tables and histograms of four query heads are interleaved
+ * ({@code [j][byte][4]}) so each code read serves four heads. 8-bit codes, rows that are not whole 8-byte words,
+ * and spans too short to repay building 256-entry tables take the direct route: unpack a row, then a dot product or
+ * an axpy.
  */
 final class PackedSpanKernel {
     private PackedSpanKernel() {
@@ -217,14 +219,19 @@ final class PackedSpanKernel {
         } else {
             byte[] codes = loadCodes(span.valueCodes(), span, kvh, sc);
             sc.rows = Scratch.grow(sc.rows, headDim);
+            sc.headAcc = Scratch.zeroed(sc.headAcc, groups, headDim);
             float[] row = sc.rows;
+            float[][] heads = sc.headAcc;
             for (int n = 0; n < tokens; n++) {
                 unpackRow(codes, n * rowBytes, rowBytes, bits, row);
                 for (int g = 0; g < groups; g++) {
                     float p = weights[g * total + at + n];
                     offsetSums[g] += perToken ? p * alpha[n] : p;
-                    Dot.axpy(perToken ? p * sigma[n] : p, row, 0, channelSums, g * headDim, headDim);
+                    Dot.axpy(perToken ? p * sigma[n] : p, row, heads[g], headDim);
                 }
+            }
+            for (int g = 0; g < groups; g++) {
+                System.arraycopy(heads[g], 0, channelSums, g * headDim, headDim);
             }
         }
 
@@ -243,10 +250,7 @@ final class PackedSpanKernel {
         }
     }
 
-    /**
-     * Adds each token's weight (times σ_n per-token) to its bin of every byte position, four heads at a time, and
-     * returns nothing: the offset sums are formed by the caller.
-     */
+    /** Adds each token's weight (times σ_n per-token) to its bin of every byte position, four heads at a time. */
     private static void scatterFour(float[] h, int hOff, long[] words, int rowWords, int tokens, float[] weights,
             int w0, int total, float[] perTokenScale) {
         for (int n = 0; n < tokens; n++) {
@@ -325,20 +329,6 @@ final class PackedSpanKernel {
                 }
             }
         }
-    }
-
-    private static float lookupSum(float[] t, int tOff, byte[] codes, int row, int rowBytes) {
-        float a0 = 0;
-        float a1 = 0;
-        int j = 0;
-        for (; j + 2 <= rowBytes; j += 2) {
-            a0 += t[tOff + (j << 8) + (codes[row + j] & 0xFF)];
-            a1 += t[tOff + ((j + 1) << 8) + (codes[row + j + 1] & 0xFF)];
-        }
-        if (j < rowBytes) {
-            a0 += t[tOff + (j << 8) + (codes[row + j] & 0xFF)];
-        }
-        return a0 + a1;
     }
 
     /**

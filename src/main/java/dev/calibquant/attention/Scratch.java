@@ -12,6 +12,9 @@ final class Scratch {
     float[] bias = new float[0];
     float[] sums = new float[0];
     float[] acc = new float[0];
+    /** One row at offset 0 and one accumulator per head, for {@link Dot#axpy}. */
+    float[] row = new float[0];
+    float[][] headAcc = new float[0][];
     float[] channelSums = new float[0];
     float[] keyScale = new float[0];
     float[] keyOffset = new float[0];
@@ -20,6 +23,15 @@ final class Scratch {
 
     static float[] grow(float[] a, int n) {
         return a.length >= n ? a : new float[Math.max(n, a.length + a.length / 2)];
+    }
+
+    /** {@code heads} zeroed arrays of at least {@code dim} floats. */
+    static float[][] zeroed(float[][] a, int heads, int dim) {
+        float[][] out = a.length >= heads && heads > 0 && a[0].length >= dim ? a : new float[heads][dim];
+        for (int g = 0; g < heads; g++) {
+            java.util.Arrays.fill(out[g], 0, dim, 0f);
+        }
+        return out;
     }
 
     static short[] grow(short[] a, int n) {
