@@ -15,9 +15,9 @@ import java.util.concurrent.ForkJoinPool;
 public final class CpuCalibQuantAttention implements DecodeAttention {
     private final CpuDecodeEngine engine;
 
-    /** Runs on the common fork-join pool. */
+    /** Runs on a process-wide fork-join pool with one worker per core. */
     public CpuCalibQuantAttention(Calibration calibration) {
-        this(calibration, ForkJoinPool.commonPool());
+        this(calibration, CpuDecodeEngine.defaultPool());
     }
 
     public CpuCalibQuantAttention(Calibration calibration, ForkJoinPool pool) {

@@ -19,6 +19,19 @@ import java.util.concurrent.RecursiveAction;
  * calling thread is processed on that thread alone.
  */
 final class CpuDecodeEngine {
+    /**
+     * The pool the attention classes use unless given one: one worker per core, daemon threads, created on first use
+     * and kept for the life of the process (like the common pool, which has one worker fewer than the cores and, in
+     * our measurements, does not let the calling thread share the work).
+     */
+    static ForkJoinPool defaultPool() {
+        return DefaultPool.POOL;
+    }
+
+    private static final class DefaultPool {
+        static final ForkJoinPool POOL = new ForkJoinPool(Runtime.getRuntime().availableProcessors());
+    }
+
     /** Full-precision rows widened per chunk, so the fp32 copy stays in the core's cache. */
     private static final int CHUNK_TOKENS = 128;
 
@@ -44,9 +57,6 @@ final class CpuDecodeEngine {
             for (int t = 0; t < tasks; t++) {
                 headGroup(in, t, result);
             }
-        } else if (pool == ForkJoinPool.commonPool()) {
-            // the caller works too, as in parallel streams: the common pool has one thread fewer than the cores
-            all.invoke();
         } else {
             pool.invoke(all);
         }
@@ -151,14 +161,24 @@ final class CpuDecodeEngine {
             Scratch sc) {
         int headDim = view.headDim();
         long base = (long) kvh * view.fullCapacity() * headDim;
+        sc.headAcc = Scratch.zeroed(sc.headAcc, groups, headDim);
+        sc.row = Scratch.grow(sc.row, headDim);
+        float[][] heads = sc.headAcc;
+        float[] row = sc.row;
         for (int start = 0; start < view.fullTokens(); start += CHUNK_TOKENS) {
             int count = Math.min(CHUNK_TOKENS, view.fullTokens() - start);
             float[] rows = readRows(view.fullValues(), view.dtype(), base + (long) start * headDim,
                     count * headDim, sc);
             for (int n = 0; n < count; n++) {
+                System.arraycopy(rows, n * headDim, row, 0, headDim);
                 for (int g = 0; g < groups; g++) {
-                    Dot.axpy(weights[g * total + start + n], rows, n * headDim, acc, g * headDim, headDim);
+                    Dot.axpy(weights[g * total + start + n], row, heads[g], headDim);
                 }
+            }
+        }
+        for (int g = 0; g < groups; g++) {
+            for (int d = 0; d < headDim; d++) {
+                acc[g * headDim + d] += heads[g][d];
             }
         }
     }

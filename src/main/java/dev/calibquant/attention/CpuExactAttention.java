@@ -15,9 +15,9 @@ import java.util.concurrent.ForkJoinPool;
 public final class CpuExactAttention implements DecodeAttention {
     private final CpuDecodeEngine engine;
 
-    /** Runs on the common fork-join pool. */
+    /** Runs on a process-wide fork-join pool with one worker per core. */
     public CpuExactAttention() {
-        this(ForkJoinPool.commonPool());
+        this(CpuDecodeEngine.defaultPool());
     }
 
     public CpuExactAttention(ForkJoinPool pool) {

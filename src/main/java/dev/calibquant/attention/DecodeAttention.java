@@ -17,6 +17,9 @@ import java.util.List;
  * throws ({@link dev.calibquant.quant.InvalidShapeException}, {@link dev.calibquant.quant.NonFiniteInputException})
  * and leaves {@code out} untouched. A non-finite result (a cache holding a NaN or an infinity) throws
  * {@link NonFiniteResultException}, also with {@code out} untouched.
+ *
+ * <p>The CPU implementations read the cache from worker threads; a cache whose segments are confined to the calling
+ * thread (a confined arena) is processed on the calling thread alone.
  */
 public interface DecodeAttention {
 

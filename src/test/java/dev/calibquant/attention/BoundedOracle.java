@@ -29,7 +29,9 @@ import java.util.List;
  *   {@code 8u·(R·(|F| + ΔF + 1) + |γ| + |δ| + T + |g| + E)}, and the 1e−8 that fp32 absorbs into a range above
  *   ~0.2 changes g by at most {@code (R + 2E)·(R + 2E + T)·1.1e−8/R̂_min²}. A one-token span is exact: x − γ = 0 in both.</li>
  *   <li><b>Softmax.</b> A score off by η changes its exponential by a factor within {@code e^{±η}}; forming
- *   {@code ŝ − m̂} in fp32 adds {@code u·|ŝ − m̂|} to the exponent, the fp32 result of exp one more u. The shift
+ *   {@code ŝ − m̂} in fp32 adds {@code u·|ŝ − m̂|} to the exponent, the fp32 exp at most 3u more (its own test
+ *   checks that), and an argument below −87 gives e^−87 instead of a smaller weight: at most
+ *   {@code N·e^−87·max|v|} over all tokens, since the top weight is 1. The shift
  *   {@code m̂ − m} is common to all tokens and cancels. With {@code a_n} the total exponent error of token n and
  *   {@code A = Σ p_k·(e^{a_k} − 1)}, the normalized weight has relative error
  *   {@code r_n ≤ (e^{a_n} − 1 + A + 2γ_N)/(1 − A − γ_N)} (γ_N for the fp32 sum of N exponentials).</li>
@@ -42,6 +44,8 @@ import java.util.List;
  */
 final class BoundedOracle {
     static final double U = 0x1p-24;
+    /** The fast path's exp returns e^−87 for arguments below −87 instead of a smaller number. */
+    static final double EXP_FLOOR = Math.exp(-87);
 
     record Result(double[] out, double[] bound) {
     }
@@ -113,7 +117,7 @@ final class BoundedOracle {
         double weightedA = 0;
         for (int t = 0; t < n; t++) {
             p[t] /= sum;
-            a[t] = eta[t] + U * (Math.abs(score[t] - max) + 2 * etaMax) + 1.01 * U;
+            a[t] = eta[t] + U * (Math.abs(score[t] - max) + 2 * etaMax) + 3.01 * U;
             weightedA += p[t] * Math.expm1(a[t]);
         }
         double gN = gamma(n);
@@ -131,9 +135,17 @@ final class BoundedOracle {
                 roundError += p[t] * (1 + r) * valueMag[t * d + i];
             }
             out[i] = o;
-            bound[i] = weightError + gAcc * roundError + U * Math.abs(o);
+            bound[i] = weightError + gAcc * roundError + U * Math.abs(o) + n * EXP_FLOOR * maxAbsValue(value, i, d);
         }
         return new Result(out, bound);
+    }
+
+    private static double maxAbsValue(double[] value, int channel, int d) {
+        double m = 0;
+        for (int i = channel; i < value.length; i += d) {
+            m = Math.max(m, Math.abs(value[i]));
+        }
+        return m;
     }
 
     /** Rebuilt elements {@code α + σ·code} and their summand magnitudes {@code σ·code + |α|}, rows of one head. */
