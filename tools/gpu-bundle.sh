@@ -20,7 +20,7 @@ rm -rf "$out"; mkdir -p "$out/app/lib"
 ./mvnw -q -B -ntp dependency:copy-dependencies -DincludeScope=test -DoutputDirectory="$out/app/lib"
 ./mvnw -q -B -ntp dependency:copy -Dartifact="org.junit.platform:junit-platform-console-standalone:$console_version" \
     -DoutputDirectory="$out/app"
-cp -r target/classes "$out/app/classes"
+# the runnable jar carries the main classes and resources: no separate classes/ (the device tree limit is 64 MiB)
 cp -r target/test-classes "$out/app/test-classes"
 cp target/calibquant-cli.jar "$out/app/"
 cp tools/gpu-run.sh tools/bench_sdpa.py "$out/"

@@ -21,7 +21,7 @@ tar -C "$work" -xJf "$bundle/runtime.tar.xz"
 java="$work/jre/bin/java"
 app="$bundle/app"
 jar="$app/calibquant-cli.jar"
-cp_test="$app/test-classes:$app/classes:$(ls "$app"/lib/*.jar | tr '\n' ':')"
+cp_test="$app/test-classes:$jar:$(ls "$app"/lib/*.jar | tr '\n' ':')"
 logs="$work/logs"; mkdir -p "$logs"
 jflags=(--enable-native-access=ALL-UNNAMED -Djava.awt.headless=true)
 status=0
