@@ -26,7 +26,7 @@ cp target/calibquant-cli.jar "$out/app/"
 cp tools/gpu-run.sh tools/bench_sdpa.py "$out/"
 
 rm -rf "$out/jre"
-"$JAVA_HOME/bin/jlink" --add-modules java.base,java.logging,java.management,java.xml,jdk.unsupported,jdk.incubator.vector,jdk.management \
+"$JAVA_HOME/bin/jlink" --add-modules java.base,java.desktop,java.logging,java.management,java.xml,jdk.unsupported,jdk.incubator.vector,jdk.management \
     --strip-debug --no-header-files --no-man-pages --output "$out/jre"
 tar -C "$out" -cJf "$out/runtime.tar.xz" jre
 rm -rf "$out/jre"

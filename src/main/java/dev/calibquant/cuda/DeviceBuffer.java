@@ -35,7 +35,7 @@ public final class DeviceBuffer extends NativeResource {
     /** The device address of byte {@code offset}, for kernel arguments; checked against the buffer's size. */
     public long address(long offset) {
         checkOpen();
-        Objects.checkFromIndexSize(offset, 0, byteSize + 1);
+        Objects.checkIndex(offset, byteSize + 1); // one past the end is a valid address (an empty range)
         return address + offset;
     }
 

@@ -136,6 +136,11 @@ final class BoundedOracle {
             }
             out[i] = o;
             bound[i] = weightError + gAcc * roundError + U * Math.abs(o) + n * EXP_FLOOR * maxAbsValue(value, i, d);
+            if (Double.isNaN(bound[i])) {
+                // a span whose score range is within its own error (0 < δ − γ ≤ 2e): calibration divides by it, and
+                // no finite bound exists; ∞ (not NaN) says so, and the element is compared only for finiteness
+                bound[i] = Double.POSITIVE_INFINITY;
+            }
         }
         return new Result(out, bound);
     }
@@ -192,7 +197,9 @@ final class BoundedOracle {
         for (int t = from; t < to; t++) {
             double g = (score[t] - gamma) * f + gamma + c.tauMin();
             double bound;
-            if (to - from == 1) {
+            if (to - from == 1 || range == 0) {
+                // one token, or every score of the span bit-identical (e.g. all codes equal): x − γ is exactly 0 in
+                // both implementations, so g = γ + τmin carries only γ's error
                 bound = e + 2 * U * (Math.abs(g) + Math.abs(gamma) + c.tauMin());
             } else {
                 double epsilonTerm = rangeMin > 0
