@@ -37,14 +37,19 @@ step selftest
 step selftest sm_80
 "$java" "${jflags[@]}" -jar "$jar" selftest --target sm_80 2>&1 | tee "$logs/selftest-sm80.txt" || status=1
 
-step junit
-"$java" "${jflags[@]}" -Xmx24g -jar "$app"/junit-platform-console-standalone-*.jar execute \
+step "junit${GPU_TESTS_ONLY:+ (GPU-tagged tests only)}"
+tag_opt=(); [ -n "${GPU_TESTS_ONLY:-}" ] && tag_opt=(--include-tag gpu)
+"$java" "${jflags[@]}" -Xmx24g -jar "$app"/junit-platform-console-standalone-*.jar execute "${tag_opt[@]}" \
     --class-path "$cp_test" --scan-class-path "$app/test-classes" \
-    --include-classname '.*(Test|Tests|Properties)$' \
+    --include-classname '.*(Test|Tests|Properties)$' --exclude-package dev.calibquant.bench \
     --reports-dir "$logs/junit" --details=tree --details-theme=ascii --disable-banner > "$logs/junit.txt" 2>&1 \
     || status=1
 grep -E "tests (successful|failed|skipped|aborted)|calibquant\]" "$logs/junit.txt" | tail -60
 grep -B2 -A12 "\[X\]" "$logs/junit.txt" | head -150
+
+step "demo on the GPU"
+(cd "$work" && "$java" "${jflags[@]}" -jar "$jar" demo --gpu --images 20 --no-progress --png "$logs/demo.png") 2>&1 \
+    | tee "$logs/demo.txt" || status=1
 
 if [ "$bench" = 1 ]; then
   step sdpa
