@@ -46,6 +46,41 @@ class DecodeThroughCacheTest {
         TaskGenerator task = new TaskGenerator(seed.seed());
         try (KvCacheManager cache = KvCacheManager.onHost(model.config().geometry(), DType.FP32)) {
             AnswerGenerator generator = new AnswerGenerator(model, cache, DecodeAttentionFactory.cpu(), 16);
+            for (int n = 0; n < 2; n++) {
+                TaskSample sample = task.sample(n);
+                int[] prompt = model.prompt(sample.question());
+                int[] all = concat(prompt, sample.answer());
+                Prefill whole = model.prefillTokens(sample.image(), all);
+                Prefill head = model.prefill(sample.image(), sample.question());
+                float[][] stepped = generator.forcedLogits(head, null, sample.answer());
+                int vocab = model.config().vocabSize();
+                assertThat(maxDiff(whole.logits(), (prompt.length - 1) * vocab, head.lastLogits())).isZero();
+                for (int i = 0; i < stepped.length; i++) {
+                    assertThat(maxDiff(whole.logits(), (prompt.length + i) * vocab, stepped[i]))
+                            .as("sample %d step %d", n, i).isLessThanOrEqualTo(bound);
+                }
+            }
+            assertThat(cache.openSequences()).isZero();
+        }
+    }
+
+    /**
+     * 8-bit codes over each channel's full range (no clipping, no calibration) perturb the visual keys and values by
+     * a rounding error of at most half a step, {@code (max − min)/510}; an fp16 cache perturbs every key and value by
+     * its own rounding. Both perturbations are small and unstructured, so the logits respond to them linearly with
+     * the same gain: the quantized cache moves the logits from the fp32 cache's by at most about
+     * {@code (1 + R)} times what fp16 alone moves them, {@code R} being the ratio of the RMS 8-bit error (measured on
+     * this prefill's visual keys and values) to the RMS fp16 error (on all of them). The bound allows twice that.
+     */
+    @Test
+    void eightBitWithoutClippingMatchesFp16() throws Exception {
+        SceneModel model = randomModel();
+        QuantConfig eightBit = QuantConfig.defaults(8).withKeyClip(1f).withValueClip(1f).withCalibrate(false);
+        TaskGenerator task = new TaskGenerator(seed.seed() + 1);
+        try (KvCacheManager fp16 = KvCacheManager.onHost(model.config().geometry(), DType.FP16);
+                KvCacheManager fp32 = KvCacheManager.onHost(model.config().geometry(), DType.FP32)) {
+            AnswerGenerator half = new AnswerGenerator(model, fp16, DecodeAttentionFactory.cpu(), 16);
+            AnswerGenerator single = new AnswerGenerator(model, fp32, DecodeAttentionFactory.cpu(), 16);
             // Aggregated over every logit of every step: one logit's error swings with the data (a seed once put a
             // single logit at 1.7× its fp16 counterpart's bound), the RMS follows the per-element error ratio.
             double fp16Sq = 0;
