@@ -123,12 +123,12 @@ public final class BenchCommand implements Callable<Integer> {
                 r.copyGBs(), r.kernelLoadMs());
         System.out.printf("workload: 32 q heads, 8 KV heads, D=128, %d prefix + %d visual + %d text tokens, one layer%n%n",
                 DecodeBenchmark.PREFIX, DecodeBenchmark.VISUAL, DecodeBenchmark.TEXT);
-        System.out.println("    B | 1-bit step | 1-bit floor | ×floor | fp16 step | fp16 floor | fp16/1-bit | SDPA (this run) | SDPA anchor | paper ref | ref/1-bit | quantize µs | quantize GB/s | %copy");
+        System.out.println("    B | 1-bit step | as graph | 1-bit floor | ×floor | fp16 step | fp16 floor | fp16/1-bit | SDPA (this run) | SDPA anchor | paper ref | ref/1-bit | quantize µs | quantize GB/s | %copy");
         for (DecodeBenchmark.Row row : r.rows()) {
             double[] anchor = ANCHORS.getOrDefault(row.batch(), new double[] {Double.NaN, Double.NaN});
             Double s = sdpaUs.get(row.batch());
-            System.out.printf("%5d | %8.1f µs | %8.1f µs | %6.2f | %6.1f µs | %7.1f µs | %9.2f× | %15s | %8.1f µs | %6.0f µs | %8.0f× | %11.1f | %13.0f | %4.0f%%%n",
-                    row.batch(), row.calibQuantUs(), row.oneBitFloorUs(), row.overOneBitFloor(), row.fp16Us(),
+            System.out.printf("%5d | %8.1f µs | %6.1f µs | %8.1f µs | %6.2f | %6.1f µs | %7.1f µs | %9.2f× | %15s | %8.1f µs | %6.0f µs | %8.0f× | %11.1f | %13.0f | %4.0f%%%n",
+                    row.batch(), row.calibQuantUs(), row.calibQuantGraphUs(), row.oneBitFloorUs(), row.overOneBitFloor(), row.fp16Us(),
                     row.fp16FloorUs(), row.speedupOverFp16(), s == null ? "-" : String.format("%.1f µs", s), anchor[0],
                     anchor[1], anchor[1] / row.calibQuantUs(), row.quantizeUs(), row.quantizeGBs(),
                     100 * row.quantizeGBs() / r.copyGBs());
@@ -137,14 +137,14 @@ public final class BenchCommand implements Callable<Integer> {
 
     private void writeCsv(DecodeBenchmark.Report r, Map<Integer, Double> sdpaUs) throws IOException {
         try (PrintWriter w = new PrintWriter(Files.newBufferedWriter(csv))) {
-            w.println("batch,calibquant_1bit_us,one_bit_floor_us,fp16_us,fp16_floor_us,sdpa_us,sdpa_anchor_us,paper_ref_anchor_us,quantize_us,quantize_gbs,copy_gbs,calibration_mode,work_items,kernel_load_ms,ptx_target,device");
+            w.println("batch,calibquant_1bit_us,one_bit_floor_us,fp16_us,fp16_floor_us,sdpa_us,sdpa_anchor_us,paper_ref_anchor_us,quantize_us,quantize_gbs,copy_gbs,calibration_mode,work_items,kernel_load_ms,ptx_target,device,calibquant_1bit_graph_us");
             for (DecodeBenchmark.Row row : r.rows()) {
                 double[] anchor = ANCHORS.getOrDefault(row.batch(), new double[] {Double.NaN, Double.NaN});
-                w.printf("%d,%.2f,%.2f,%.2f,%.2f,%s,%.1f,%.0f,%.2f,%.0f,%.0f,%d,%d,%.0f,%s,%s%n", row.batch(), row.calibQuantUs(),
+                w.printf("%d,%.2f,%.2f,%.2f,%.2f,%s,%.1f,%.0f,%.2f,%.0f,%.0f,%d,%d,%.0f,%s,%s,%.2f%n", row.batch(), row.calibQuantUs(),
                         row.oneBitFloorUs(), row.fp16Us(), row.fp16FloorUs(),
                         sdpaUs.containsKey(row.batch()) ? String.format("%.2f", sdpaUs.get(row.batch())) : "",
                         anchor[0], anchor[1], row.quantizeUs(), row.quantizeGBs(), r.copyGBs(), row.calibrationMode(),
-                        row.workItems(), r.kernelLoadMs(), r.target(), r.device().replace(',', ' '));
+                        row.workItems(), r.kernelLoadMs(), r.target(), r.device().replace(',', ' '), row.calibQuantGraphUs());
             }
         }
     }
@@ -161,13 +161,13 @@ public final class BenchCommand implements Callable<Integer> {
                 continue;
             }
             String[] f = line.split(",", -1);
-            if (f.length != 16) {
-                throw new IOException(file + ": expected 16 columns, found " + f.length + " in: " + line);
+            if (f.length != 16 && f.length != 17) {
+                throw new IOException(file + ": expected 16 or 17 columns, found " + f.length + " in: " + line);
             }
             int b = Integer.parseInt(f[0]);
             rows.add(new DecodeBenchmark.Row(b, Double.parseDouble(f[1]), Double.parseDouble(f[3]), Double.parseDouble(f[8]),
                     Double.parseDouble(f[9]), Double.parseDouble(f[4]), Double.parseDouble(f[2]), Integer.parseInt(f[11]),
-                    Integer.parseInt(f[12])));
+                    Integer.parseInt(f[12]), f.length > 16 ? Double.parseDouble(f[16]) : Double.NaN));
             if (!f[5].isEmpty()) {
                 sdpaUs.put(b, Double.parseDouble(f[5]));
             }
@@ -182,6 +182,7 @@ public final class BenchCommand implements Callable<Integer> {
 
     private void writeChart(DecodeBenchmark.Report r, Map<Integer, Double> sdpaUs) throws IOException {
         XYSeries one = new XYSeries("CalibQuant 1-bit (this project)");
+        XYSeries graph = new XYSeries("CalibQuant 1-bit as a CUDA graph (this project)");
         XYSeries fp16 = new XYSeries("fp16 decode (this project)");
         XYSeries oneFloor = new XYSeries("1-bit byte floor");
         XYSeries fp16Floor = new XYSeries("fp16 byte floor");
@@ -189,6 +190,9 @@ public final class BenchCommand implements Callable<Integer> {
         XYSeries ref = new XYSeries("paper's reference path (anchor)");
         for (DecodeBenchmark.Row row : r.rows()) {
             one.add(row.batch(), row.calibQuantUs());
+            if (!Double.isNaN(row.calibQuantGraphUs())) {
+                graph.add(row.batch(), row.calibQuantGraphUs());
+            }
             fp16.add(row.batch(), row.fp16Us());
             oneFloor.add(row.batch(), row.oneBitFloorUs());
             fp16Floor.add(row.batch(), row.fp16FloorUs());
@@ -204,7 +208,7 @@ public final class BenchCommand implements Callable<Integer> {
             }
         }
         XYSeriesCollection data = new XYSeriesCollection();
-        for (XYSeries s : List.of(one, fp16, oneFloor, fp16Floor, torch, ref)) {
+        for (XYSeries s : List.of(one, fp16, oneFloor, fp16Floor, torch, ref, graph)) {
             data.addSeries(s);
         }
         JFreeChart chart = ChartFactory.createXYLineChart("One decode step, one layer (" + r.device() + ")",
@@ -221,7 +225,7 @@ public final class BenchCommand implements Callable<Integer> {
         plot.setRangeAxis(y);
         plot.setBackgroundPaint(Color.WHITE);
         Color[] colors = {new Color(0xd62728), new Color(0x1f77b4), new Color(0xd62728), new Color(0x1f77b4),
-            new Color(0x2ca02c), new Color(0x7f7f7f)};
+            new Color(0x2ca02c), new Color(0x7f7f7f), new Color(0xff7f0e)};
         for (int i = 0; i < colors.length; i++) {
             plot.getRenderer().setSeriesPaint(i, colors[i]);
             plot.getRenderer().setSeriesStroke(i, i == 2 || i == 3

@@ -120,6 +120,15 @@ public final class CudaContext implements AutoCloseable {
         return track(CudaModule.load(this, name, ptx));
     }
 
+    /**
+     * Captures the work {@code work} queues on {@code stream} into a graph that replays it with one launch.
+     * {@code work} must only queue work on {@code stream} (no synchronization, no allocation).
+     */
+    public CudaGraph captureGraph(CudaStream stream, Runnable work) {
+        bind();
+        return track(CudaGraph.capture(this, stream, work));
+    }
+
     public void synchronize() {
         bind();
         Driver.check(cuCtxSynchronize(), "cuCtxSynchronize");

@@ -17,11 +17,15 @@ public final class CudaFunction {
     private final String entry;
     private final MemorySegment handle;
     private volatile int dynamicSharedOptIn = DEFAULT_SHARED_LIMIT;
+    private final int maxThreads;
 
     CudaFunction(CudaModule module, String entry, MemorySegment handle) {
         this.module = module;
         this.entry = entry;
         this.handle = handle;
+        // read once: a launch from Java should cost one driver call, not three
+        this.maxThreads = Driver.readInt("cuFuncGetAttribute(" + entry + ")",
+                p -> cuFuncGetAttribute(p, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK(), handle));
     }
 
     public String entry() {
@@ -38,7 +42,7 @@ public final class CudaFunction {
     }
 
     public int maxThreadsPerBlock() {
-        return attribute(CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK());
+        return maxThreads;
     }
 
     /**
@@ -52,9 +56,9 @@ public final class CudaFunction {
         if (gy > 65535 || gz > 65535) {
             throw new IllegalArgumentException(entry + ": grid y/z (" + gy + ", " + gz + ") exceed 65535");
         }
-        if (threads <= 0 || threads > maxThreadsPerBlock()) {
+        if (threads <= 0 || threads > maxThreads) {
             throw new IllegalArgumentException(entry + ": " + threads + " threads per block; this kernel allows 1.."
-                    + maxThreadsPerBlock());
+                    + maxThreads);
         }
         if (sharedBytes < 0) {
             throw new IllegalArgumentException(entry + ": negative shared memory " + sharedBytes);

@@ -7,7 +7,7 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * {@link IllegalStateException} naming the object instead of handing a dead handle to the driver.
  */
 public abstract sealed class NativeResource implements AutoCloseable
-        permits DeviceBuffer, PinnedHostBuffer, CudaStream, CudaEvent, CudaModule {
+        permits DeviceBuffer, PinnedHostBuffer, CudaStream, CudaEvent, CudaModule, CudaGraph {
 
     private final CudaContext owner;
     private final AtomicBoolean closed = new AtomicBoolean();

@@ -34,7 +34,7 @@ public final class DecodeBenchmark {
 
     /** One batch size's figures; times in microseconds, bandwidth in GB/s (bytes read + written). */
     public record Row(int batch, double calibQuantUs, double fp16Us, double quantizeUs, double quantizeGBs,
-            double fp16FloorUs, double oneBitFloorUs, int calibrationMode, int workItems) {
+            double fp16FloorUs, double oneBitFloorUs, int calibrationMode, int workItems, double calibQuantGraphUs) {
         public double speedupOverFp16() {
             return fp16Us / calibQuantUs;
         }
@@ -111,11 +111,11 @@ public final class DecodeBenchmark {
                     + 2.0 * batch * KV_HEADS * VISUAL * 16 + 4.0 * 4 * batch * KV_HEADS * HEAD_DIM; // codes, scales
             return new Row(batch, one[0], fp16[0], quant[0], bytesQuant / (quant[0] * 1e-6) / 1e9,
                     fp16FloorBytes(batch) / (copyGBs * 1e9) * 1e6, oneBitFloorBytes(batch) / (copyGBs * 1e9) * 1e6,
-                    (int) one[1], (int) one[2]);
+                    (int) one[1], (int) one[2], one[3]);
         }
     }
 
-    /** {median µs per step, calibration mode, work items}. */
+    /** {median µs per step launched from Java, calibration mode, work items, median µs per step as a CUDA graph}. */
     private double[] timeCache(ModelGeometry g, QuantConfig config, int batch, List<TokenSpan> spans,
             List<MemorySegment[]> prompts, MemorySegment q) {
         long full = (long) batch * (config == null ? TOKENS : PREFIX + TEXT) + 64L * batch;
@@ -147,7 +147,23 @@ public final class DecodeBenchmark {
                         t[r] = e1.elapsedMillisSince(e0) * 1e3 / steps;
                     }
                 }
-                return new double[] {median(t), step.calibrationMode(), step.workItems()};
+                double launched = median(t);
+                double graphed;
+                try (var graph = ctx.captureGraph(s, () -> step.launch(dq, out, s))) {
+                    for (int r = -1; r < reps; r++) {
+                        e0.record(s);
+                        for (int i = 0; i < steps; i++) {
+                            graph.launch(s);
+                        }
+                        e1.record(s);
+                        e1.synchronize();
+                        if (r >= 0) {
+                            t[r] = e1.elapsedMillisSince(e0) * 1e3 / steps;
+                        }
+                    }
+                    graphed = median(t);
+                }
+                return new double[] {launched, step.calibrationMode(), step.workItems(), graphed};
             } finally {
                 seqs.forEach(GpuSequence::close);
             }

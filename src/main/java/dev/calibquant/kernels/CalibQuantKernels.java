@@ -48,24 +48,32 @@ public final class CalibQuantKernels {
         return fp16Decode().constexpr("BN");
     }
 
+    // Looked up once each (on first use): a decode step from Java should not search the manifest.
+    private final java.util.concurrent.ConcurrentHashMap<String, Kernel> resolved = new java.util.concurrent.ConcurrentHashMap<>();
+
+    private Kernel resolve(String key, String function, Map<String, Integer> constexprs) {
+        Kernel k = resolved.get(key);
+        return k != null ? k : resolved.computeIfAbsent(key, x -> catalog.find(function, constexprs));
+    }
+
     private Kernel quantizePack() {
-        return catalog.find("quantize_pack", Map.of("D", headDim, "BITS", bits));
+        return resolve("quantize_pack", "quantize_pack", Map.of("D", headDim, "BITS", bits));
     }
 
     private Kernel minmax() {
-        return catalog.find("calibquant_minmax", Map.of("D", headDim, "BITS", bits));
+        return resolve("minmax", "calibquant_minmax", Map.of("D", headDim, "BITS", bits));
     }
 
     private Kernel decode(int mmMode) {
-        return catalog.find("calibquant_decode", Map.of("D", headDim, "BITS", bits, "MM_MODE", mmMode));
+        return resolve("decode" + mmMode, "calibquant_decode", Map.of("D", headDim, "BITS", bits, "MM_MODE", mmMode));
     }
 
     private Kernel fp16Decode() {
-        return catalog.find("fp16_decode", Map.of("D", headDim));
+        return resolve("fp16", "fp16_decode", Map.of("D", headDim));
     }
 
     private Kernel append() {
-        return catalog.find("append_token", Map.of("D", headDim));
+        return resolve("append", "append_token", Map.of("D", headDim));
     }
 
     /** Loads every variant this configuration can launch, so the first decode step pays no JIT. */
