@@ -30,14 +30,14 @@ public final class GpuDecodeAttention implements AutoCloseable {
     private final GpuKvCache cache;
     private final CudaContext context;
     private final int targetPrograms;
-    private final Scratch scratch;
+    private final Staging scratch;
     private boolean poisonOutputs;
 
     public GpuDecodeAttention(GpuKvCache cache) {
         this.cache = cache;
         this.context = cache.context();
         this.targetPrograms = PROGRAMS_PER_SM * context.device().properties().multiprocessors();
-        this.scratch = new Scratch(context);
+        this.scratch = new Staging(context);
     }
 
     /** Fill the device output with NaN before every launch, so a kernel that skips an element cannot go unseen. */
@@ -88,10 +88,10 @@ public final class GpuDecodeAttention implements AutoCloseable {
             int kvh = g.kvHeads();
             int group = g.groupSize();
             float smScale = (float) (1.0 / Math.sqrt(g.headDim()));
-            DeviceBuffer partMl = scratch.partMl(4L * 2 * plan.workItems() * g.queryHeads());
-            DeviceBuffer partAcc = scratch.partAcc(4L * plan.workItems() * g.queryHeads() * g.headDim());
-            DeviceBuffer counters = scratch.counters(4L * plan.sequences() * kvh);
-            DeviceBuffer mmBuf = scratch.mmBuf(4L * 2 * Math.max(1, plan.minmaxChunks()) * g.queryHeads());
+            DeviceBuffer partMl = scratch.device("partial m, l", 4L * 2 * plan.workItems() * g.queryHeads());
+            DeviceBuffer partAcc = scratch.device("partial outputs", 4L * plan.workItems() * g.queryHeads() * g.headDim());
+            DeviceBuffer counters = scratch.deviceZeroed("counters", 4L * plan.sequences() * kvh);
+            DeviceBuffer mmBuf = scratch.device("min/max", 4L * 2 * Math.max(1, plan.minmaxChunks()) * g.queryHeads());
             if (poisonOutputs) {
                 out.fill32(Float.floatToRawIntBits(Float.NaN), 0, rows * g.headDim());
             }
@@ -142,13 +142,13 @@ public final class GpuDecodeAttention implements AutoCloseable {
             long workOff = align(spanOff + 8L * plan.spanTab().length);
             long mmOff = align(workOff + 8L * plan.workTab().length);
             long bytes = align(mmOff + 8L * plan.mmTab().length);
-            PinnedHostBuffer host = scratch.hostTables(bytes);
+            PinnedHostBuffer host = scratch.pinned("tables", bytes);
             MemorySegment h = host.segment();
             MemorySegment.copy(plan.seqTab(), 0, h, ValueLayout.JAVA_LONG, seqOff, plan.seqTab().length);
             MemorySegment.copy(plan.spanTab(), 0, h, ValueLayout.JAVA_LONG, spanOff, plan.spanTab().length);
             MemorySegment.copy(plan.workTab(), 0, h, ValueLayout.JAVA_LONG, workOff, plan.workTab().length);
             MemorySegment.copy(plan.mmTab(), 0, h, ValueLayout.JAVA_LONG, mmOff, plan.mmTab().length);
-            DeviceBuffer tables = scratch.tables(bytes);
+            DeviceBuffer tables = scratch.device("tables", bytes);
             tables.copyFromAsync(host, 0, 0, bytes, cache.stream());
             cache.stream().synchronize(); // the pinned tables are reused by the next prepare
             return new PreparedStep(plan, tables, seqOff, spanOff, workOff, mmOff);
@@ -180,8 +180,8 @@ public final class GpuDecodeAttention implements AutoCloseable {
         }
         synchronized (cache) {
             PreparedStep step = prepare(layer, batch);
-            DeviceBuffer q = scratch.queries(queries.byteSize());
-            DeviceBuffer o = scratch.outputs(out.byteSize());
+            DeviceBuffer q = scratch.device("queries", queries.byteSize());
+            DeviceBuffer o = scratch.device("outputs", out.byteSize());
             q.copyFrom(queries, 0, 0, queries.byteSize());
             step.launch(q, o, cache.stream());
             cache.stream().synchronize();
@@ -196,87 +196,5 @@ public final class GpuDecodeAttention implements AutoCloseable {
     @Override
     public void close() {
         scratch.close();
-    }
-
-    /** Grow-only device buffers of a decode step. Counters start zeroed; the kernel leaves them zeroed. */
-    private static final class Scratch implements AutoCloseable {
-        private final CudaContext context;
-        private DeviceBuffer partMl;
-        private DeviceBuffer partAcc;
-        private DeviceBuffer counters;
-        private DeviceBuffer mmBuf;
-        private DeviceBuffer tables;
-        private DeviceBuffer queries;
-        private DeviceBuffer outputs;
-        private PinnedHostBuffer hostTables;
-
-        Scratch(CudaContext context) {
-            this.context = context;
-        }
-
-        private DeviceBuffer grow(DeviceBuffer b, long bytes) {
-            if (b != null && b.byteSize() >= bytes) {
-                return b;
-            }
-            if (b != null) {
-                b.close();
-            }
-            return context.allocate(Math.max(bytes, 4096));
-        }
-
-        DeviceBuffer partMl(long bytes) {
-            return partMl = grow(partMl, bytes);
-        }
-
-        DeviceBuffer partAcc(long bytes) {
-            return partAcc = grow(partAcc, bytes);
-        }
-
-        DeviceBuffer mmBuf(long bytes) {
-            return mmBuf = grow(mmBuf, bytes);
-        }
-
-        DeviceBuffer tables(long bytes) {
-            return tables = grow(tables, bytes);
-        }
-
-        DeviceBuffer queries(long bytes) {
-            return queries = grow(queries, bytes);
-        }
-
-        DeviceBuffer outputs(long bytes) {
-            return outputs = grow(outputs, bytes);
-        }
-
-        DeviceBuffer counters(long bytes) {
-            if (counters == null || counters.byteSize() < bytes) {
-                counters = grow(counters, bytes);
-                counters.fill((byte) 0);
-            }
-            return counters;
-        }
-
-        PinnedHostBuffer hostTables(long bytes) {
-            if (hostTables == null || hostTables.byteSize() < bytes) {
-                if (hostTables != null) {
-                    hostTables.close();
-                }
-                hostTables = context.allocatePinned(Math.max(bytes, 4096));
-            }
-            return hostTables;
-        }
-
-        @Override
-        public void close() {
-            for (AutoCloseable c : new AutoCloseable[] {partMl, partAcc, counters, mmBuf, tables, queries, outputs, hostTables}) {
-                if (c != null) {
-                    try {
-                        c.close();
-                    } catch (Exception e) {
-                        throw e instanceof RuntimeException r ? r : new IllegalStateException(e);
-                    }
-                }
-            }
-        }
     }
 }

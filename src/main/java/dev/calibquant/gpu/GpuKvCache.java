@@ -243,8 +243,8 @@ public final class GpuKvCache implements AutoCloseable {
         requireFiniteFp16("keys", keys, layer, prompt, true);
         requireFiniteFp16("values", values, layer, prompt, true);
 
-        DeviceBuffer kin = staging.kin(bytes);
-        DeviceBuffer vin = staging.vin(bytes);
+        DeviceBuffer kin = staging.device("keys in", bytes);
+        DeviceBuffer vin = staging.device("values in", bytes);
         kin.copyFrom(keys, 0, 0, bytes);
         vin.copyFrom(values, 0, 0, bytes);
         // Non-visual tokens, in order, into the full-precision block: one copy per head per gap between spans.
@@ -269,7 +269,7 @@ public final class GpuKvCache implements AutoCloseable {
             }
         }
         if (!spans.isEmpty()) {
-            PinnedHostBuffer tab = staging.table(8L * CalibQuantKernels.QS_COLS * spans.size());
+            PinnedHostBuffer tab = staging.pinned("table", 8L * CalibQuantKernels.QS_COLS * spans.size());
             MemorySegment t = tab.segment();
             for (int i = 0; i < spans.size(); i++) {
                 long base = (long) i * CalibQuantKernels.QS_COLS;
@@ -280,7 +280,7 @@ public final class GpuKvCache implements AutoCloseable {
                 t.setAtIndex(ValueLayout.JAVA_LONG, base + 4, s.codeOffset[layer][i]);
                 t.setAtIndex(ValueLayout.JAVA_LONG, base + 5, s.scaleOffset[layer][i]);
             }
-            DeviceBuffer devTab = staging.deviceTable(8L * CalibQuantKernels.QS_COLS * spans.size());
+            DeviceBuffer devTab = staging.device("table", 8L * CalibQuantKernels.QS_COLS * spans.size());
             devTab.copyFromAsync(tab, 0, 0, 8L * CalibQuantKernels.QS_COLS * spans.size(), stream);
             kernels.quantizePack(kin, vin, codes.buffer(0), codes.buffer(1), scales.buffer(0), scales.buffer(1),
                     scales.buffer(2), scales.buffer(3), devTab, 0, spans.size(), kvh, config.keyClip(),
@@ -321,12 +321,12 @@ public final class GpuKvCache implements AutoCloseable {
         }
         requireFiniteFp16("keys", keys, layer, batch.size(), false);
         requireFiniteFp16("values", values, layer, batch.size(), false);
-        DeviceBuffer kn = staging.kin(bytes);
-        DeviceBuffer vn = staging.vin(bytes);
+        DeviceBuffer kn = staging.device("keys in", bytes);
+        DeviceBuffer vn = staging.device("values in", bytes);
         kn.copyFrom(keys, 0, 0, bytes);
         vn.copyFrom(values, 0, 0, bytes);
         long tableBytes = 8L * CalibQuantKernels.SEQ_COLS * batch.size();
-        PinnedHostBuffer tab = staging.table(tableBytes);
+        PinnedHostBuffer tab = staging.pinned("table", tableBytes);
         MemorySegment t = tab.segment();
         for (int b = 0; b < batch.size(); b++) {
             GpuSequence s = batch.get(b);
@@ -338,7 +338,7 @@ public final class GpuKvCache implements AutoCloseable {
                 t.setAtIndex(ValueLayout.JAVA_LONG, base + c, 0);
             }
         }
-        DeviceBuffer devTab = staging.deviceTable(tableBytes);
+        DeviceBuffer devTab = staging.device("table", tableBytes);
         devTab.copyFromAsync(tab, 0, 0, tableBytes, stream);
         kernels.appendToken(full.buffer(0), full.buffer(1), kn, vn, devTab, 0, batch.size(), kvh, stream);
         stream.synchronize();

@@ -3,61 +3,88 @@ package dev.calibquant.gpu;
 import dev.calibquant.cuda.CudaContext;
 import dev.calibquant.cuda.DeviceBuffer;
 import dev.calibquant.cuda.PinnedHostBuffer;
+import java.util.LinkedHashMap;
+import java.util.Map;
 
-/** Grow-only scratch buffers that an owner reuses across calls (uploads, index tables); freed on close. */
+/**
+ * Grow-only scratch buffers an owner reuses across calls (uploads, index tables, partial results), one per name;
+ * all freed on close. A buffer handed out stays valid until the same name is asked for with a larger size.
+ */
 final class Staging implements AutoCloseable {
+    private static final long MIN_BYTES = 4096;
+
     private final CudaContext context;
-    private DeviceBuffer kin;
-    private DeviceBuffer vin;
-    private DeviceBuffer deviceTable;
-    private PinnedHostBuffer table;
+    private final Map<String, DeviceBuffer> device = new LinkedHashMap<>();
+    private final Map<String, PinnedHostBuffer> pinned = new LinkedHashMap<>();
 
     Staging(CudaContext context) {
         this.context = context;
     }
 
-    private DeviceBuffer grow(DeviceBuffer current, long bytes) {
-        if (current != null && current.byteSize() >= bytes) {
-            return current;
-        }
-        if (current != null) {
-            current.close();
-        }
-        return context.allocate(Math.max(bytes, 4096));
+    /** A device buffer of at least {@code bytes}; contents undefined. */
+    DeviceBuffer device(String name, long bytes) {
+        return device(name, bytes, false);
     }
 
-    DeviceBuffer kin(long bytes) {
-        return kin = grow(kin, bytes);
+    /** A device buffer of at least {@code bytes}, zero-filled whenever it is (re)allocated. */
+    DeviceBuffer deviceZeroed(String name, long bytes) {
+        return device(name, bytes, true);
     }
 
-    DeviceBuffer vin(long bytes) {
-        return vin = grow(vin, bytes);
-    }
-
-    DeviceBuffer deviceTable(long bytes) {
-        return deviceTable = grow(deviceTable, bytes);
-    }
-
-    PinnedHostBuffer table(long bytes) {
-        if (table == null || table.byteSize() < bytes) {
-            if (table != null) {
-                table.close();
+    private DeviceBuffer device(String name, long bytes, boolean zero) {
+        DeviceBuffer b = device.get(name);
+        if (b == null || b.byteSize() < bytes) {
+            if (b != null) {
+                device.remove(name).close();
             }
-            table = context.allocatePinned(Math.max(bytes, 4096));
+            b = context.allocate(Math.max(bytes, MIN_BYTES));
+            device.put(name, b);
+            if (zero) {
+                b.fill((byte) 0);
+            }
         }
-        return table;
+        return b;
+    }
+
+    /** A pinned host buffer of at least {@code bytes}; contents undefined. */
+    PinnedHostBuffer pinned(String name, long bytes) {
+        PinnedHostBuffer b = pinned.get(name);
+        if (b == null || b.byteSize() < bytes) {
+            if (b != null) {
+                pinned.remove(name).close();
+            }
+            b = context.allocatePinned(Math.max(bytes, MIN_BYTES));
+            pinned.put(name, b);
+        }
+        return b;
     }
 
     @Override
     public void close() {
-        for (AutoCloseable c : new AutoCloseable[] {kin, vin, deviceTable, table}) {
-            if (c != null) {
-                try {
-                    c.close();
-                } catch (Exception e) {
-                    throw e instanceof RuntimeException r ? r : new IllegalStateException(e);
-                }
-            }
+        RuntimeException failure = null;
+        for (AutoCloseable c : new java.util.ArrayList<AutoCloseable>(device.values())) {
+            failure = closeCollecting(c, failure);
         }
+        for (AutoCloseable c : new java.util.ArrayList<AutoCloseable>(pinned.values())) {
+            failure = closeCollecting(c, failure);
+        }
+        device.clear();
+        pinned.clear();
+        if (failure != null) {
+            throw failure;
+        }
+    }
+
+    private static RuntimeException closeCollecting(AutoCloseable c, RuntimeException failure) {
+        try {
+            c.close();
+        } catch (Exception e) {
+            RuntimeException r = e instanceof RuntimeException re ? re : new IllegalStateException(e);
+            if (failure == null) {
+                return r;
+            }
+            failure.addSuppressed(r);
+        }
+        return failure;
     }
 }
