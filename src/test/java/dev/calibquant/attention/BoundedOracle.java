@@ -129,7 +129,10 @@ final class BoundedOracle {
             double weightError = 0;
             double roundError = 0;
             for (int t = 0; t < n; t++) {
-                double r = (Math.expm1(a[t]) + weightedA + 2 * gN) / (1 - weightedA - gN);
+                // the relative weight error; past 1 − ΣpA − γN ≤ 0 (a span whose calibration divides by a range within
+                // its own error) the first-order bound no longer holds and no finite bound is claimed
+                double denominator = 1 - weightedA - gN;
+                double r = denominator > 0 ? (Math.expm1(a[t]) + weightedA + 2 * gN) / denominator : Double.POSITIVE_INFINITY;
                 o += p[t] * value[t * d + i];
                 weightError += p[t] * r * Math.abs(value[t * d + i]);
                 roundError += p[t] * (1 + r) * valueMag[t * d + i];
