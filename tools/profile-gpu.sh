@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Profiles the BENCHMARKS.md decode workload with Nsight Compute on the GPU host, from a tools/gpu-bundle.sh bundle:
-#   tools/profile-gpu.sh BUNDLE_DIR OUT_DIR [BATCH]
-# Collects speed-of-light, memory, compute, occupancy and launch statistics for the project's kernels
-# (clocks left as they are) and writes OUT_DIR/profile.ncu-rep plus a text summary OUT_DIR/profile.txt.
+#   tools/profile-gpu.sh BUNDLE_DIR OUT_DIR [BATCH] [KERNEL_REGEX]
+# Collects speed-of-light, memory, compute, occupancy, launch and warp-state statistics for the first 4 launches of
+# the kernels matching KERNEL_REGEX (default: the decode kernels; 'quantize_pack' profiles the prefill fills the
+# benchmark makes first), clocks left as they are, and writes OUT_DIR/profile.ncu-rep plus OUT_DIR/profile.txt.
 set -uo pipefail
 bundle="$(cd "${1:-.gpu-bundle}" && pwd)"
 out="${2:-${OUT:-/tmp/profile-out}}"
 batch="${3:-64}"
+kernels="${4:-calibquant_decode|calibquant_minmax|fp16_decode}"
 mkdir -p "$out"
 work=$(mktemp -d /tmp/cq-prof.XXXX)
 tar -C "$work" -xJf "$bundle/runtime.tar.xz"
 ncu --clock-control none --target-processes all \
-    -k 'regex:calibquant_decode|calibquant_minmax|fp16_decode|quantize_pack' --launch-count 6 \
+    -k "regex:$kernels" --launch-count 4 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section ComputeWorkloadAnalysis \
     --section Occupancy --section LaunchStats --section WarpStateStats \
     -o "$out/profile" -f \
