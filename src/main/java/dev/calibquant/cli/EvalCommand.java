@@ -360,7 +360,9 @@ public final class EvalCommand implements Callable<Integer> {
             norm += (double) expected[i] * expected[i];
             maxAbs = Math.max(maxAbs, Math.abs(e));
         }
-        return new Row(layer, bits, calibration, Math.sqrt(diff / norm), maxAbs, storedBytes, fp16Bytes);
+        // an output equal to an exact zero (a layer of zero values) has no error; 0/0 would report NaN
+        double relative = diff == 0 ? 0 : Math.sqrt(diff / norm);
+        return new Row(layer, bits, calibration, relative, maxAbs, storedBytes, fp16Bytes);
     }
 
     private static void printTable(PrintWriter out, Capture c, List<Row> rows) {

@@ -62,7 +62,12 @@ public final class SafetensorsWriter {
                 throw new IllegalArgumentException("tensor '" + name + "' has negative dimension in "
                         + Arrays.toString(shape));
             }
-            expected = Math.multiplyExact(expected, d);
+            try {
+                expected = Math.multiplyExact(expected, d);
+            } catch (ArithmeticException e) {
+                throw new IllegalArgumentException("tensor '" + name + "' of shape " + Arrays.toString(shape)
+                        + " overflows a 64-bit byte count", e);
+            }
         }
         if (data.byteSize() != expected) {
             throw new IllegalArgumentException("tensor '" + name + "' has " + data.byteSize() + " bytes; shape "
@@ -73,7 +78,16 @@ public final class SafetensorsWriter {
         return this;
     }
 
+    /**
+     * Adds a {@code __metadata__} entry.
+     *
+     * @throws IllegalArgumentException when the key or the value is null (the format holds strings only)
+     */
     public SafetensorsWriter metadata(String key, String value) {
+        if (key == null || value == null) {
+            throw new IllegalArgumentException("metadata entries are strings, got key " + key + " with value "
+                    + value);
+        }
         metadata.put(key, value);
         return this;
     }

@@ -55,8 +55,8 @@ public final class AnswerGenerator {
         int[] tokens = new int[maxTokens];
         int count = 0;
         int next = Ops.argmax(prefill.lastLogits());
-        long started = System.nanoTime();
         int steps = 0;
+        long nanos = 0;
         try (Sequence sequence = open(prefill, quant)) {
             int position = prefill.tokens();
             while (true) {
@@ -64,10 +64,12 @@ public final class AnswerGenerator {
                 if (next == Vocabulary.EOS || count == maxTokens) {
                     break;
                 }
+                // the steps alone: filling and quantizing the cache (open) is the end of prefill, not decoding
+                long started = System.nanoTime();
                 next = Ops.argmax(model.step(next, position++, sequence, cache.dtype(), decode));
+                nanos += System.nanoTime() - started;
                 steps++;
             }
-            long nanos = System.nanoTime() - started;
             return new Answer(Arrays.copyOf(tokens, count), kvBytes(prefill.tokens() + steps, quant),
                     steps, nanos);
         }

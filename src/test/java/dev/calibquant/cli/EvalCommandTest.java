@@ -176,6 +176,31 @@ class EvalCommandTest {
         }
     }
 
+    /**
+     * A layer whose values are all zero has an exact output of zero, and so has every cache (the quantized zeros are
+     * rebuilt as α = 0, σ = 0): no error at all. The relative error 0/0 must read 0, not NaN, which is not even JSON.
+     */
+    @Test
+    void zeroValuesGiveZeroErrorAndValidJson() throws IOException {
+        Capture c = new Capture();
+        c.standardTensors();
+        c.data("layers.1.v").fill((byte) 0);
+        Path file = c.write("zero-values.safetensors");
+        Result r = run(file.toString(), "--json");
+        assertThat(r.exitCode()).as(r.err()).isZero();
+        JsonNode results = new ObjectMapper().readTree(r.out()).get("results");
+        assertThat(results).hasSize(2 * (1 + 3 * 2));
+        for (JsonNode row : results) {
+            if (row.get("layer").asInt() == 1) {
+                assertThat(row.get("relativeError").isNumber()).as("%s", row).isTrue();
+                assertThat(row.get("relativeError").asDouble()).as("%s", row).isZero();
+                assertThat(row.get("maxAbsError").asDouble()).isZero();
+            } else {
+                assertThat(row.get("relativeError").asDouble()).isFinite();
+            }
+        }
+    }
+
     /** Attention of each query head over token 0 (text) and token 1 (visual, rebuilt as clip × x), in double. */
     private static double[] closedForm(MemorySegment k, MemorySegment v, MemorySegment q, double keyClip,
             double valueClip) {

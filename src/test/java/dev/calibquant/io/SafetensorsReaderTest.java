@@ -187,6 +187,30 @@ class SafetensorsReaderTest {
         }
     }
 
+    /**
+     * Whatever the writer accepts, its reader reads back: a metadata entry without a string key and value (which the
+     * reader rejects as "not a string") and a shape whose byte count overflows are refused when given, with the
+     * documented {@link IllegalArgumentException}, and no file is left.
+     */
+    @Test
+    void writerRejectsWhatTheReaderWouldRejectWhenGiven() throws IOException {
+        try (Arena arena = Arena.ofConfined()) {
+            SafetensorsWriter writer = new SafetensorsWriter();
+            assertThatThrownBy(() -> writer.metadata("spans", null))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("spans");
+            assertThatThrownBy(() -> writer.metadata(null, "x"))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("null");
+            assertThatThrownBy(() -> writer.add("big", DType.FP32, new long[] {1L << 40, 1L << 40}, arena.allocate(4)))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("overflows");
+            Path file = dir.resolve("ok.safetensors");
+            writer.metadata("k", "v").add("x", DType.FP32, new long[] {1}, arena.allocate(4)).write(file);
+            try (SafetensorsReader reader = SafetensorsReader.open(file)) {
+                assertThat(reader.metadata()).containsExactly(java.util.Map.entry("k", "v"));
+                assertThat(reader.names()).containsExactly("x");
+            }
+        }
+    }
+
     @Test
     void writerAlignsTheDataTo8Bytes() throws IOException {
         try (Arena arena = Arena.ofConfined()) {
