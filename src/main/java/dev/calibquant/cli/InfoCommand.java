@@ -68,7 +68,7 @@ public final class InfoCommand implements Callable<Integer> {
                     g.put("compute_capability", p.computeMajor() + "." + p.computeMinor());
                     g.put("multiprocessors", p.multiprocessors());
                     g.put("memory_bytes", p.totalMemoryBytes());
-                    g.put("memory_gib", String.format("%.1f", p.totalMemoryBytes() / (double) (1L << 30)));
+                    g.put("memory_gib", String.format(java.util.Locale.ROOT, "%.1f", p.totalMemoryBytes() / (double) (1L << 30)));
                     g.put("l2_cache_bytes", p.l2CacheBytes());
                     g.put("max_shared_per_block_optin", p.maxSharedMemoryPerBlockOptin());
                     g.put("peak_memory_bandwidth_gbs", Math.round(p.peakMemoryBandwidthGBs()));
@@ -83,7 +83,10 @@ public final class InfoCommand implements Callable<Integer> {
             }
         }
         r.put("gpus", gpus);
-        r.put("attention_path", a.available() ? "GPU" : "CPU (pure Java): " + a.reason());
+        boolean runnable = gpus.stream().anyMatch(g -> g.containsKey("compute_capability")
+                && !String.valueOf(g.get("ptx_target")).startsWith("none"));
+        r.put("attention_path", runnable ? "GPU" : "CPU (pure Java): "
+                + (a.available() ? "no GPU of compute capability 8.0 or newer" : a.reason()));
         return r;
     }
 

@@ -45,7 +45,11 @@ public final class GpuDecodeAttention implements AutoCloseable {
         this.poisonOutputs = on;
     }
 
-    /** A decode step whose index tables are on the device; valid until the batch's sequences change. */
+    /**
+     * A decode step whose index tables are on the device. Valid until the next {@link #prepare} of this attention
+     * (which reuses, or replaces, the table buffer: a replaced one fails fast as closed) and while the batch's
+     * sequences do not change.
+     */
     public final class PreparedStep {
         private final DecodePlan plan;
         private final DeviceBuffer tables;
@@ -115,7 +119,7 @@ public final class GpuDecodeAttention implements AutoCloseable {
         }
     }
 
-    /** Plans the step for {@code layer} of {@code batch} and uploads its tables. */
+    /** Plans the step for {@code layer} of {@code batch} and uploads its tables; invalidates the previous step. */
     public PreparedStep prepare(int layer, List<GpuSequence> batch) {
         synchronized (cache) {
             if (batch.isEmpty()) {

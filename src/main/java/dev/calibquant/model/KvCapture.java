@@ -49,15 +49,16 @@ public final class KvCapture {
         SafetensorsWriter writer = new SafetensorsWriter().metadata("visual_spans", "[[" + span.start() + ", "
                 + span.end() + "]]").metadata("source", "calibquant demo --capture: built-in scene model, test sample "
                 + sample.index() + ": " + sample.questionText());
-        Arena arena = Arena.ofAuto();
-        long[] kvShape = {c.kvHeads(), prefill.tokens(), c.headDim()};
-        for (int l = 0; l < c.layers(); l++) {
-            writer.add("layers." + l + ".k", DType.FP16, kvShape, segment(arena, prefill.keys()[l], DType.FP16));
-            writer.add("layers." + l + ".v", DType.FP16, kvShape, segment(arena, prefill.values()[l], DType.FP16));
-            writer.add("layers." + l + ".q", DType.FP32, new long[] {c.queryHeads(), c.headDim()},
-                    segment(arena, queries.get(l), DType.FP32));
+        try (Arena arena = Arena.ofConfined()) {
+            long[] kvShape = {c.kvHeads(), prefill.tokens(), c.headDim()};
+            for (int l = 0; l < c.layers(); l++) {
+                writer.add("layers." + l + ".k", DType.FP16, kvShape, segment(arena, prefill.keys()[l], DType.FP16));
+                writer.add("layers." + l + ".v", DType.FP16, kvShape, segment(arena, prefill.values()[l], DType.FP16));
+                writer.add("layers." + l + ".q", DType.FP32, new long[] {c.queryHeads(), c.headDim()},
+                        segment(arena, queries.get(l), DType.FP32));
+            }
+            writer.write(path);
         }
-        writer.write(path);
     }
 
     private static MemorySegment segment(Arena arena, float[] values, DType dtype) {
