@@ -76,7 +76,8 @@ final class DecodeInputs {
                     + kvHeads);
         }
         for (int b = 0; b < batch.size(); b++) {
-            checkView(b, Objects.requireNonNull(batch.get(b), "sequence " + b), kvHeads, headDim, allowSpans);
+            checkView(b, Objects.requireNonNull(batch.get(b), "sequence " + b), kvHeads, headDim, allowSpans,
+                    queryHeads / kvHeads);
         }
         long elements = (long) batch.size() * queryHeads * headDim;
         requireSize("queries", queries, elements * queryType.byteSize());
@@ -101,7 +102,8 @@ final class DecodeInputs {
         return new DecodeInputs(batch, queryHeads, kvHeads, headDim, q);
     }
 
-    private static void checkView(int b, LayerKvView view, int kvHeads, int headDim, boolean allowSpans) {
+    /** {@code group}: query heads per KV head; the engine keeps {@code group × tokens} scores in one array. */
+    private static void checkView(int b, LayerKvView view, int kvHeads, int headDim, boolean allowSpans, int group) {
         String name = "sequence " + b;
         if (view.kvHeads() != kvHeads || view.headDim() != headDim) {
             throw new InvalidShapeException(name + " has " + view.kvHeads() + " KV heads of dim " + view.headDim()
@@ -132,8 +134,9 @@ final class DecodeInputs {
         if (tokens == 0) {
             throw new InvalidShapeException(name + " has no tokens to attend to");
         }
-        if (tokens > Integer.MAX_VALUE / 16) {
-            throw new InvalidShapeException(name + " has too many tokens: " + tokens);
+        if (tokens > Integer.MAX_VALUE / 16 / group) {
+            throw new InvalidShapeException(name + " has too many tokens for one decode step: " + tokens + " (× "
+                    + group + " query heads per KV head must stay below " + Integer.MAX_VALUE / 16 + ")");
         }
     }
 

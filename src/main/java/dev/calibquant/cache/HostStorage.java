@@ -43,8 +43,14 @@ public final class HostStorage implements KvStorage {
             throw e;
         }
         HostBlock block = new HostBlock(label, arena, segment);
-        live.add(block);
-        liveBytes.addAndGet(bytes);
+        synchronized (this) { // with close(): a block is either in close's snapshot or refused here, never lost
+            if (closed) {
+                arena.close();
+                throw new IllegalStateException("host storage is closed; cannot allocate " + label);
+            }
+            live.add(block);
+            liveBytes.addAndGet(bytes);
+        }
         return block;
     }
 
@@ -93,13 +99,15 @@ public final class HostStorage implements KvStorage {
     @Override
     public void close() {
         List<String> leaked = new ArrayList<>();
+        List<HostBlock> open;
         synchronized (this) {
             if (closed) {
                 return;
             }
             closed = true;
+            open = List.copyOf(live);
         }
-        for (HostBlock block : List.copyOf(live)) {
+        for (HostBlock block : open) {
             leaked.add(block.label() + " (" + block.byteSize() + " bytes)");
             block.close();
         }
