@@ -7,14 +7,16 @@ import dev.calibquant.cuda.CudaAvailability;
 import dev.calibquant.cuda.DeviceProperties;
 import dev.calibquant.kernels.KernelCatalog;
 import dev.calibquant.kernels.KernelManifest;
-import java.io.PrintStream;
+import java.io.PrintWriter;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Callable;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
 
 /** {@code calibquant info}: the JDK, the driver, each GPU — or the exact reason no GPU can be used. */
 @Command(name = "info", mixinStandardHelpOptions = true,
@@ -24,16 +26,19 @@ public final class InfoCommand implements Callable<Integer> {
     @Option(names = "--json", description = "Machine-readable output.")
     boolean json;
 
+    @Spec
+    CommandSpec spec;
 
     @Override
     public Integer call() throws Exception {
         Map<String, Object> report = collect();
-        PrintStream out = System.out;
+        PrintWriter out = spec.commandLine().getOut();
         if (json) {
             out.println(new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT).writeValueAsString(report));
         } else {
             printText(report, out);
         }
+        out.flush();
         return 0;
     }
 
@@ -91,7 +96,7 @@ public final class InfoCommand implements Callable<Integer> {
     }
 
     @SuppressWarnings("unchecked")
-    private static void printText(Map<String, Object> r, PrintStream out) {
+    private static void printText(Map<String, Object> r, PrintWriter out) {
         out.printf("JDK            %s%n", r.get("jdk"));
         out.printf("OS             %s, %s CPUs%n", r.get("os"), r.get("cpus"));
         out.printf("CUDA driver    %s%n", r.get("driver_cuda_version"));
