@@ -26,6 +26,8 @@ rm -rf "$out"; mkdir -p "$out/app/lib"
 # the runnable jar carries the main classes and resources: no separate classes/ (the device tree limit is 64 MiB)
 cp -r target/test-classes "$out/app/test-classes"
 cp target/calibquant-cli.jar "$out/app/"
+# the PTX and the model weights travel in the working tree anyway: gpu-run.sh puts them on the class path
+zip -q -d "$out/app/calibquant-cli.jar" 'dev/calibquant/ptx/*' 'dev/calibquant/model/*.safetensors' > /dev/null
 cp tools/gpu-run.sh tools/bench_sdpa.py "$out/"
 
 rm -rf "$out/jre"

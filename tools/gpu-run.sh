@@ -21,9 +21,15 @@ tar -C "$work" -xJf "$bundle/runtime.tar.xz"
 java="$work/jre/bin/java"
 app="$bundle/app"
 jar="$app/calibquant-cli.jar"
-cp_test="$app/test-classes:$jar:$(ls "$app"/lib/*.jar | tr '\n' ':')"
-logs="$work/logs"; mkdir -p "$logs"
+# the bundle's jar leaves out the PTX and the model weights (the device call carries at most 64 MiB with the
+# working tree, which has them): they come from the checkout the bundle sits in, on the class path
+repo="$(cd "$bundle/.." && pwd)"
+res="$work/resources"; mkdir -p "$res/dev/calibquant"; ln -s "$repo/ptx" "$res/dev/calibquant/ptx"
+cp_main="$jar:$res:$repo/src/main/resources"
 jflags=(--enable-native-access=ALL-UNNAMED -Djava.awt.headless=true)
+cq=("$java" "${jflags[@]}" -Xmx24g -cp "$cp_main" dev.calibquant.cli.CalibQuantCli)
+cp_test="$app/test-classes:$cp_main:$(ls "$app"/lib/*.jar | tr '\n' ':')"
+logs="$work/logs"; mkdir -p "$logs"
 status=0
 step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
 
@@ -31,11 +37,11 @@ step env
 { "$java" -version; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; } 2>&1 | tee "$logs/env.txt"
 
 step info
-"$java" "${jflags[@]}" -jar "$jar" info 2>&1 | tee "$logs/info.txt" || status=1
+"${cq[@]}" info 2>&1 | tee "$logs/info.txt" || status=1
 step selftest
-"$java" "${jflags[@]}" -jar "$jar" selftest 2>&1 | tee "$logs/selftest.txt" || status=1
+"${cq[@]}" selftest 2>&1 | tee "$logs/selftest.txt" || status=1
 step selftest sm_80
-"$java" "${jflags[@]}" -jar "$jar" selftest --target sm_80 2>&1 | tee "$logs/selftest-sm80.txt" || status=1
+"${cq[@]}" selftest --target sm_80 2>&1 | tee "$logs/selftest-sm80.txt" || status=1
 
 step "junit${GPU_TESTS_ONLY:+ (GPU-tagged tests only)}"
 tag_opt=(); [ -n "${GPU_TESTS_ONLY:-}" ] && tag_opt=(--include-tag gpu)
@@ -48,7 +54,7 @@ grep -E "tests (successful|failed|skipped|aborted)|calibquant\]" "$logs/junit.tx
 grep -B2 -A12 "\[X\]" "$logs/junit.txt" | head -150
 
 step "demo on the GPU"
-(cd "$work" && "$java" "${jflags[@]}" -jar "$jar" demo --gpu --images 20 --no-progress --png "$logs/demo.png") 2>&1 \
+(cd "$work" && "${cq[@]}" demo --gpu --images 20 --no-progress --png "$logs/demo.png") 2>&1 \
     | tee "$logs/demo.txt" || status=1
 
 if [ "$bench" = 1 ]; then
@@ -58,7 +64,7 @@ if [ "$bench" = 1 ]; then
   fi
   step bench
   sdpa_opt=(); [ -f "$logs/sdpa.json" ] && sdpa_opt=(--sdpa "$logs/sdpa.json")
-  "$java" "${jflags[@]}" -Xmx24g -jar "$jar" bench "${sdpa_opt[@]}" --csv "$logs/bench.csv" 2>&1 | tee "$logs/bench.txt" || status=1
+  "${cq[@]}" bench "${sdpa_opt[@]}" --csv "$logs/bench.csv" 2>&1 | tee "$logs/bench.txt" || status=1
 fi
 
 if [ "$sanitize" = 1 ]; then
@@ -66,7 +72,7 @@ if [ "$sanitize" = 1 ]; then
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool (at most ${SANITIZE_SECONDS:-150} s)"
     timeout "${SANITIZE_SECONDS:-150}" compute-sanitizer --tool "$tool" --error-exitcode 99 --target-processes all \
-        "$java" "${jflags[@]}" -jar "$jar" selftest > "$logs/sanitizer-$tool.txt" 2>&1
+        "${cq[@]}" selftest > "$logs/sanitizer-$tool.txt" 2>&1
     rc=$?
     echo "compute-sanitizer $tool: exit $rc (124 = stopped at the time limit)" | tee -a "$logs/sanitizer-$tool.txt"
     [ $rc -ne 0 ] && [ $rc -ne 124 ] && status=1
