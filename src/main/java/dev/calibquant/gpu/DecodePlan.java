@@ -60,8 +60,9 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
         if (maxChunk > 0) {
             chunk = Math.min(chunk, Math.max(2L * block, maxChunk));
         }
-        // the full-precision block is short (prefix + text): cut it finer so it is not the longest item at small B
-        long fpChunk = Math.min(chunk, block);
+        // next to visual spans the full-precision block is short (prefix + text): cut it finer so it is not the
+        // longest item at small B; a sequence kept wholly in full precision is cut like any other segment
+        long shortFpChunk = Math.min(chunk, block);
         int mmMode = !calibrate ? 0 : (chunk >= longestSpan ? 2 : 1);
 
         List<long[]> seq = new ArrayList<>();
@@ -71,6 +72,7 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
         for (int b = 0; b < batch.size(); b++) {
             Entry e = batch.get(b);
             int workFirst = work.size();
+            long fpChunk = e.spans().isEmpty() ? chunk : shortFpChunk;
             for (long t0 = 0; t0 < e.fullLength(); t0 += fpChunk) {
                 work.add(new long[] {b, -1, t0, Math.min(fpChunk, e.fullLength() - t0)});
             }

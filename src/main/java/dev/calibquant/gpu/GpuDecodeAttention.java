@@ -140,9 +140,11 @@ public final class GpuDecodeAttention implements AutoCloseable {
             QuantConfig c = cache.config();
             CalibQuantKernels k = cache.kernels();
             int group = g.groupSize();
+            boolean quantized = c != null;
+            int perSm = quantized ? k.decodeProgramsPerSm(group) : CalibQuantKernels.FP16_PROGRAMS_PER_SM;
             DecodePlan plan = DecodePlan.build(entries, g.queryHeads(), g.headDim(), g.kvHeads(),
-                    c != null && c.calibrate(), k.decodeProgramsPerSm(group) * multiprocessors, k.decodeBlock(),
-                    k.decodeMaxChunk(group));
+                    quantized && c.calibrate(), perSm * multiprocessors, k.decodeBlock(),
+                    quantized ? k.decodeMaxChunk(group) : 0);
             long seqOff = 0;
             long spanOff = align(seqOff + 8L * plan.seqTab().length);
             long workOff = align(spanOff + 8L * plan.spanTab().length);

@@ -96,12 +96,15 @@ public final class CalibQuantKernels {
     private static final int NARROW_SLOTS = 4;
     private static final int WIDE_SLOTS = 8;
 
+    /** Decode programs per SM for the four-warp fp16 kernel (full-precision caches). */
+    public static final int FP16_PROGRAMS_PER_SM = 2;
+
     /**
      * Decode programs a step should have per SM for this group's kernels: the one-warp Gluon kernels (1 bit) want
      * many (16 per SM measured best on the H200, chunks of ~800 tokens at B = 64), the four-warp Triton ones two.
      */
     public int decodeProgramsPerSm(int group) {
-        return decode(1, group).target().numWarps() == 1 ? 16 : 2;
+        return decode(1, group).target().numWarps() == 1 ? 16 : FP16_PROGRAMS_PER_SM;
     }
 
     /** Largest visual chunk worth one program, or 0 for no limit: one-warp programs cap it (see decodeProgramsPerSm). */

@@ -74,6 +74,16 @@ class DecodePlanTest {
     }
 
     @Test
+    void aSequenceWhollyInFullPrecisionIsCutLikeAnyOtherSegment() {
+        List<DecodePlan.Entry> batch = new ArrayList<>();
+        for (int b = 0; b < 64; b++) {
+            batch.add(entry(3433));
+        }
+        DecodePlan p = DecodePlan.build(batch, 32, 128, 8, false, SMS_X2, 64, 0);
+        assertThat(p.workItems()).isEqualTo(64); // one item each, not 3433 / 64 of them
+    }
+
+    @Test
     void aMaxChunkThatIsNotAMultipleOfTheBlockIsRejected() {
         assertThatThrownBy(() -> DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, true, SMS_X2, 64, 100))
                 .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("maxChunk 100");
