@@ -1,6 +1,5 @@
 package dev.calibquant.regression;
 
-import com.fasterxml.jackson.annotation.JsonInclude;
 import com.fasterxml.jackson.core.JsonProcessingException;
 import com.fasterxml.jackson.core.util.DefaultIndenter;
 import com.fasterxml.jackson.core.util.DefaultPrettyPrinter;
@@ -32,7 +31,6 @@ import java.util.TreeMap;
  * sampled values, each with the recording run's own bound from the arithmetic (the derivations are in
  * {@code tolerance_notes}).
  */
-@JsonInclude(JsonInclude.Include.NON_NULL)
 public record Expectations(int format, String note, Map<String, String> toleranceNotes, Map<String, Target> targets) {
     public static final int FORMAT = 1;
     /** Under the shipped kernels' resource root, like the manifest. */
@@ -51,7 +49,6 @@ public record Expectations(int format, String note, Map<String, String> toleranc
     }
 
     /** One PTX target's recording: where it was made, and every variant recorded. */
-    @JsonInclude(JsonInclude.Include.NON_NULL)
     public record Target(String device, String driver, String recordedOn, String tritonVersion,
             Map<String, Kernel> kernels) {
         public Target {
@@ -68,7 +65,6 @@ public record Expectations(int format, String note, Map<String, String> toleranc
     }
 
     /** One case as recorded. */
-    @JsonInclude(JsonInclude.Include.NON_NULL)
     public record Case(int index, long seed, String shape, String inputsSha256, String cacheSha256, int workItems,
             int calibrationMode, List<Output> outputs) {
         public Case {
