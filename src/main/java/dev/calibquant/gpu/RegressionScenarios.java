@@ -38,10 +38,10 @@ public final class RegressionScenarios implements CaseRunner {
     private static final CalibrationPolicy REF = CalibrationPolicy.REFERENCE;
     private static final CalibrationPolicy CLAMP = CalibrationPolicy.CLAMP_AT_ZERO;
 
-    private enum Outputs { QUANTIZED, ATTENTION, APPENDED }
+    enum Outputs { QUANTIZED, ATTENTION, APPENDED }
 
     /** How one case runs: a scenario (with the calibration mode the variant needs, or −1), or an 8-bit launch. */
-    private record Plan(Outputs outputs, GpuScenario.Case scenario, int wantMode, QuantizePackCheck.Spans spans8) {
+    record Plan(Outputs outputs, GpuScenario.Case scenario, int wantMode, QuantizePackCheck.Spans spans8) {
         String shape() {
             if (spans8 != null) {
                 return "quantize_pack bits8 " + spans8;
@@ -67,7 +67,7 @@ public final class RegressionScenarios implements CaseRunner {
         return specs;
     }
 
-    private static List<Plan> plans(KernelManifest.Kernel k) {
+    static List<Plan> plans(KernelManifest.Kernel k) {
         Integer d = constexpr(k, "D");
         if (k.name().startsWith("x_") || d == null) {
             return List.of();
@@ -173,7 +173,7 @@ public final class RegressionScenarios implements CaseRunner {
                 o.calibrationMode(), o.outputs());
     }
 
-    private static Observation observe(Plan plan, GpuScenario.Observed o) {
+    static Observation observe(Plan plan, GpuScenario.Observed o) {
         Digest inputs = new Digest();
         for (GpuScenario.Prompt p : o.prompts()) {
             inputs.add(p.tokens());
@@ -296,7 +296,7 @@ public final class RegressionScenarios implements CaseRunner {
     }
 
     /** Codes (bytes at 8 bits) and scales of each span, keys then values, as {@link #quantized} orders them. */
-    private static Observation observe8(QuantizePackCheck.Observed o, int d) {
+    static Observation observe8(QuantizePackCheck.Observed o, int d) {
         QuantizePackCheck.Spans layout = o.spans();
         int kvh = layout.kvHeads();
         Digest inputs = new Digest().add(o.keys()).add(o.values());
