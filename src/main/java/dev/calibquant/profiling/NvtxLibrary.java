@@ -46,10 +46,13 @@ final class NvtxLibrary {
     }
 
     /**
-     * Binds the first candidate that loads and exports the four calls, with symbols kept alive by {@code arena};
-     * throws {@link IllegalStateException} naming every place tried and why each failed.
+     * Binds the first candidate that loads and exports the four calls; throws {@link IllegalStateException} naming
+     * every place tried and why each failed. A bound library stays loaded for the life of the process (global arena):
+     * a downcall to a symbol of a closable arena takes an atomic acquire and release of that arena each time, which
+     * would triple the cost of a range.
      */
-    static Bound bind(String explicit, Map<String, String> env, Arena arena) {
+    static Bound bind(String explicit, Map<String, String> env) {
+        Arena arena = Arena.global();
         List<String> tried = new ArrayList<>();
         for (Path p : candidates(explicit, env)) {
             String where = p == null ? SONAME + " (system loader)" : p.toString();
@@ -73,23 +76,22 @@ final class NvtxLibrary {
         throw new IllegalStateException(SONAME + " not usable; tried " + String.join("; ", tried));
     }
 
-    /** The NVTX domain calls through FFM downcalls (no JNI). */
-    private static final class FfmNvtxApi implements NvtxApi {
-        private final MethodHandle createDomain;
-        private final MethodHandle destroyDomain;
-        private final MethodHandle push;
-        private final MethodHandle pop;
+    /**
+     * The NVTX domain calls through FFM downcalls (no JNI). A record, so that HotSpot trusts its final fields: held in
+     * a static final, its method handles fold to constants and each call compiles to a direct downcall.
+     */
+    private record FfmNvtxApi(MethodHandle createDomainHandle, MethodHandle destroyDomainHandle, MethodHandle pushHandle,
+            MethodHandle popHandle) implements NvtxApi {
 
         FfmNvtxApi(SymbolLookup lookup) {
-            Linker linker = Linker.nativeLinker();
-            createDomain = linker.downcallHandle(find(lookup, "nvtxDomainCreateA"),
-                    FunctionDescriptor.of(ValueLayout.ADDRESS, ValueLayout.ADDRESS));
-            destroyDomain = linker.downcallHandle(find(lookup, "nvtxDomainDestroy"),
-                    FunctionDescriptor.ofVoid(ValueLayout.ADDRESS));
-            push = linker.downcallHandle(find(lookup, "nvtxDomainRangePushEx"),
-                    FunctionDescriptor.of(ValueLayout.JAVA_INT, ValueLayout.ADDRESS, ValueLayout.ADDRESS));
-            pop = linker.downcallHandle(find(lookup, "nvtxDomainRangePop"),
-                    FunctionDescriptor.of(ValueLayout.JAVA_INT, ValueLayout.ADDRESS));
+            this(Linker.nativeLinker().downcallHandle(find(lookup, "nvtxDomainCreateA"),
+                            FunctionDescriptor.of(ValueLayout.ADDRESS, ValueLayout.ADDRESS)),
+                    Linker.nativeLinker().downcallHandle(find(lookup, "nvtxDomainDestroy"),
+                            FunctionDescriptor.ofVoid(ValueLayout.ADDRESS)),
+                    Linker.nativeLinker().downcallHandle(find(lookup, "nvtxDomainRangePushEx"),
+                            FunctionDescriptor.of(ValueLayout.JAVA_INT, ValueLayout.ADDRESS, ValueLayout.ADDRESS)),
+                    Linker.nativeLinker().downcallHandle(find(lookup, "nvtxDomainRangePop"),
+                            FunctionDescriptor.of(ValueLayout.JAVA_INT, ValueLayout.ADDRESS)));
         }
 
         private static MemorySegment find(SymbolLookup lookup, String symbol) {
@@ -99,7 +101,7 @@ final class NvtxLibrary {
         @Override
         public MemorySegment createDomain(MemorySegment name) {
             try {
-                return (MemorySegment) createDomain.invokeExact(name);
+                return (MemorySegment) createDomainHandle.invokeExact(name);
             } catch (Throwable t) {
                 throw rethrow(t);
             }
@@ -108,7 +110,7 @@ final class NvtxLibrary {
         @Override
         public void destroyDomain(MemorySegment domain) {
             try {
-                destroyDomain.invokeExact(domain);
+                destroyDomainHandle.invokeExact(domain);
             } catch (Throwable t) {
                 throw rethrow(t);
             }
@@ -117,7 +119,7 @@ final class NvtxLibrary {
         @Override
         public int push(MemorySegment domain, MemorySegment eventAttributes) {
             try {
-                return (int) push.invokeExact(domain, eventAttributes);
+                return (int) pushHandle.invokeExact(domain, eventAttributes);
             } catch (Throwable t) {
                 throw rethrow(t);
             }
@@ -126,7 +128,7 @@ final class NvtxLibrary {
         @Override
         public int pop(MemorySegment domain) {
             try {
-                return (int) pop.invokeExact(domain);
+                return (int) popHandle.invokeExact(domain);
             } catch (Throwable t) {
                 throw rethrow(t);
             }
