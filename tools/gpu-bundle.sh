@@ -26,7 +26,7 @@ rm -rf "$out"; mkdir -p "$out/app/lib"
 # the runnable jar carries the main classes and resources: no separate classes/ (the device tree limit is 64 MiB)
 cp -r target/test-classes "$out/app/test-classes"
 cp target/calibquant-cli.jar "$out/app/"
-cp tools/gpu-run.sh tools/bench_sdpa.py "$out/"
+cp tools/gpu-run.sh tools/bench_sdpa.py tools/profile-gpu.sh tools/ncu_summary.py "$out/"
 
 rm -rf "$out/jre"
 "$JAVA_HOME/bin/jlink" --add-modules java.base,java.desktop,java.logging,java.management,java.xml,jdk.unsupported,jdk.incubator.vector,jdk.management \
