@@ -442,6 +442,13 @@ def run_checks(dev, target, report, seed0, quick=False):
                 b, kvh, g = next(configs)
                 check_decode(dev, report, target, v, f"calibquant_minmax_b{bits}_d{d}", bits, mode, next(seed),
                              b, kvh, g, [0] if mode == 0 else [0, 1])
+    for d in (64, 128):  # the 1-bit variants for groups of up to 4 query heads
+        for mode in (0, 1, 2):
+            v = f"calibquant_decode_b1_d{d}_mm{mode}_hs4"
+            if v in names:
+                b, kvh, g = ((5, 2, 4), (3, 3, 3), (17, 2, 1))[mode]
+                check_decode(dev, report, target, v, f"calibquant_minmax_b1_d{d}_hs4", 1, mode, next(seed), b, kvh, g,
+                             [0] if mode == 0 else [0, 1])
     if not quick:  # a large batch: B = 256, G = 4, one span each
         v = "calibquant_decode_b1_d128_mm1"
         if v in names:
@@ -835,6 +842,12 @@ def main():
         run_timing(torch, TorchDev(driver, manifest, root, "sm_90a"), left, save, results["timing"],
                    [int(b) for b in a.batches.split(",")])
         save()
+    if a.exp and "gluon" in parts:
+        exp_root = Path(a.exp)
+        exp_manifest = json.loads((exp_root / "manifest.json").read_text())
+        xdev = TorchDev(driver, exp_manifest, exp_root, "sm_90a")
+        results["candidate_kernel_info"] = xdev.info
+        results["gluon"] = run_gluon(torch, xdev, report, a.seed + 2000, left, exp_manifest, save)
     if a.exp and "select" in parts:
         exp_root = Path(a.exp)
         exp_manifest = json.loads((exp_root / "manifest.json").read_text())
@@ -907,6 +920,57 @@ def run_timing(torch, dev, left, save, timing, batches):
         save()
     del wl, fwl
     torch.cuda.empty_cache()
+
+
+def run_gluon(torch, xdev, report, seed, left, xmanifest, save):
+    """Checks every configuration of the gluon candidate set (compile_ptx.py --set gluon) against the float64
+    reference in all three calibration modes, then times the D=128 ones on the BENCHMARKS.md workload at several
+    work-item sizes, next to the shipping Triton configuration from the same manifest."""
+    cands = {}
+    for k in xmanifest["kernels"]:
+        if "group" in k:
+            tag = json.dumps(k["config"], sort_keys=True)
+            cands.setdefault(tag, {"config": k["config"], "group": k["group"], "names": []})["names"].append(k["name"])
+    wl = Workload(torch)
+    rows = []
+    for c in sorted(cands.values(), key=lambda c: c["group"] != "attention"):
+        if left() < 20:
+            print("gluon: time budget reached", flush=True)
+            break
+        cfg = c["config"]
+        hs = cfg.get("HS", 8)
+        mmv = next(n for n in c["names"] if n.startswith("x_calibquant_minmax"))
+        dec = {int(n.split("_mm")[1][0]): n for n in c["names"] if n.startswith("x_calibquant_decode")}
+        row = {"config": cfg}
+        n0 = len(report.rows)
+        try:
+            check_decode(xdev, report, "sm_90a", dec[0], mmv, 1, 0, seed, 5, 2, min(4, hs), [0])
+            check_decode(xdev, report, "sm_90a", dec[1], mmv, 1, 1, seed + 1, 3, 4 if hs == 8 else 3, hs, [0, 1])
+            check_decode(xdev, report, "sm_90a", dec[2], mmv, 1, 2, seed + 2, 17, 2, 2, [0, 1])
+            row["ok"] = all(r["ok"] for r in report.rows[n0:])
+            for r in report.rows[n0:]:
+                print(("PASS " if r["ok"] else "FAIL ") + json.dumps(r, default=str), flush=True)
+            if row["ok"] and xdev.constexprs(dec[1])["D"] == 128:
+                t = {}
+                for b, chunks in ((1, (128, 256, 512)), (64, (416, 832, 1664)), (256, (416, 832, 1664))):
+                    for ch in chunks:
+                        t[f"B{b}_mm1_c{ch}"] = time_decode(torch, xdev, wl, b, dec[1], mmv, 1, ch, 128)[0]
+                    if b > 1:
+                        t[f"B{b}_mm2"] = time_decode(torch, xdev, wl, b, dec[2], None, 2, 3328, 128)[0]
+                        t[f"B{b}_mm0_c832"] = time_decode(torch, xdev, wl, b, dec[0], None, 0, 832, 128)[0]
+                row["us"] = t
+        except Exception as e:
+            row["ok"], row["error"] = False, f"{type(e).__name__}: {e}"
+            rows.append(row)
+            print(f"gluon: {cfg} raised {row['error']}", flush=True)
+            if "illegal" in str(e).lower() or "launch failed" in str(e).lower():
+                break
+            continue
+        rows.append(row)
+        print(f"gluon candidate {json.dumps(cfg, sort_keys=True)}: ok={row['ok']} "
+              f"{json.dumps({k: round(v, 1) for k, v in row.get('us', {}).items()})}", flush=True)
+        save()
+    return rows
 
 
 def run_selection(torch, xdev, report, seed, left, bw, xmanifest, selection_path):

@@ -51,7 +51,16 @@ def production_variants(selection=None):
             out.append(variant(f"quantize_pack_b{bits}_d{d}", "quantize.py", "quantize_pack",
                                {"D": d, "BITS": bits, "DB": min(qz["DB"], d), "BT": qz["BT"]},
                                qz["num_warps"], qz["num_stages"]))
-        for bits in (1, 2, 4):
+        glu = sel["gluon"]
+        for hs in (8, 4):  # 1 bit: the Gluon kernels; HS=4 (suffix _hs4) for groups of up to 4 query heads
+            suffix = "" if hs == 8 else f"_hs{hs}"
+            cx = {"D": d, "BITS": 1, "BN": glu["BN"], "HS": hs}
+            out.append(variant(f"calibquant_minmax_b1_d{d}{suffix}", "attention_gluon.py", "calibquant_minmax", cx,
+                               1, 1))
+            for mm in (0, 1, 2):
+                out.append(variant(f"calibquant_decode_b1_d{d}_mm{mm}{suffix}", "attention_gluon.py",
+                                   "calibquant_decode", {**cx, "MM_MODE": mm}, 1, 1))
+        for bits in (2, 4):
             impl = att["IMPL"]
             if impl == 1 and d * bits // 8 < 16:
                 impl = 2  # bit-plane dots need a K of at least 16 bytes per token row
@@ -95,6 +104,30 @@ def candidate_variants():
     return out
 
 
+def gluon_candidates():
+    """The Gluon 1-bit decode kernels (attention_gluon.py) at several tile sizes and slot counts, plus the
+    shipping Triton configuration they are measured against (group "attention")."""
+    out = []
+    for d, bn, hs in ((128, 16, 4), (128, 32, 4), (128, 16, 8), (128, 32, 8), (64, 16, 4), (64, 32, 8)):
+        tag = f"g_d{d}_bn{bn}_hs{hs}"
+        config = {"IMPL": "gluon", "BN": bn, "HS": hs, "D": d, "num_warps": 1, "num_stages": 1}
+        cx = {"D": d, "BITS": 1, "BN": bn, "HS": hs}
+        for name, fn, extra in [(f"x_calibquant_minmax_{tag}", "calibquant_minmax", {})] + [
+                (f"x_calibquant_decode_mm{m}_{tag}", "calibquant_decode", {"MM_MODE": m}) for m in (0, 1, 2)]:
+            v = variant(name, "attention_gluon.py", fn, {**cx, **extra}, 1, 1)
+            v["group"], v["config"] = "gluon", config
+            out.append(v)
+    sel = load_selection()["attention"]
+    tag = f"i{sel['IMPL']}_bn{sel['BN']}_w{sel['num_warps']}_s{sel['num_stages']}"
+    cx = {"D": 128, "BITS": 1, "BN": sel["BN"], "HS": 8, "UNPACK": sel["UNPACK"], "IMPL": sel["IMPL"]}
+    for name, fn, extra in [(f"x_calibquant_minmax_{tag}", "calibquant_minmax", {})] + [
+            (f"x_calibquant_decode_mm{m}_{tag}", "calibquant_decode", {"MM_MODE": m}) for m in (0, 1, 2)]:
+        v = variant(name, "attention.py", fn, {**cx, **extra}, sel["num_warps"], sel["num_stages"])
+        v["group"], v["config"] = "attention", dict(sel)
+        out.append(v)
+    return out
+
+
 _MODULES = {}
 
 
@@ -133,7 +166,11 @@ def compile_one(job):
         signature.update({n: "constexpr" for n in names[len(runtime):]})
         attrs = {(i,): [["tt.divisibility", 16]] for i, (_, t) in enumerate(args) if t.startswith("*")}
         constexprs = {n: v["constexprs"][n] for n in names[len(runtime):]}
-        src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+        if getattr(fn, "is_gluon", lambda: False)():
+            from triton.experimental.gluon._runtime import GluonASTSource
+            src = GluonASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
+        else:
+            src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", TARGETS[target], 32),
                                   options={"num_warps": v["num_warps"], "num_stages": v["num_stages"]})
         md = compiled.metadata
@@ -228,7 +265,7 @@ def build(variants, targets, out_dir, workers):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--set", choices=["production", "candidates"], default="production")
+    p.add_argument("--set", choices=["production", "candidates", "gluon"], default="production")
     p.add_argument("--selection", default=str(SELECTION))
     p.add_argument("--out", default=str(ROOT / "ptx"))
     p.add_argument("--targets", default=",".join(TARGETS))
@@ -236,6 +273,8 @@ def main():
     a = p.parse_args()
     if a.set == "production":
         variants = production_variants(load_selection(a.selection))
+    elif a.set == "gluon":
+        variants = gluon_candidates()
     else:
         variants = candidate_variants()
     targets = [t for t in a.targets.split(",") if t]

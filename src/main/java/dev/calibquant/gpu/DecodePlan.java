@@ -36,9 +36,13 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
     /**
      * @param calibrate whether the visual scores are calibrated (modes 1/2) or not (mode 0)
      * @param block the kernels' token block: chunk sizes are multiples of it
+     * @param maxChunk the largest visual chunk of one item (a multiple of block), or 0 for no limit
      */
     static DecodePlan build(List<Entry> batch, int queryHeads, int headDim, int kvHeads, boolean calibrate,
-            int targetPrograms, int block) {
+            int targetPrograms, int block, int maxChunk) {
+        if (maxChunk < 0 || maxChunk % block != 0) {
+            throw new IllegalArgumentException("maxChunk " + maxChunk + " is not 0 or a positive multiple of " + block);
+        }
         long totalRows = 0;
         int longestSpan = 0;
         for (Entry e : batch) {
@@ -53,6 +57,11 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
         }
         long wantItems = Math.max(1, Math.ceilDiv((long) targetPrograms, kvHeads));
         long chunk = Math.max(2L * block, Math.ceilDiv(Math.ceilDiv(totalRows, wantItems), block) * block);
+        if (maxChunk > 0) {
+            chunk = Math.min(chunk, Math.max(2L * block, maxChunk));
+        }
+        // the full-precision block is short (prefix + text): cut it finer so it is not the longest item at small B
+        long fpChunk = Math.min(chunk, block);
         int mmMode = !calibrate ? 0 : (chunk >= longestSpan ? 2 : 1);
 
         List<long[]> seq = new ArrayList<>();
@@ -62,8 +71,8 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
         for (int b = 0; b < batch.size(); b++) {
             Entry e = batch.get(b);
             int workFirst = work.size();
-            for (long t0 = 0; t0 < e.fullLength(); t0 += chunk) {
-                work.add(new long[] {b, -1, t0, Math.min(chunk, e.fullLength() - t0)});
+            for (long t0 = 0; t0 < e.fullLength(); t0 += fpChunk) {
+                work.add(new long[] {b, -1, t0, Math.min(fpChunk, e.fullLength() - t0)});
             }
             for (int i = 0; i < e.spans().size(); i++) {
                 int tokens = e.spans().get(i).length();

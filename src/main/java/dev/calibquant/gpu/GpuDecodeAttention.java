@@ -26,11 +26,10 @@ import java.util.List;
  */
 public final class GpuDecodeAttention implements AutoCloseable {
     private static final int TABLE_ALIGN = 256;
-    private static final int PROGRAMS_PER_SM = 2;
 
     private final GpuKvCache cache;
     private final CudaContext context;
-    private final int targetPrograms;
+    private final int multiprocessors;
     private final Staging scratch;
     private final Nvtx.Name stepRange = Nvtx.rangeName(Nvtx.DECODE_STEP);
     private boolean poisonOutputs;
@@ -38,7 +37,7 @@ public final class GpuDecodeAttention implements AutoCloseable {
     public GpuDecodeAttention(GpuKvCache cache) {
         this.cache = cache;
         this.context = cache.context();
-        this.targetPrograms = PROGRAMS_PER_SM * context.device().properties().multiprocessors();
+        this.multiprocessors = context.device().properties().multiprocessors();
         this.scratch = new Staging(context);
     }
 
@@ -147,8 +146,11 @@ public final class GpuDecodeAttention implements AutoCloseable {
             }
             ModelGeometry g = cache.geometry();
             QuantConfig c = cache.config();
+            CalibQuantKernels k = cache.kernels();
+            int group = g.groupSize();
             DecodePlan plan = DecodePlan.build(entries, g.queryHeads(), g.headDim(), g.kvHeads(),
-                    c != null && c.calibrate(), targetPrograms, cache.kernels().decodeBlock());
+                    c != null && c.calibrate(), k.decodeProgramsPerSm(group) * multiprocessors, k.decodeBlock(),
+                    k.decodeMaxChunk(group));
             long seqOff = 0;
             long spanOff = align(seqOff + 8L * plan.seqTab().length);
             long workOff = align(spanOff + 8L * plan.spanTab().length);

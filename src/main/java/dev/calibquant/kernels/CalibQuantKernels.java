@@ -60,12 +60,53 @@ public final class CalibQuantKernels {
         return resolve("quantize_pack", "quantize_pack", Map.of("D", headDim, "BITS", bits));
     }
 
-    private Kernel minmax() {
-        return resolve("minmax", "calibquant_minmax", Map.of("D", headDim, "BITS", bits));
+    private Kernel minmax(int group) {
+        return resolveForGroup("minmax", "calibquant_minmax", Map.of("D", headDim, "BITS", bits), group);
     }
 
-    private Kernel decode(int mmMode) {
-        return resolve("decode" + mmMode, "calibquant_decode", Map.of("D", headDim, "BITS", bits, "MM_MODE", mmMode));
+    private Kernel decode(int mmMode, int group) {
+        return resolveForGroup("decode" + mmMode, "calibquant_decode",
+                Map.of("D", headDim, "BITS", bits, "MM_MODE", mmMode), group);
+    }
+
+    /**
+     * The variant with 4 head slots where one ships and the group fits (half the tensor-core work of 8 slots for
+     * the common G = 4), else the one with 8.
+     */
+    private Kernel resolveForGroup(String key, String function, Map<String, Integer> constexprs, int group) {
+        String narrowKey = key + "_hs4";
+        if (group <= NARROW_SLOTS) {
+            Kernel k = resolved.get(narrowKey);
+            if (k != null) {
+                return k;
+            }
+            if (catalog.has(function, withSlots(constexprs, NARROW_SLOTS))) {
+                return resolve(narrowKey, function, withSlots(constexprs, NARROW_SLOTS));
+            }
+        }
+        return resolve(key, function, withSlots(constexprs, WIDE_SLOTS));
+    }
+
+    private static Map<String, Integer> withSlots(Map<String, Integer> constexprs, int slots) {
+        Map<String, Integer> m = new java.util.HashMap<>(constexprs);
+        m.put("HS", slots);
+        return Map.copyOf(m);
+    }
+
+    private static final int NARROW_SLOTS = 4;
+    private static final int WIDE_SLOTS = 8;
+
+    /**
+     * Decode programs a step should have per SM for this group's kernels: the one-warp Gluon kernels (1 bit) want
+     * many (16 per SM measured best on the H200, chunks of ~800 tokens at B = 64), the four-warp Triton ones two.
+     */
+    public int decodeProgramsPerSm(int group) {
+        return decode(1, group).target().numWarps() == 1 ? 16 : 2;
+    }
+
+    /** Largest visual chunk worth one program, or 0 for no limit: one-warp programs cap it (see decodeProgramsPerSm). */
+    public int decodeMaxChunk(int group) {
+        return decode(1, group).target().numWarps() == 1 ? 832 : 0;
     }
 
     private Kernel fp16Decode() {
@@ -79,9 +120,11 @@ public final class CalibQuantKernels {
     /** Loads every variant this configuration can launch, so the first decode step pays no JIT. */
     public void preload() {
         quantizePack();
-        minmax();
-        for (int mm = 0; mm <= 2; mm++) {
-            decode(mm);
+        for (int group : new int[] {NARROW_SLOTS, WIDE_SLOTS}) {
+            minmax(group);
+            for (int mm = 0; mm <= 2; mm++) {
+                decode(mm, group);
+            }
         }
         fp16Decode();
         append();
@@ -103,7 +146,7 @@ public final class CalibQuantKernels {
     public void minmax(DeviceBuffer q, DeviceBuffer kcode, DeviceBuffer ksig, DeviceBuffer kalp, DeviceBuffer tables,
             long seqOffset, long spanOffset, long mmOffset, DeviceBuffer mmBuf, int chunks, int kvHeads, int group,
             float smScale, CudaStream stream) {
-        minmax().args().pointer(q).pointer(kcode).pointer(ksig).pointer(kalp)
+        minmax(group).args().pointer(q).pointer(kcode).pointer(ksig).pointer(kalp)
                 .pointer(tables, seqOffset).pointer(tables, spanOffset).pointer(tables, mmOffset).pointer(mmBuf)
                 .i32(kvHeads).i32(group).f32(smScale)
                 .launch(chunks, kvHeads, 1, stream);
@@ -115,7 +158,7 @@ public final class CalibQuantKernels {
             DeviceBuffer tables, long seqOffset, long spanOffset, long workOffset, DeviceBuffer mmBuf,
             DeviceBuffer partMl, DeviceBuffer partAcc, DeviceBuffer counters, DeviceBuffer out, int workItems,
             int kvHeads, int group, float smScale, float tauMin, float tauMax, boolean clamp, CudaStream stream) {
-        decode(mmMode).args().pointer(q).pointer(kfp).pointer(vfp).pointer(kcode).pointer(vcode)
+        decode(mmMode, group).args().pointer(q).pointer(kfp).pointer(vfp).pointer(kcode).pointer(vcode)
                 .pointer(ksig).pointer(kalp).pointer(vsig).pointer(valp)
                 .pointer(tables, seqOffset).pointer(tables, spanOffset).pointer(tables, workOffset).pointer(mmBuf)
                 .pointer(partMl).pointer(partAcc).pointer(counters).pointer(out)

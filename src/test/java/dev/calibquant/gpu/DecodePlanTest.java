@@ -32,10 +32,10 @@ class DecodePlanTest {
 
     @Test
     void oneSequenceIsSplitAcrossManyProgramsWithAMinMaxPass() {
-        DecodePlan p = DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, true, SMS_X2, 64);
+        DecodePlan p = DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, true, SMS_X2, 64, 0);
         assertThat(p.mmMode()).isEqualTo(1);
         assertThat(p.workItems() * 8).isGreaterThanOrEqualTo(SMS_X2 / 2);
-        assertThat(p.minmaxChunks()).isEqualTo(p.workItems() - 1); // every visual item has its min/max chunk
+        assertThat(p.minmaxChunks()).isEqualTo(p.workItems() - 2); // every visual item has its min/max chunk; 105 fp rows in 2
     }
 
     @Test
@@ -44,34 +44,59 @@ class DecodePlanTest {
         for (int b = 0; b < 256; b++) {
             batch.add(entry(105, 3328));
         }
-        DecodePlan p = DecodePlan.build(batch, 32, 128, 8, true, SMS_X2, 64);
+        DecodePlan p = DecodePlan.build(batch, 32, 128, 8, true, SMS_X2, 64, 0);
         assertThat(p.mmMode()).isEqualTo(2);
-        assertThat(p.workItems()).isEqualTo(512);
+        assertThat(p.workItems()).isEqualTo(256 * 3); // the 105 full-precision rows in items of 64 and 41
         assertThat(p.minmaxChunks()).isZero();
     }
 
     @Test
     void withoutCalibrationThereIsNoMinMaxPass() {
-        DecodePlan p = DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, false, SMS_X2, 64);
+        DecodePlan p = DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, false, SMS_X2, 64, 0);
         assertThat(p.mmMode()).isZero();
         assertThat(p.minmaxChunks()).isZero();
     }
 
     @Test
+    void oneWarpProgramsCapTheVisualChunkSoLargeBatchesKeepTheMinMaxPass() {
+        List<DecodePlan.Entry> batch = new ArrayList<>();
+        for (int b = 0; b < 256; b++) {
+            batch.add(entry(105, 3328));
+        }
+        DecodePlan p = DecodePlan.build(batch, 32, 128, 8, true, 16 * 132, 64, 832);
+        assertThat(p.mmMode()).isEqualTo(1);
+        assertThat(p.workItems()).isEqualTo(256 * (2 + 4)); // 3328 = 4 x 832
+        for (int w = 0; w < p.workItems(); w++) {
+            long tn = p.workTab()[w * CalibQuantKernels.WORK_COLS + 3];
+            boolean full = p.workTab()[w * CalibQuantKernels.WORK_COLS + 1] < 0;
+            assertThat(tn).isLessThanOrEqualTo(full ? 64 : 832);
+        }
+    }
+
+    @Test
+    void aMaxChunkThatIsNotAMultipleOfTheBlockIsRejected() {
+        assertThatThrownBy(() -> DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, true, SMS_X2, 64, 100))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("maxChunk 100");
+        assertThatThrownBy(() -> DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, true, SMS_X2, 64, -64))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("maxChunk -64");
+    }
+
+    @Test
     void aSequenceWithoutTokensIsRejected() {
-        assertThatThrownBy(() -> DecodePlan.build(List.of(entry(0)), 32, 128, 8, true, SMS_X2, 64))
+        assertThatThrownBy(() -> DecodePlan.build(List.of(entry(0)), 32, 128, 8, true, SMS_X2, 64, 0))
                 .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("no tokens");
     }
 
     /** The tables cover every token of every segment exactly once, and point where the entries say. */
     @Property(tries = 200)
     void tablesCoverEveryTokenOnce(@ForAll @Size(min = 1, max = 12) List<@Size(max = 3) List<@IntRange(min = 1, max = 5000) Integer>> spans,
-            @ForAll @IntRange(min = 0, max = 300) int full, @ForAll boolean calibrate) {
+            @ForAll @IntRange(min = 0, max = 300) int full, @ForAll boolean calibrate,
+            @ForAll @IntRange(min = 0, max = 13) int maxBlocks) {
         List<DecodePlan.Entry> batch = new ArrayList<>();
         for (List<Integer> s : spans) {
             batch.add(entry(s.isEmpty() ? Math.max(full, 1) : full, s.stream().mapToInt(Integer::intValue).toArray()));
         }
-        DecodePlan p = DecodePlan.build(batch, 8, 64, 2, calibrate, SMS_X2, 64);
+        DecodePlan p = DecodePlan.build(batch, 8, 64, 2, calibrate, SMS_X2, 64, 64 * maxBlocks);
         long[] seq = p.seqTab();
         long[] work = p.workTab();
         long[] span = p.spanTab();
