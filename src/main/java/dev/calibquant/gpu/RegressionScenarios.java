@@ -31,8 +31,9 @@ import java.util.Random;
  *
  * <p>Outputs recorded per function: {@code quantize_pack} the codes and scales of every span; the decode-side
  * kernels ({@code calibquant_decode}, {@code calibquant_minmax}, {@code fp16_decode}) the attention output;
- * {@code append_token} the appended rows. The shapes include visual lengths 1, 7 and 255, query groups G of 3 (not
- * a power of two), several spans per sequence and both calibration policies.
+ * {@code append_token} the appended rows. The shapes include visual lengths 1, 7 and 255, query groups that are not a
+ * power of two (3, or 5 for the variants only groups above 4 reach), several spans per sequence and both
+ * calibration policies.
  */
 public final class RegressionScenarios implements CaseRunner {
     private static final CalibrationPolicy REF = CalibrationPolicy.REFERENCE;
@@ -57,9 +58,9 @@ public final class RegressionScenarios implements CaseRunner {
         this.catalog = catalog;
     }
 
-    /** The variant's cases (no GPU needed); empty where its function or constexprs are not known here. */
-    public static List<CaseSpec> casesFor(KernelManifest.Kernel kernel) {
-        List<Plan> plans = plans(kernel);
+    /** The cases of {@code manifest}'s variant {@code kernel} (no GPU needed); empty where it is not known here. */
+    public static List<CaseSpec> casesFor(KernelManifest manifest, KernelManifest.Kernel kernel) {
+        List<Plan> plans = plans(manifest, kernel);
         List<CaseSpec> specs = new ArrayList<>();
         for (int i = 0; i < plans.size(); i++) {
             specs.add(new CaseSpec(i, CaseSeeds.seed(kernel.name(), i), plans.get(i).shape()));
@@ -67,13 +68,14 @@ public final class RegressionScenarios implements CaseRunner {
         return specs;
     }
 
-    static List<Plan> plans(KernelManifest.Kernel k) {
+    static List<Plan> plans(KernelManifest manifest, KernelManifest.Kernel k) {
         Integer d = constexpr(k, "D");
         if (k.name().startsWith("x_") || d == null) {
             return List.of();
         }
         Integer bits = constexpr(k, "BITS");
         Integer mode = constexpr(k, "MM_MODE");
+        int[] g = groups(manifest, k);
         return switch (k.function()) {
             case "quantize_pack" -> bits == null ? List.of() : bits == 8 ? List.of(
                     new Plan(Outputs.QUANTIZED, null, -1, QuantizePackCheck.DEFAULT_SPANS),
@@ -82,11 +84,11 @@ public final class RegressionScenarios implements CaseRunner {
                     : List.of(
                     scenario(Outputs.QUANTIZED, -1, 2, 2, 3, d, bits, false, REF, new int[] {1, 7, 255}, 3, 5, 9, 1),
                     scenario(Outputs.QUANTIZED, -1, 1, 4, 2, d, bits, false, REF, new int[] {1000}, 1, 41, 64, 1));
-            case "calibquant_decode" -> bits == null || mode == null ? List.of() : decodePlans(d, bits, mode);
-            case "calibquant_minmax" -> bits == null ? List.of() : decodePlans(d, bits, 1);
+            case "calibquant_decode" -> bits == null || mode == null ? List.of() : decodePlans(d, bits, mode, g);
+            case "calibquant_minmax" -> bits == null ? List.of() : decodePlans(d, bits, 1, g);
             case "fp16_decode" -> List.of(
-                    scenario(Outputs.ATTENTION, -1, 3, 2, 4, d, 0, false, REF, new int[] {7, 300}, 2, 5, 9, 2),
-                    scenario(Outputs.ATTENTION, -1, 2, 1, 3, d, 0, false, REF, new int[] {1, 255}, 2, 1, 1, 1));
+                    scenario(Outputs.ATTENTION, -1, 3, 2, g[0], d, 0, false, REF, new int[] {7, 300}, 2, 5, 9, 2),
+                    scenario(Outputs.ATTENTION, -1, 2, 1, g[1], d, 0, false, REF, new int[] {1, 255}, 2, 1, 1, 1));
             case "append_token" -> List.of(
                     scenario(Outputs.APPENDED, -1, 3, 2, 4, d, 0, false, REF, new int[] {7, 300}, 2, 5, 9, 3),
                     scenario(Outputs.APPENDED, -1, 5, 3, 1, d, 1, true, REF, new int[] {7}, 1, 2, 4, 2));
@@ -97,21 +99,43 @@ public final class RegressionScenarios implements CaseRunner {
     /**
      * Cases that make the planner pick calibration mode {@code mode}: 0 without calibration; 2 with every span at
      * most the planner's smallest chunk (2 blocks of 64 tokens), so each is one work item; 1 with spans longer than
-     * the chunk the planner cuts for them on any GPU of 13 SMs or more.
+     * the chunk the planner cuts for them on any GPU of 13 SMs or more. {@code g}: a typical and an odd group that
+     * make the kernels pick this variant.
      */
-    private static List<Plan> decodePlans(int d, int bits, int mode) {
+    private static List<Plan> decodePlans(int d, int bits, int mode, int[] g) {
         return switch (mode) {
             case 0 -> List.of(
-                    scenario(Outputs.ATTENTION, 0, 3, 2, 4, d, bits, false, REF, new int[] {1, 300}, 2, 5, 9, 2),
-                    scenario(Outputs.ATTENTION, 0, 2, 1, 3, d, bits, false, REF, new int[] {7, 255}, 3, 11, 3, 1));
+                    scenario(Outputs.ATTENTION, 0, 3, 2, g[0], d, bits, false, REF, new int[] {1, 300}, 2, 5, 9, 2),
+                    scenario(Outputs.ATTENTION, 0, 2, 1, g[1], d, bits, false, REF, new int[] {7, 255}, 3, 11, 3, 1));
             case 1 -> List.of(
-                    scenario(Outputs.ATTENTION, 1, 1, 8, 4, d, bits, true, REF, new int[] {3328}, 1, 41, 64, 2),
-                    scenario(Outputs.ATTENTION, 1, 3, 2, 3, d, bits, true, CLAMP, new int[] {255}, 3, 7, 1, 1));
+                    scenario(Outputs.ATTENTION, 1, 1, 8, g[0], d, bits, true, REF, new int[] {3328}, 1, 41, 64, 2),
+                    scenario(Outputs.ATTENTION, 1, 3, 2, g[1], d, bits, true, CLAMP, new int[] {255}, 3, 7, 1, 1));
             case 2 -> List.of(
-                    scenario(Outputs.ATTENTION, 2, 2, 2, 4, d, bits, true, REF, new int[] {7, 120}, 2, 5, 9, 1),
-                    scenario(Outputs.ATTENTION, 2, 3, 2, 3, d, bits, true, CLAMP, new int[] {1, 7, 127}, 3, 3, 17, 2));
+                    scenario(Outputs.ATTENTION, 2, 2, 2, g[0], d, bits, true, REF, new int[] {7, 120}, 2, 5, 9, 1),
+                    scenario(Outputs.ATTENTION, 2, 3, 2, g[1], d, bits, true, CLAMP, new int[] {1, 7, 127}, 3, 3, 17, 2));
             default -> List.of();
         };
+    }
+
+    /**
+     * {typical, odd} query heads per KV head for which the kernels launch this variant: at most its head slots
+     * {@code HS}; above 4 where the manifest also ships the variant with 4 slots (which {@code CalibQuantKernels}
+     * picks for groups up to 4). Typical: 4 where allowed, else the most slots; odd: the first of 3, 5, 6, 7 allowed
+     * (not a power of two).
+     */
+    static int[] groups(KernelManifest manifest, KernelManifest.Kernel k) {
+        Integer slots = constexpr(k, "HS");
+        int hi = slots == null ? 8 : slots;
+        boolean narrowSibling = slots != null && slots > 4 && manifest.kernels().stream()
+                .anyMatch(o -> o != k && o.function().equals(k.function()) && !o.name().startsWith("x_")
+                        && Integer.valueOf(4).equals(constexpr(o, "HS"))
+                        && java.util.Objects.equals(constexpr(o, "D"), constexpr(k, "D"))
+                        && java.util.Objects.equals(constexpr(o, "BITS"), constexpr(k, "BITS"))
+                        && java.util.Objects.equals(constexpr(o, "MM_MODE"), constexpr(k, "MM_MODE")));
+        int lo = narrowSibling ? 5 : 1;
+        int typical = lo <= 4 && 4 <= hi ? 4 : hi;
+        int odd = java.util.stream.IntStream.of(3, 5, 6, 7).filter(x -> lo <= x && x <= hi).findFirst().orElse(typical);
+        return new int[] {typical, odd};
     }
 
     private static Plan scenario(Outputs outputs, int wantMode, int batch, int kvHeads, int group, int d, int bits,
@@ -127,7 +151,7 @@ public final class RegressionScenarios implements CaseRunner {
 
     @Override
     public List<CaseSpec> cases(KernelManifest.Kernel kernel) {
-        return casesFor(kernel);
+        return casesFor(catalog.manifest(), kernel);
     }
 
     @Override
@@ -142,7 +166,7 @@ public final class RegressionScenarios implements CaseRunner {
 
     @Override
     public Observation run(KernelManifest.Kernel kernel, CaseSpec spec) {
-        List<Plan> plans = plans(kernel);
+        List<Plan> plans = plans(catalog.manifest(), kernel);
         if (spec.index() < 0 || spec.index() >= plans.size() || !plans.get(spec.index()).shape().equals(spec.shape())) {
             throw new IllegalArgumentException(kernel.name() + " has no case " + spec.index() + " of shape " + spec.shape());
         }

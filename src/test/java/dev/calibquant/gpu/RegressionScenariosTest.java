@@ -127,7 +127,7 @@ class RegressionScenariosTest {
     }
 
     private Observation observeTwin(KernelManifest.Kernel k, int index, Arena arena) {
-        RegressionScenarios.Plan plan = RegressionScenarios.plans(k).get(index);
+        RegressionScenarios.Plan plan = RegressionScenarios.plans(MANIFEST, k).get(index);
         return RegressionScenarios.observe(plan, twin(plan.scenario(), random, arena));
     }
 
@@ -135,9 +135,10 @@ class RegressionScenariosTest {
     void attentionIsTheStepOutputWithEachRowsBound() {
         KernelManifest.Kernel k = kernel("calibquant_decode", 64, 1, 2);
         try (Arena arena = Arena.ofConfined()) {
-            RegressionScenarios.Plan plan = RegressionScenarios.plans(k).get(1);
+            RegressionScenarios.Plan plan = RegressionScenarios.plans(MANIFEST, k).get(1);
             GpuScenario.Case c = plan.scenario();
-            assertThat(c.group()).isEqualTo(3);
+            assertThat(c.group()).isEqualTo(RegressionScenarios.groups(MANIFEST, k)[1]);
+            assertThat(Integer.bitCount(c.group())).as("group %d is not a power of two", c.group()).isGreaterThan(1);
             GpuScenario.Observed o = twin(c, random, arena);
             Observation obs = RegressionScenarios.observe(plan, o);
             assertThat(obs.outputs()).hasSize(1);
@@ -168,7 +169,7 @@ class RegressionScenariosTest {
         for (int bits : new int[] {1, 2, 4}) {
             KernelManifest.Kernel k = kernel("quantize_pack", 64, bits, -1);
             try (Arena arena = Arena.ofConfined()) {
-                RegressionScenarios.Plan plan = RegressionScenarios.plans(k).get(0);
+                RegressionScenarios.Plan plan = RegressionScenarios.plans(MANIFEST, k).get(0);
                 GpuScenario.Case c = plan.scenario();
                 GpuScenario.Observed o = twin(c, random, arena);
                 Observation obs = RegressionScenarios.observe(plan, o);
@@ -229,7 +230,7 @@ class RegressionScenariosTest {
     @Test
     void eightBitCodesAndScalesFollowTheInputs() {
         KernelManifest.Kernel k = kernel("quantize_pack", 128, 8, -1);
-        RegressionScenarios.Plan plan = RegressionScenarios.plans(k).get(1);
+        RegressionScenarios.Plan plan = RegressionScenarios.plans(MANIFEST, k).get(1);
         QuantizePackCheck.Spans layout = plan.spans8();
         int d = 128;
         QuantConfig config = QuantConfig.defaults(8);
@@ -284,7 +285,7 @@ class RegressionScenariosTest {
         KernelManifest.Kernel k = kernel("append_token", 64, -1, -1);
         for (int index = 0; index < 2; index++) {
             try (Arena arena = Arena.ofConfined()) {
-                RegressionScenarios.Plan plan = RegressionScenarios.plans(k).get(index);
+                RegressionScenarios.Plan plan = RegressionScenarios.plans(MANIFEST, k).get(index);
                 GpuScenario.Case c = plan.scenario();
                 GpuScenario.Observed o = twin(c, random, arena);
                 ObservedOutput rows = RegressionScenarios.observe(plan, o).outputs().getFirst();
@@ -329,7 +330,7 @@ class RegressionScenariosTest {
     @Test
     void theSameSeedGivesTheSameInputsAndTheCaseShapesAreStable() {
         KernelManifest.Kernel k = kernel("fp16_decode", 128, -1, -1);
-        List<CaseSpec> cases = RegressionScenarios.casesFor(k);
+        List<CaseSpec> cases = RegressionScenarios.casesFor(MANIFEST, k);
         assertThat(cases).extracting(CaseSpec::shape).containsExactly(
                 "B3 kvh2 G4 D128 fp16 spans[7, 300]x2 appends2 prefix5 text9",
                 "B2 kvh1 G3 D128 fp16 spans[1, 255]x2 appends1 prefix1 text1");
@@ -346,7 +347,7 @@ class RegressionScenariosTest {
     @Test
     void theDecodeCasesMakeThePlannerPickTheVariantsModeOnAnyGpuFrom13To200Sms() {
         for (KernelManifest.Kernel k : MANIFEST.kernels()) {
-            for (RegressionScenarios.Plan plan : RegressionScenarios.plans(k)) {
+            for (RegressionScenarios.Plan plan : RegressionScenarios.plans(MANIFEST, k)) {
                 if (plan.wantMode() < 0) {
                     continue;
                 }
@@ -367,6 +368,32 @@ class RegressionScenariosTest {
         }
     }
 
+    @Test
+    void eachVariantGetsGroupsTheKernelsRouteToIt() {
+        // 1-bit decode and min/max ship with 4 and 8 head slots; groups up to 4 go to the 4-slot variant
+        KernelManifest.Kernel wide = MANIFEST.kernels().stream().filter(k -> k.function().equals("calibquant_decode")
+                && num(k, "HS") == 8 && num(k, "BITS") == 1).findFirst().orElseThrow();
+        KernelManifest.Kernel narrow = MANIFEST.kernels().stream().filter(k -> k.function().equals("calibquant_decode")
+                && num(k, "HS") == 4 && num(k, "D") == num(wide, "D") && num(k, "MM_MODE") == num(wide, "MM_MODE"))
+                .findFirst().orElse(null);
+        if (narrow != null) {
+            assertThat(RegressionScenarios.groups(MANIFEST, narrow)).containsExactly(4, 3);
+            assertThat(RegressionScenarios.groups(MANIFEST, wide)).containsExactly(8, 5);
+        } else {
+            assertThat(RegressionScenarios.groups(MANIFEST, wide)).containsExactly(4, 3);
+        }
+        KernelManifest.Kernel quantize = kernel("quantize_pack", 128, 1, -1);
+        assertThat(RegressionScenarios.groups(MANIFEST, quantize)).containsExactly(4, 3);
+        for (KernelManifest.Kernel k : MANIFEST.kernels()) {
+            for (RegressionScenarios.Plan p : RegressionScenarios.plans(MANIFEST, k)) {
+                if (p.scenario() != null) {
+                    int hs = num(k, "HS") > 0 ? num(k, "HS") : 8;
+                    assertThat(p.scenario().group()).as(k.name()).isBetween(1, hs);
+                }
+            }
+        }
+    }
+
     private static int plannedMode(GpuScenario.Case c, int spans, int len, int gap, int sms) {
         List<DecodePlan.Entry> entries = new ArrayList<>();
         for (int b = 0; b < c.batch(); b++) {
@@ -379,7 +406,13 @@ class RegressionScenariosTest {
             int full = at - spans * len + c.appends();
             entries.add(new DecodePlan.Entry(0, full, full, list, new long[spans], new long[spans]));
         }
-        return DecodePlan.build(entries, c.kvHeads() * c.group(), c.headDim(), c.kvHeads(), c.calibrate(), 2 * sms, 64)
-                .mmMode();
+        // the planner's two settings: four-warp Triton kernels (2 programs per SM, no chunk limit), one-warp Gluon
+        // kernels (16 per SM, visual chunks <= 832); both must give the same mode
+        int triton = DecodePlan.build(entries, c.kvHeads() * c.group(), c.headDim(), c.kvHeads(), c.calibrate(), 2 * sms,
+                64, 0).mmMode();
+        int gluon = DecodePlan.build(entries, c.kvHeads() * c.group(), c.headDim(), c.kvHeads(), c.calibrate(), 16 * sms,
+                64, 832).mmMode();
+        assertThat(gluon).isEqualTo(triton);
+        return triton;
     }
 }
