@@ -20,7 +20,8 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 
 /**
- * The regression cases on the GPU, independent of the recorded file: one variant of each kernel function runs every
+ * The regression cases on the GPU, independent of the recorded file: one variant of each kernel function (and head
+ * slot count) runs every
  * case twice; each run passes the CPU check, and the second is within the derived bounds of the first (recorded).
  */
 @GpuTest
@@ -32,8 +33,9 @@ class RegressionScenariosGpuTest {
         assumeHopperFor(target);
         KernelManifest manifest = KernelManifest.loadShipped();
         Map<String, KernelManifest.Kernel> oneEach = new LinkedHashMap<>();
-        manifest.kernels().forEach(k -> oneEach.putIfAbsent(k.function() + (k.constexprs().get("BITS") instanceof Number n
-                && n.intValue() == 8 ? "8" : ""), k));
+        // one variant per function, head-slot count and 8-bit quantize (each runs a differently built case)
+        manifest.kernels().forEach(k -> oneEach.putIfAbsent(k.function() + "/" + k.constexprs().get("HS")
+                + (k.constexprs().get("BITS") instanceof Number n && n.intValue() == 8 ? "/8" : ""), k));
         try (CudaContext ctx = Cuda.device(0).openContext(); KernelCatalog catalog = KernelCatalog.open(ctx, target)) {
             RegressionScenarios runner = new RegressionScenarios(catalog);
             for (KernelManifest.Kernel k : oneEach.values()) {
