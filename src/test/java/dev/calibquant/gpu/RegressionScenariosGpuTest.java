@@ -21,8 +21,8 @@ import org.junit.jupiter.params.provider.ValueSource;
 
 /**
  * The regression cases on the GPU, independent of the recorded file: one variant of each kernel function (and head
- * slot count) runs every
- * case twice; each run passes the CPU check, and the second is within the derived bounds of the first (recorded).
+ * slot count) runs every case twice; each run passes the CPU check, and the second is within the derived bounds of
+ * the first (recorded).
  */
 @GpuTest
 class RegressionScenariosGpuTest {
