@@ -6,7 +6,7 @@
 # collects the SpeedOfLight, MemoryWorkloadAnalysis, Occupancy and LaunchStats sections (plus the summary's metrics)
 # for the kernels inside the filter. Writes, under OUT:
 #   profile.ncu-rep      the report (open it in Nsight Compute)
-#   profile-run.txt      what the workload and ncu printed
+#   profile-run.txt      what the workload and ncu printed; profile-info.txt: the GPU, and whether NVTX ranges were on
 #   profile-raw.csv      ncu --import ... --csv --page raw (kernels named by their NVTX variant range where ncu can)
 #   profile-summary.csv, profile-summary.md   per launch: duration, DRAM bytes and GB/s, % of peak DRAM, SM
 #                        throughput, achieved/theoretical occupancy, registers/thread, shared memory/block
@@ -74,13 +74,14 @@ count_opt=(); [ -n "$launch_count" ] && count_opt=(--launch-count "$launch_count
 metrics=$(python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import ncu_summary; print(",".join(ncu_summary.METRICS))' "$here" 2>/dev/null \
   || echo "gpu__time_duration.sum,dram__bytes.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,sm__maximum_warps_per_active_cycle_pct,launch__registers_per_thread,launch__shared_mem_per_block_static,launch__shared_mem_per_block_dynamic,launch__grid_size,launch__block_size")
 
+"$java" "${jflags[@]}" -jar "$jar" info 2>&1 | grep -E "NVTX|GPU " | tee "$out/profile-info.txt"
 echo "profile-gpu: ${app[*]} under ncu, NVTX filter: $filter${launch_count:+, at most $launch_count launches}"
 (cd "$work" && ncu --clock-control none --target-processes all "${nvtx_opt[@]}" "${kernel_opt[@]}" "${count_opt[@]}" \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats \
     --metrics "$metrics" -o "$out/profile" -f \
     "$java" "${jflags[@]}" -jar "$jar" "${app[@]}") > "$out/profile-run.txt" 2>&1
 rc=$?
-grep -E "NVTX|==PROF==|==ERROR==|==WARNING== No kernels" "$out/profile-run.txt" | tail -5
+grep -E "==PROF==|==ERROR==|No kernels" "$out/profile-run.txt" | tail -5
 if [ ! -f "$out/profile.ncu-rep" ]; then
   echo "profile-gpu: ncu wrote no report (exit $rc); see $out/profile-run.txt" >&2
   exit 1
