@@ -28,7 +28,7 @@ cp -r target/test-classes "$out/app/test-classes"
 cp target/calibquant-cli.jar "$out/app/"
 # the PTX and the model weights travel in the working tree anyway: gpu-run.sh puts them on the class path
 zip -q -d "$out/app/calibquant-cli.jar" 'dev/calibquant/ptx/*' 'dev/calibquant/model/*.safetensors' > /dev/null
-cp tools/gpu-run.sh tools/bench_sdpa.py "$out/"
+cp tools/gpu-run.sh tools/bench_sdpa.py tools/profile-gpu.sh tools/ncu_summary.py "$out/"
 
 rm -rf "$out/jre"
 "$JAVA_HOME/bin/jlink" --add-modules java.base,java.desktop,java.logging,java.management,java.xml,jdk.unsupported,jdk.incubator.vector,jdk.management \

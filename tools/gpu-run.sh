@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
 # Runs on the GPU host (no JDK there) from a bundle made by tools/gpu-bundle.sh:
-#   tools/gpu-run.sh BUNDLE_DIR OUT_DIR [--bench] [--sanitize]
+#   tools/gpu-run.sh BUNDLE_DIR OUT_DIR [--bench] [--sanitize] [--regression] [--regression-record] [--profile]
+#                    [--only-extras]
 # Unpacks the runtime; runs `calibquant info` and `selftest`, then every test (GPU tests included) with the JUnit
 # console launcher and XML reports. --bench adds `calibquant bench` with PyTorch SDPA measured in the same run
 # (tools/bench_sdpa.py, where torch is installed). --sanitize runs `selftest` under compute-sanitizer memcheck and
-# racecheck. Logs, reports and results are packed into OUT_DIR/gpu-run.tar.gz; the exit status is non-zero if
-# anything failed.
+# racecheck. --regression runs the kernel regression suite against the expectations shipped in the jar on both PTX
+# targets (JUnit XML in logs/regression-*.xml). --regression-record records them first into logs/expectations.json
+# (copy it to ptx/regression/expectations.json and commit it), then checks both targets against that file.
+# --profile runs tools/profile-gpu.sh on the BENCHMARKS.md step at B = 64 (decode steps) and B = 1 (quantize at
+# prefill) into logs/profile-*/. --only-extras skips info, selftest, the JUnit run and the demo. Logs, reports and
+# results are packed into OUT_DIR/gpu-run.tar.gz; the exit status is non-zero if anything failed.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bundle="$(cd "${1:-.gpu-bundle}" && pwd)"
 out="${2:-${OUT:-/tmp/gpu-run-out}}"
 shift 2 || true
-bench=0; sanitize=0
+bench=0; sanitize=0; regression=0; record=0; profile=0; extras_only=0
 for a in "$@"; do
-  case "$a" in --bench) bench=1 ;; --sanitize) sanitize=1 ;; *) echo "unknown option $a" >&2; exit 2 ;; esac
+  case "$a" in
+    --bench) bench=1 ;; --sanitize) sanitize=1 ;; --regression) regression=1 ;;
+    --regression-record) record=1; regression=1 ;; --profile) profile=1 ;; --only-extras) extras_only=1 ;;
+    *) echo "unknown option $a" >&2; exit 2 ;;
+  esac
 done
 mkdir -p "$out"
 work=$(mktemp -d /tmp/cq-work.XXXX)
@@ -38,6 +47,7 @@ step env
 
 step info
 "${cq[@]}" info 2>&1 | tee "$logs/info.txt" || status=1
+if [ "$extras_only" = 0 ]; then
 step selftest
 "${cq[@]}" selftest 2>&1 | tee "$logs/selftest.txt" || status=1
 step selftest sm_80
@@ -56,6 +66,31 @@ grep -B2 -A12 "\[X\]" "$logs/junit.txt" | head -150
 step "demo on the GPU"
 (cd "$work" && "${cq[@]}" demo --gpu --images 20 --no-progress --png "$logs/demo.png") 2>&1 \
     | tee "$logs/demo.txt" || status=1
+fi
+
+if [ "$regression" = 1 ]; then
+  expect_opt=()
+  if [ "$record" = 1 ]; then
+    step "regression: record both PTX targets into logs/expectations.json"
+    "${cq[@]}" selftest --regression --record "$logs/expectations.json" \
+        --junit-xml "$logs/regression-record.xml" 2>&1 | tee "$logs/regression-record.txt" || status=1
+    expect_opt=(--expectations "$logs/expectations.json")
+  fi
+  for t in sm_90a sm_80; do
+    step "regression: $t${expect_opt:+ against the new recording}"
+    "${cq[@]}" selftest --regression --target "$t" "${expect_opt[@]}" \
+        --junit-xml "$logs/regression-$t.xml" 2>&1 | tee "$logs/regression-$t.txt" || status=1
+  done
+fi
+
+if [ "$profile" = 1 ]; then
+  step "profile: decode steps at B = 64 (ncu, NVTX filter calibquant@decode_step/)"
+  bash "$here/profile-gpu.sh" "$bundle" "$logs/profile-decode-b64" --workload bench --batch 64 \
+      --filter "calibquant@decode_step/" || status=1
+  step "profile: quantize at prefill, B = 1 (NVTX filter calibquant@prefill/)"
+  bash "$here/profile-gpu.sh" "$bundle" "$logs/profile-prefill-b1" --workload bench --batch 1 \
+      --filter "calibquant@prefill/" --launch-count 2 || status=1
+fi
 
 if [ "$bench" = 1 ]; then
   step sdpa

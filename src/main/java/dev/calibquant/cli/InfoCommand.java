@@ -7,6 +7,7 @@ import dev.calibquant.cuda.CudaAvailability;
 import dev.calibquant.cuda.DeviceProperties;
 import dev.calibquant.kernels.KernelCatalog;
 import dev.calibquant.kernels.KernelManifest;
+import dev.calibquant.profiling.Nvtx;
 import java.io.PrintWriter;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
@@ -62,6 +63,7 @@ public final class InfoCommand implements Callable<Integer> {
             manifestStatus = "unreadable: " + e.getMessage();
         }
         r.put("shipped_kernels", manifestStatus);
+        r.put("nvtx", Nvtx.process().status());
         List<Map<String, Object>> gpus = new ArrayList<>();
         if (a.available()) {
             for (int i = 0; i < a.deviceCount(); i++) {
@@ -102,6 +104,7 @@ public final class InfoCommand implements Callable<Integer> {
         out.printf("CUDA driver    %s%n", r.get("driver_cuda_version"));
         out.printf("GPU status     %s%n", r.get("status"));
         out.printf("Kernels        %s%n", r.get("shipped_kernels"));
+        out.printf("NVTX ranges    %s%n", r.get("nvtx"));
         for (Map<String, Object> g : (List<Map<String, Object>>) r.get("gpus")) {
             if (g.containsKey("error")) {
                 out.printf("GPU %s          error: %s%n", g.get("ordinal"), g.get("error"));

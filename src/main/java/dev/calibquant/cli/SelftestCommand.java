@@ -8,16 +8,25 @@ import dev.calibquant.gpu.KernelChecks;
 import dev.calibquant.kernels.KernelCatalog;
 import dev.calibquant.kernels.KernelManifest;
 import dev.calibquant.kernels.ShippedKernels;
+import java.io.IOException;
+import java.nio.file.Path;
 import java.util.List;
 import java.util.Optional;
 import java.util.Random;
 import java.util.concurrent.Callable;
+import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
-/** {@code calibquant selftest}: loads every shipped kernel for this GPU and runs each once against the CPU. */
+/**
+ * {@code calibquant selftest}: loads every shipped kernel for this GPU and runs each once against the CPU; with
+ * {@code --regression}, runs the kernel regression suite instead ({@link RegressionSelftest}).
+ */
 @Command(name = "selftest", mixinStandardHelpOptions = true,
-        description = "Load every shipped kernel on this GPU and check each once against the CPU reference.")
+        description = {"Load every shipped kernel on this GPU and check each once against the CPU reference.",
+            "With --regression: run every kernel's fixed-seed cases and compare them with the recorded expectations "
+                    + "(PASS / FAIL / NOT LOADABLE HERE / NO EXPECTATIONS per kernel; exit code 0 only if every "
+                    + "kernel loadable here passes)."})
 public final class SelftestCommand implements Callable<Integer> {
     static final int EXIT_FAILED = 1;
     static final int EXIT_NO_GPU = 3;
@@ -31,8 +40,35 @@ public final class SelftestCommand implements Callable<Integer> {
     @Option(names = "--seed", description = "Random seed (default: fresh, printed).")
     Long seed;
 
+    @Option(names = "--regression", description = "Run the kernel regression suite (fixed seeds, recorded outputs).")
+    boolean regression;
+
+    @Option(names = "--record", paramLabel = "FILE", description = "With --regression: record the expectations into "
+            + "FILE (every target unless --target; other targets in FILE are kept), each case checked against the CPU.")
+    Path record;
+
+    @Option(names = "--expectations", paramLabel = "FILE", description = "With --regression: compare with FILE instead "
+            + "of the expectations shipped in the jar.")
+    Path expectations;
+
+    @Option(names = "--junit-xml", paramLabel = "FILE", description = "With --regression: also write a JUnit XML report.")
+    Path junitXml;
+
     @Override
-    public Integer call() {
+    public Integer call() throws IOException {
+        if (!regression && (record != null || expectations != null || junitXml != null)) {
+            throw new CommandLine.ParameterException(new CommandLine(this),
+                    "--record, --expectations and --junit-xml go with --regression");
+        }
+        if (regression && (seed != null || (record != null && expectations != null))) {
+            throw new CommandLine.ParameterException(new CommandLine(this), seed != null
+                    ? "--seed does not go with --regression: its cases have fixed seeds"
+                    : "--record writes expectations; --expectations reads them: give one");
+        }
+        if (regression) {
+            RegressionSelftest suite = new RegressionSelftest(device, target, System.out);
+            return record != null ? suite.record(record, junitXml) : suite.compare(expectations, junitXml);
+        }
         CudaAvailability a = Cuda.availability();
         if (!a.available()) {
             System.out.println("selftest: no usable GPU, nothing to test: " + a.reason());

@@ -6,6 +6,7 @@ import dev.calibquant.cuda.CudaStream;
 import dev.calibquant.cuda.DeviceBuffer;
 import dev.calibquant.cuda.PinnedHostBuffer;
 import dev.calibquant.kernels.CalibQuantKernels;
+import dev.calibquant.profiling.Nvtx;
 import dev.calibquant.quant.InvalidShapeException;
 import dev.calibquant.quant.NonFiniteInputException;
 import dev.calibquant.quant.QuantConfig;
@@ -30,6 +31,7 @@ public final class GpuDecodeAttention implements AutoCloseable {
     private final CudaContext context;
     private final int multiprocessors;
     private final Staging scratch;
+    private final Nvtx.Name stepRange = Nvtx.rangeName(Nvtx.DECODE_STEP);
     private boolean poisonOutputs;
 
     public GpuDecodeAttention(GpuKvCache cache) {
@@ -81,6 +83,12 @@ public final class GpuDecodeAttention implements AutoCloseable {
 
         /** Queues the step: {@code q} fp16 {@code [B][Hq][D]}, {@code out} fp32 {@code [B][Hq][D]}. */
         public void launch(DeviceBuffer q, DeviceBuffer out, CudaStream stream) {
+            try (Nvtx.Range r = Nvtx.range(stepRange)) {
+                queue(q, out, stream);
+            }
+        }
+
+        private void queue(DeviceBuffer q, DeviceBuffer out, CudaStream stream) {
             ModelGeometry g = cache.geometry();
             long rows = (long) plan.sequences() * g.queryHeads();
             if (q.byteSize() < rows * g.headDim() * 2 || out.byteSize() < rows * g.headDim() * 4) {

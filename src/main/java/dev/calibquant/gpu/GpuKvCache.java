@@ -11,6 +11,7 @@ import dev.calibquant.cuda.DeviceBuffer;
 import dev.calibquant.cuda.PinnedHostBuffer;
 import dev.calibquant.kernels.CalibQuantKernels;
 import dev.calibquant.kernels.KernelCatalog;
+import dev.calibquant.profiling.Nvtx;
 import dev.calibquant.quant.Granularity;
 import dev.calibquant.quant.InvalidShapeException;
 import dev.calibquant.quant.NonFiniteInputException;
@@ -58,6 +59,7 @@ public final class GpuKvCache implements AutoCloseable {
     private final ParallelPool scales; // σK, αK, σV, αV: fp32
     private final Map<Long, GpuSequence> open = new LinkedHashMap<>();
     private final Staging staging;
+    private final Nvtx.Name prefillRange = Nvtx.rangeName(Nvtx.PREFILL);
     private long nextId;
     private boolean closed;
 
@@ -242,7 +244,15 @@ public final class GpuKvCache implements AutoCloseable {
         requireSize("values", values, bytes);
         requireFiniteFp16("keys", keys, layer, prompt, true);
         requireFiniteFp16("values", values, layer, prompt, true);
+        try (Nvtx.Range r = Nvtx.range(prefillRange)) {
+            upload(s, layer, keys, values, bytes);
+        }
+    }
 
+    private void upload(GpuSequence s, int layer, MemorySegment keys, MemorySegment values, long bytes) {
+        int kvh = geometry.kvHeads();
+        int d = geometry.headDim();
+        int prompt = s.promptTokens();
         DeviceBuffer kin = staging.device("keys in", bytes);
         DeviceBuffer vin = staging.device("values in", bytes);
         kin.copyFrom(keys, 0, 0, bytes);

@@ -48,11 +48,31 @@ public final class GpuScenario {
     public record Result(boolean passed, double worstRatio, double worstScaleUlps, String failure, int workItems,
             int calibrationMode) {}
 
-    private record Prompt(int tokens, List<TokenSpan> spans, float[] keys, float[] values) {}
+    /** One sequence's prompt: keys and values {@code [kvHeads][tokens][headDim]} as float (fp16 values). */
+    public record Prompt(int tokens, List<TokenSpan> spans, float[] keys, float[] values) {}
+
+    /**
+     * What one run fed the GPU and got back, handed to an observer (the regression suite) after the decode step and
+     * before the comparison with the CPU; the segments are valid only during the call.
+     *
+     * @param appended per appended step {keys, values}, each {@code [batch][kvHeads][headDim]}
+     * @param queries {@code [batch][queryHeads][headDim]}
+     * @param views each sequence's layer as the GPU held it during the step (downloaded)
+     * @param gpuOut the step's output, fp32 {@code [batch][queryHeads][headDim]}
+     * @param block the decode kernels' token block
+     */
+    public record Observed(List<Prompt> prompts, List<float[][]> appended, float[] queries, List<LayerKvView> views,
+            MemorySegment gpuOut, int workItems, int calibrationMode, int block) {}
 
     private GpuScenario() {}
 
     public static Result run(CudaContext ctx, KernelCatalog catalog, Case c, Random random) {
+        return run(ctx, catalog, c, random, o -> {});
+    }
+
+    /** {@link #run(CudaContext, KernelCatalog, Case, Random)}, showing {@code observer} what the GPU produced. */
+    public static Result run(CudaContext ctx, KernelCatalog catalog, Case c, Random random,
+            java.util.function.Consumer<Observed> observer) {
         QuantConfig config = c.bits() == 0 ? null
                 : QuantConfig.defaults(c.bits()).withCalibrate(c.calibrate()).withPolicy(c.policy());
         ModelGeometry g = new ModelGeometry(1, c.kvHeads() * c.group(), c.kvHeads(), c.headDim());
@@ -73,7 +93,7 @@ public final class GpuScenario {
                 GpuDecodeAttention attention = new GpuDecodeAttention(cache)) {
             List<GpuSequence> seqs = new ArrayList<>();
             try {
-                return check(arena, cache, attention, seqs, prompts, config, g, c, random);
+                return check(arena, cache, attention, seqs, prompts, config, g, c, random, observer);
             } finally {
                 seqs.forEach(GpuSequence::close);
             }
@@ -81,7 +101,8 @@ public final class GpuScenario {
     }
 
     private static Result check(Arena arena, GpuKvCache cache, GpuDecodeAttention attention, List<GpuSequence> seqs,
-            List<Prompt> prompts, QuantConfig config, ModelGeometry g, Case c, Random random) {
+            List<Prompt> prompts, QuantConfig config, ModelGeometry g, Case c, Random random,
+            java.util.function.Consumer<Observed> observer) {
         {
             for (Prompt p : prompts) {
                 GpuSequence s = cache.createSequence(p.tokens(), p.spans(), c.appends());
@@ -118,6 +139,8 @@ public final class GpuScenario {
             attention.poisonOutputs(true);
             attention.decode(0, seqs, q, gpuOut);
             GpuDecodeAttention.PreparedStep step = attention.prepare(0, seqs);
+            observer.accept(new Observed(prompts, appended, qf, views, gpuOut, step.workItems(), step.calibrationMode(),
+                    cache.kernels().decodeBlock()));
             MemorySegment cpuOut = arena.allocate(gpuOut.byteSize());
             new ReferenceAttention(config == null ? Calibration.OFF : config.calibration())
                     .decode(views, q, DType.FP16, g.queryHeads(), cpuOut);

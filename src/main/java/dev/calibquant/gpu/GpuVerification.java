@@ -99,18 +99,27 @@ public final class GpuVerification {
                     float s = sigma.getAtIndex(ValueLayout.JAVA_FLOAT, (long) h * headDim + j);
                     float al = alpha.getAtIndex(ValueLayout.JAVA_FLOAT, (long) h * headDim + j);
                     float xv = x[(int) (((long) h * tokens + t) * headDim + j)];
-                    double u = ((double) xv - al) / s;
-                    // fp32 x/σ + z: ~3 roundings of magnitude ≤ |x/σ| + |z| + L; a boundary that close may flip
-                    double slack = 0x1p-21 * (Math.abs(xv / s) + Math.abs(al / s) + levels);
-                    double toBoundary = Math.abs(u - Math.floor(u) - 0.5);
-                    if (Math.abs(a - b) != 1 || toBoundary > slack) {
+                    if (Math.abs(a - b) != 1 || !nearRoundingBoundary(xv, s, al, levels)) {
                         return "head " + h + " token " + t + " channel " + j + ": GPU code " + b + ", CPU code " + a
-                                + " (exact x/σ + z = " + u + ")";
+                                + " (exact x/σ + z = " + (((double) xv - al) / s) + ")";
                     }
                 }
             }
         }
         return null;
+    }
+
+    /**
+     * Whether the code of {@code x} may legally be either neighbour: the exact {@code x/σ + z} lies within the fp32
+     * error of a rounding boundary (~3 roundings of magnitude ≤ |x/σ| + |z| + L). Never for σ = 0 (code 0 exactly).
+     */
+    public static boolean nearRoundingBoundary(float x, float sigma, float alpha, int levels) {
+        if (sigma == 0) {
+            return false;
+        }
+        double u = ((double) x - alpha) / sigma;
+        double slack = 0x1p-21 * (Math.abs(x / sigma) + Math.abs(alpha / sigma) + levels);
+        return Math.abs(u - Math.floor(u) - 0.5) <= slack;
     }
 
     /** The tolerance above for one output row (one sequence, one query head). */

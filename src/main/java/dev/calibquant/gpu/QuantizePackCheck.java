@@ -14,11 +14,13 @@ import dev.calibquant.quant.QuantizedSpan;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Random;
 
 /**
  * Checks {@code quantize_pack} at 8 bits, which no GPU cache uses (the decode kernels stop at 4), by launching it
- * directly on three spans (1, 37 and 300 tokens) and comparing with {@link ChannelQuantizer}.
+ * directly on a few spans (by default 1, 37 and 300 tokens) and comparing with {@link ChannelQuantizer}.
  */
 final class QuantizePackCheck implements KernelCheck {
 
@@ -28,34 +30,57 @@ final class QuantizePackCheck implements KernelCheck {
                 && kernel.constexprs().get("BITS") instanceof Number n && n.intValue() == 8;
     }
 
+    /** Spans {@code [starts[i], starts[i] + lengths[i])} of one prompt of {@code prompt} tokens. */
+    record Spans(int kvHeads, int prompt, int[] starts, int[] lengths) {
+        @Override
+        public String toString() {
+            return "kvh" + kvHeads + " prompt" + prompt + " starts" + java.util.Arrays.toString(starts) + " lengths"
+                    + java.util.Arrays.toString(lengths);
+        }
+    }
+
+    /**
+     * What one launch fed the kernel and got back, per span: codes {@code [kvh][tokens][D]} (bytes, one per element
+     * at 8 bits), and σK, αK, σV, αV {@code [kvh][D]}; valid only during the observer's call.
+     */
+    record Observed(Spans spans, float[] keys, float[] values, List<MemorySegment[]> codes, List<MemorySegment[]> scales) {}
+
+    static final Spans DEFAULT_SPANS = new Spans(2, 400, new int[] {3, 10, 60}, new int[] {1, 37, 300});
+
     @Override
     public Result run(KernelCatalog catalog, KernelManifest.Kernel kernel, Random random) {
+        return run(catalog, kernel, random, DEFAULT_SPANS, o -> {});
+    }
+
+    static Result run(KernelCatalog catalog, KernelManifest.Kernel kernel, Random random, Spans layout,
+            java.util.function.Consumer<Observed> observer) {
         int d = ((Number) kernel.constexprs().get("D")).intValue();
         int bits = 8;
-        int kvh = 2;
-        int[] starts = {3, 10, 60};
-        int[] lengths = {1, 37, 300};
-        int prompt = 400;
+        int kvh = layout.kvHeads();
+        int[] starts = layout.starts();
+        int[] lengths = layout.lengths();
+        int spans = lengths.length;
+        int prompt = layout.prompt();
         QuantConfig config = QuantConfig.defaults(bits);
         CudaContext ctx = catalog.context();
         float[] k = GpuScenario.normal(random, kvh, prompt, d, 4);
         float[] v = GpuScenario.normal(random, kvh, prompt, d, 0);
         CalibQuantKernels kernels = new CalibQuantKernels(catalog, d, bits);
-        long[] codeOff = new long[3];
-        long[] scaleOff = new long[3];
+        long[] codeOff = new long[spans];
+        long[] scaleOff = new long[spans];
         long codeBytes = 0;
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < spans; i++) {
             codeOff[i] = codeBytes;
             codeBytes += ParallelPool.roundUp((long) kvh * lengths[i] * d);
             scaleOff[i] = (long) i * ParallelPool.roundUp((long) kvh * d);
         }
-        long scaleFloats = 3 * ParallelPool.roundUp((long) kvh * d);
+        long scaleFloats = spans * ParallelPool.roundUp((long) kvh * d);
         try (Arena arena = Arena.ofConfined(); CudaStream stream = ctx.createStream();
                 DeviceBuffer kin = ctx.allocate(2L * k.length); DeviceBuffer vin = ctx.allocate(2L * v.length);
                 DeviceBuffer kc = ctx.allocate(codeBytes); DeviceBuffer vc = ctx.allocate(codeBytes);
                 DeviceBuffer ks = ctx.allocate(4 * scaleFloats); DeviceBuffer ka = ctx.allocate(4 * scaleFloats);
                 DeviceBuffer vs = ctx.allocate(4 * scaleFloats); DeviceBuffer va = ctx.allocate(4 * scaleFloats);
-                DeviceBuffer tab = ctx.allocate(8L * 3 * CalibQuantKernels.QS_COLS)) {
+                DeviceBuffer tab = ctx.allocate(8L * spans * CalibQuantKernels.QS_COLS)) {
             kin.copyFrom(GpuScenario.fp16(arena, k));
             vin.copyFrom(GpuScenario.fp16(arena, v));
             kc.fill((byte) 0xa5);
@@ -63,33 +88,43 @@ final class QuantizePackCheck implements KernelCheck {
             for (DeviceBuffer b : new DeviceBuffer[] {ks, ka, vs, va}) {
                 b.fill32(Float.floatToRawIntBits(Float.NaN), 0, scaleFloats);
             }
-            MemorySegment t = arena.allocate(8L * 3 * CalibQuantKernels.QS_COLS);
-            for (int i = 0; i < 3; i++) {
+            MemorySegment t = arena.allocate(8L * spans * CalibQuantKernels.QS_COLS);
+            for (int i = 0; i < spans; i++) {
                 long[] row = {0, prompt, starts[i], lengths[i], codeOff[i], scaleOff[i]};
                 MemorySegment.copy(row, 0, t, ValueLayout.JAVA_LONG, 8L * i * CalibQuantKernels.QS_COLS, row.length);
             }
             tab.copyFrom(t);
-            kernels.quantizePack(kin, vin, kc, vc, ks, ka, vs, va, tab, 0, 3, kvh, config.keyClip(), config.valueClip(),
-                    stream);
+            kernels.quantizePack(kin, vin, kc, vc, ks, ka, vs, va, tab, 0, spans, kvh, config.keyClip(),
+                    config.valueClip(), stream);
             stream.synchronize();
-            double worstUlps = 0;
-            MemorySegment kin16 = GpuScenario.fp16(arena, k);
-            MemorySegment vin16 = GpuScenario.fp16(arena, v);
-            for (int i = 0; i < 3; i++) {
-                QuantizedSpan cpu = ChannelQuantizer.quantize(config,
-                        KvSlice.ofTokens(kin16, DType.FP16, kvh, prompt, d, starts[i], starts[i] + lengths[i]),
-                        KvSlice.ofTokens(vin16, DType.FP16, kvh, prompt, d, starts[i], starts[i] + lengths[i]), arena);
+            List<MemorySegment[]> codes = new ArrayList<>();
+            List<MemorySegment[]> scales = new ArrayList<>();
+            for (int i = 0; i < spans; i++) {
                 long n = (long) kvh * lengths[i] * d;
                 MemorySegment gk = arena.allocate(n);
                 MemorySegment gv = arena.allocate(n);
                 kc.copyTo(codeOff[i], gk, 0, n);
                 vc.copyTo(codeOff[i], gv, 0, n);
+                codes.add(new MemorySegment[] {gk, gv});
                 MemorySegment[] sc = new MemorySegment[4];
                 DeviceBuffer[] src = {ks, ka, vs, va};
                 for (int j = 0; j < 4; j++) {
                     sc[j] = arena.allocate(4L * kvh * d);
                     src[j].copyTo(4 * scaleOff[i], sc[j], 0, 4L * kvh * d);
                 }
+                scales.add(sc);
+            }
+            observer.accept(new Observed(layout, k, v, codes, scales));
+            double worstUlps = 0;
+            MemorySegment kin16 = GpuScenario.fp16(arena, k);
+            MemorySegment vin16 = GpuScenario.fp16(arena, v);
+            for (int i = 0; i < spans; i++) {
+                QuantizedSpan cpu = ChannelQuantizer.quantize(config,
+                        KvSlice.ofTokens(kin16, DType.FP16, kvh, prompt, d, starts[i], starts[i] + lengths[i]),
+                        KvSlice.ofTokens(vin16, DType.FP16, kvh, prompt, d, starts[i], starts[i] + lengths[i]), arena);
+                MemorySegment gk = codes.get(i)[0];
+                MemorySegment gv = codes.get(i)[1];
+                MemorySegment[] sc = scales.get(i);
                 worstUlps = Math.max(worstUlps, Math.max(
                         Math.max(GpuVerification.scaleUlps(cpu.keyScale(), sc[0]), GpuVerification.scaleUlps(cpu.keyOffset(), sc[1])),
                         Math.max(GpuVerification.scaleUlps(cpu.valueScale(), sc[2]), GpuVerification.scaleUlps(cpu.valueOffset(), sc[3]))));
@@ -105,7 +140,8 @@ final class QuantizePackCheck implements KernelCheck {
                 }
             }
             return new Result(true, worstUlps, GpuVerification.SCALE_ULPS,
-                    "scale difference in ulp; codes equal but at fp32 rounding ties; spans of 1, 37, 300 tokens");
+                    "scale difference in ulp; codes equal but at fp32 rounding ties; spans of "
+                            + java.util.Arrays.toString(lengths) + " tokens");
         }
     }
 
