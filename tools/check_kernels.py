@@ -640,7 +640,7 @@ class Workload:
         self.kalp, self.valp = -self.ksig * 2.5, -self.vsig * 2.5
         self.q = torch.randn(n_total * self.hq * d, dtype=torch.float16, device=dev, generator=gen)
 
-    def tables(self, first, b, mode, chunk, fp_chunk):
+    def tables(self, first, b, mode, chunk, fp_chunk, mm_chunk=None):
         """Tables for sequences first .. first+b-1 (outputs/counters indexed 0 .. b-1)."""
         seq_rows, span_rows, work, mm = [], [], [], []
         rb = self.d * self.bits // 8
@@ -652,7 +652,8 @@ class Workload:
             seq_rows.append([s * self.kvh * self.cap * self.d, self.fp_len, self.cap, s * self.hq * self.d,
                              len(work), len(items)])
             work += items
-            mparts = [[i, i, t0, min(chunk, self.vis - t0)] for t0 in range(0, self.vis, chunk)]
+            mc = mm_chunk or chunk
+            mparts = [[i, i, t0, min(mc, self.vis - t0)] for t0 in range(0, self.vis, mc)]
             span_rows.append([s * self.kvh * self.vis * rb, self.vis, s * self.kvh * self.d, len(mm), len(mparts)])
             mm += mparts
         t = lambda rows: self.torch.tensor(rows, dtype=self.torch.int64, device="cuda")
@@ -660,11 +661,11 @@ class Workload:
                 "n_mm": len(mm)}
 
 
-def time_decode(torch, dev, wl, b, variant, minmax_variant, mode, chunk, fp_chunk):
+def time_decode(torch, dev, wl, b, variant, minmax_variant, mode, chunk, fp_chunk, mm_chunk=None):
     sets = []
     n_sets = max(1, wl.n // b)
     for r in range(n_sets):
-        tabs = wl.tables(r * b, b, mode, chunk, fp_chunk)
+        tabs = wl.tables(r * b, b, mode, chunk, fp_chunk, mm_chunk)
         tabs["mm_buf"] = torch.empty(max(1, tabs["n_mm"]) * wl.hq * 2, dtype=torch.float32, device="cuda")
         tabs["part_ml"] = torch.empty(tabs["n_work"] * wl.hq * 2, dtype=torch.float32, device="cuda")
         tabs["part_acc"] = torch.empty(tabs["n_work"] * wl.hq * wl.d, dtype=torch.float32, device="cuda")
@@ -952,12 +953,11 @@ def run_gluon(torch, xdev, report, seed, left, xmanifest, save):
                 print(("PASS " if r["ok"] else "FAIL ") + json.dumps(r, default=str), flush=True)
             if row["ok"] and xdev.constexprs(dec[1])["D"] == 128:
                 t = {}
-                for b, chunks in ((1, (128, 256, 512)), (64, (416, 832, 1664)), (256, (416, 832, 1664))):
+                for b, chunks in ((1, (128,)), (64, (832,)), (256, (832,))):
                     for ch in chunks:
-                        t[f"B{b}_mm1_c{ch}"] = time_decode(torch, xdev, wl, b, dec[1], mmv, 1, ch, 128)[0]
-                    if b > 1:
-                        t[f"B{b}_mm2"] = time_decode(torch, xdev, wl, b, dec[2], None, 2, 3328, 128)[0]
-                        t[f"B{b}_mm0_c832"] = time_decode(torch, xdev, wl, b, dec[0], None, 0, 832, 128)[0]
+                        t[f"B{b}_mm1_c{ch}"] = time_decode(torch, xdev, wl, b, dec[1], mmv, 1, ch, 64)[0]
+                        t[f"B{b}_mm1_c{ch}_m{ch // 4}"] = time_decode(torch, xdev, wl, b, dec[1], mmv, 1, ch, 64,
+                                                                      max(64, ch // 4))[0]
                 row["us"] = t
         except Exception as e:
             row["ok"], row["error"] = False, f"{type(e).__name__}: {e}"

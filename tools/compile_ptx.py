@@ -30,9 +30,12 @@ KERNEL_DIR = ROOT / "ptx" / "kernels"
 TARGETS = {"sm_90a": 90, "sm_80": 80}  # GPUTarget("cuda", 90, 32) emits .target sm_90a
 
 
-def variant(name, file, function, constexprs, num_warps, num_stages):
-    return {"name": name, "file": file, "function": function, "constexprs": dict(constexprs),
-            "num_warps": num_warps, "num_stages": num_stages}
+def variant(name, file, function, constexprs, num_warps, num_stages, maxnreg=None):
+    v = {"name": name, "file": file, "function": function, "constexprs": dict(constexprs),
+         "num_warps": num_warps, "num_stages": num_stages}
+    if maxnreg:
+        v["maxnreg"] = maxnreg  # a register cap: more one-warp programs resident per SM
+    return v
 
 
 SELECTION = ROOT / "ptx" / "selection.json"  # the tile shapes that ship, chosen from measured candidates
@@ -55,11 +58,12 @@ def production_variants(selection=None):
         for hs in (8, 4):  # 1 bit: the Gluon kernels; HS=4 (suffix _hs4) for groups of up to 4 query heads
             suffix = "" if hs == 8 else f"_hs{hs}"
             cx = {"D": d, "BITS": 1, "BN": glu["BN"], "HS": hs}
+            reg = glu.get("maxnreg", {}).get(f"hs{hs}")
             out.append(variant(f"calibquant_minmax_b1_d{d}{suffix}", "attention_gluon.py", "calibquant_minmax", cx,
-                               1, 1))
+                               1, 1, reg))
             for mm in (0, 1, 2):
                 out.append(variant(f"calibquant_decode_b1_d{d}_mm{mm}{suffix}", "attention_gluon.py",
-                                   "calibquant_decode", {**cx, "MM_MODE": mm}, 1, 1))
+                                   "calibquant_decode", {**cx, "MM_MODE": mm}, 1, 1, reg))
         for bits in (2, 4):
             impl = att["IMPL"]
             if impl == 1 and d * bits // 8 < 16:
@@ -108,13 +112,14 @@ def gluon_candidates():
     """The Gluon 1-bit decode kernels (attention_gluon.py) at several tile sizes and slot counts, plus the
     shipping Triton configuration they are measured against (group "attention")."""
     out = []
-    for d, bn, hs in ((128, 16, 4), (128, 32, 4), (128, 16, 8), (128, 32, 8), (64, 16, 4), (64, 32, 8)):
-        tag = f"g_d{d}_bn{bn}_hs{hs}"
-        config = {"IMPL": "gluon", "BN": bn, "HS": hs, "D": d, "num_warps": 1, "num_stages": 1}
+    for d, bn, hs, reg in ((128, 32, 4, None), (128, 32, 4, 128), (128, 32, 4, 96), (128, 16, 4, 96),
+                           (128, 32, 8, 168), (128, 32, 8, 128)):
+        tag = f"g_d{d}_bn{bn}_hs{hs}_r{reg or 0}"
+        config = {"IMPL": "gluon", "BN": bn, "HS": hs, "D": d, "num_warps": 1, "num_stages": 1, "maxnreg": reg or 0}
         cx = {"D": d, "BITS": 1, "BN": bn, "HS": hs}
         for name, fn, extra in [(f"x_calibquant_minmax_{tag}", "calibquant_minmax", {})] + [
                 (f"x_calibquant_decode_mm{m}_{tag}", "calibquant_decode", {"MM_MODE": m}) for m in (0, 1, 2)]:
-            v = variant(name, "attention_gluon.py", fn, {**cx, **extra}, 1, 1)
+            v = variant(name, "attention_gluon.py", fn, {**cx, **extra}, 1, 1, reg)
             v["group"], v["config"] = "gluon", config
             out.append(v)
     sel = load_selection()["attention"]
@@ -172,7 +177,8 @@ def compile_one(job):
         else:
             src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
         compiled = triton.compile(src, target=GPUTarget("cuda", TARGETS[target], 32),
-                                  options={"num_warps": v["num_warps"], "num_stages": v["num_stages"]})
+                                  options={"num_warps": v["num_warps"], "num_stages": v["num_stages"],
+                                           **({"maxnreg": v["maxnreg"]} if v.get("maxnreg") else {})})
         md = compiled.metadata
         return {"ok": True, "ptx": compiled.asm["ptx"], "name": md.name, "shared": int(md.shared),
                 "num_warps": int(md.num_warps), "num_stages": int(md.num_stages),
