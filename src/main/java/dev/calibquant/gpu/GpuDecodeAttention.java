@@ -8,7 +8,6 @@ import dev.calibquant.cuda.PinnedHostBuffer;
 import dev.calibquant.kernels.CalibQuantKernels;
 import dev.calibquant.profiling.Nvtx;
 import dev.calibquant.quant.InvalidShapeException;
-import dev.calibquant.quant.NonFiniteInputException;
 import dev.calibquant.quant.QuantConfig;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -186,14 +185,7 @@ public final class GpuDecodeAttention implements AutoCloseable {
             throw new InvalidShapeException("out holds " + out.byteSize() + " bytes; expected fp32 [" + batch.size()
                     + "][" + g.queryHeads() + "][" + g.headDim() + "] = " + rows * g.headDim() * 4);
         }
-        for (long i = 0; i < rows * g.headDim(); i++) {
-            short bits = queries.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i);
-            if ((bits & 0x7c00) == 0x7c00) {
-                long row = i / g.headDim();
-                throw new NonFiniteInputException("queries", (int) (row % g.queryHeads()), (int) (row / g.queryHeads()),
-                        (int) (i % g.headDim()), Float.float16ToFloat(bits));
-            }
-        }
+        QueryCheck.requireFinite(queries, batch.size(), g.queryHeads(), g.headDim());
         synchronized (cache) {
             PreparedStep step = prepare(layer, batch);
             DeviceBuffer q = scratch.device("queries", queries.byteSize());

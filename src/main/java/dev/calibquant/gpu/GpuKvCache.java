@@ -425,7 +425,7 @@ public final class GpuKvCache implements AutoCloseable {
         int d = geometry.headDim();
         int kvh = geometry.kvHeads();
         for (long i = 0; i < n; i++) {
-            short bits = seg.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i);
+            short bits = seg.get(QueryCheck.FP16_LE, 2 * i); // as the device reads it
             if ((bits & 0x7c00) == 0x7c00) {
                 long row = i / d;
                 int head = (int) (headMajor ? row / rows : row % kvh);
