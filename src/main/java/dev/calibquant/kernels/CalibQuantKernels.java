@@ -3,6 +3,7 @@ package dev.calibquant.kernels;
 import dev.calibquant.cuda.CudaStream;
 import dev.calibquant.cuda.DeviceBuffer;
 import java.util.Map;
+import java.util.Optional;
 
 /**
  * Typed launches of the CalibQuant kernels for one head dimension and bit width: the only place that knows their
@@ -69,22 +70,25 @@ public final class CalibQuantKernels {
                 Map.of("D", headDim, "BITS", bits, "MM_MODE", mmMode), group);
     }
 
+    /** The variant for this group, looked up once per slot count (a decode step launches through here). */
+    private Kernel resolveForGroup(String key, String function, Map<String, Integer> constexprs, int group) {
+        String slotKey = key + (group <= NARROW_SLOTS ? "_narrow" : "_wide");
+        Kernel k = resolved.get(slotKey);
+        return k != null ? k : resolved.computeIfAbsent(slotKey,
+                x -> catalog.kernel(variantFor(catalog.manifest(), function, constexprs, group)));
+    }
+
     /**
      * The variant with 4 head slots where one ships and the group fits (half the tensor-core work of 8 slots for
      * the common G = 4), else the one with 8.
      */
-    private Kernel resolveForGroup(String key, String function, Map<String, Integer> constexprs, int group) {
-        String narrowKey = key + "_hs4";
-        if (group <= NARROW_SLOTS) {
-            Kernel k = resolved.get(narrowKey);
-            if (k != null) {
-                return k;
-            }
-            if (catalog.has(function, withSlots(constexprs, NARROW_SLOTS))) {
-                return resolve(narrowKey, function, withSlots(constexprs, NARROW_SLOTS));
-            }
-        }
-        return resolve(key, function, withSlots(constexprs, WIDE_SLOTS));
+    static String variantFor(KernelManifest manifest, String function, Map<String, Integer> constexprs, int group) {
+        Optional<String> narrow = group <= NARROW_SLOTS
+                ? KernelCatalog.shipped(manifest, function, withSlots(constexprs, NARROW_SLOTS))
+                : Optional.empty();
+        return narrow.or(() -> KernelCatalog.shipped(manifest, function, withSlots(constexprs, WIDE_SLOTS)))
+                .orElseThrow(() -> new UnsupportedDeviceException("no shipped " + function + " kernel for "
+                        + constexprs + " and a group of " + group));
     }
 
     private static Map<String, Integer> withSlots(Map<String, Integer> constexprs, int slots) {

@@ -84,16 +84,12 @@ public final class KernelCatalog implements AutoCloseable {
      * named {@code x_...}, are never picked).
      */
     public Kernel find(String function, Map<String, Integer> required) {
-        return kernel(shipped(function, required)
+        return kernel(shipped(manifest, function, required)
                 .orElseThrow(() -> new UnsupportedDeviceException("no shipped " + function + " kernel for " + required)));
     }
 
-    /** Whether a shipped variant of {@code function} has all the {@code required} constexprs (nothing is loaded). */
-    public boolean has(String function, Map<String, Integer> required) {
-        return shipped(function, required).isPresent();
-    }
-
-    private java.util.Optional<String> shipped(String function, Map<String, Integer> required) {
+    /** The first shipped variant of {@code function} with all the {@code required} constexprs (nothing is loaded). */
+    public static Optional<String> shipped(KernelManifest manifest, String function, Map<String, Integer> required) {
         return manifest.kernels().stream()
                 .filter(k -> k.function().equals(function) && !k.name().startsWith("x_"))
                 .filter(k -> required.entrySet().stream().allMatch(e -> constexprEquals(k, e.getKey(), e.getValue())))
