@@ -148,7 +148,7 @@ public final class GpuDecodeAttention implements AutoCloseable {
             CalibQuantKernels k = cache.kernels();
             int group = g.groupSize();
             boolean quantized = c != null;
-            int perSm = quantized ? k.decodeProgramsPerSm(group) : CalibQuantKernels.FP16_PROGRAMS_PER_SM;
+            int perSm = quantized ? k.decodeProgramsPerSm(group) : CalibQuantKernels.FOUR_WARP_PROGRAMS_PER_SM;
             DecodePlan plan = DecodePlan.build(entries, g.queryHeads(), g.headDim(), g.kvHeads(),
                     quantized && c.calibrate(), perSm * multiprocessors, k.decodeBlock(),
                     quantized ? k.decodeMaxChunk(group) : 0);
@@ -185,7 +185,7 @@ public final class GpuDecodeAttention implements AutoCloseable {
             throw new InvalidShapeException("out holds " + out.byteSize() + " bytes; expected fp32 [" + batch.size()
                     + "][" + g.queryHeads() + "][" + g.headDim() + "] = " + rows * g.headDim() * 4);
         }
-        QueryCheck.requireFinite(queries, batch.size(), g.queryHeads(), g.headDim());
+        Fp16Check.requireFiniteQueries(queries, batch.size(), g.queryHeads(), g.headDim());
         synchronized (cache) {
             PreparedStep step = prepare(layer, batch);
             DeviceBuffer q = scratch.device("queries", queries.byteSize());

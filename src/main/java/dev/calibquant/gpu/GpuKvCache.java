@@ -424,15 +424,13 @@ public final class GpuKvCache implements AutoCloseable {
         long n = seg.byteSize() / 2;
         int d = geometry.headDim();
         int kvh = geometry.kvHeads();
-        for (long i = 0; i < n; i++) {
-            short bits = seg.get(QueryCheck.FP16_LE, 2 * i); // as the device reads it
-            if ((bits & 0x7c00) == 0x7c00) {
-                long row = i / d;
-                int head = (int) (headMajor ? row / rows : row % kvh);
-                int token = (int) (headMajor ? row % rows : row / kvh);
-                throw new NonFiniteInputException(what + " of layer " + layer + (headMajor ? "" : " (token = batch index)"),
-                        head, token, (int) (i % d), Float.float16ToFloat(bits));
-            }
+        long i = Fp16Check.firstNonFinite(seg, n);
+        if (i >= 0) {
+            long row = i / d;
+            int head = (int) (headMajor ? row / rows : row % kvh);
+            int token = (int) (headMajor ? row % rows : row / kvh);
+            throw new NonFiniteInputException(what + " of layer " + layer + (headMajor ? "" : " (token = batch index)"),
+                    head, token, (int) (i % d), Fp16Check.valueAt(seg, i));
         }
     }
 

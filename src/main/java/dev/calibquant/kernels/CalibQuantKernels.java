@@ -100,20 +100,27 @@ public final class CalibQuantKernels {
     private static final int NARROW_SLOTS = 4;
     private static final int WIDE_SLOTS = 8;
 
-    /** Decode programs per SM for the four-warp fp16 kernel (full-precision caches). */
-    public static final int FP16_PROGRAMS_PER_SM = 2;
+    /** Decode programs per SM for four-warp kernels (fp16_decode, the 2/4-bit Triton kernels). */
+    public static final int FOUR_WARP_PROGRAMS_PER_SM = 2;
+    // one-warp kernels (the 1-bit Gluon ones): measured best on the H200, see decodeProgramsPerSm
+    private static final int ONE_WARP_PROGRAMS_PER_SM = 16;
+    private static final int ONE_WARP_MAX_CHUNK = 832;
 
     /**
      * Decode programs a step should have per SM for this group's kernels: the one-warp Gluon kernels (1 bit) want
      * many (16 per SM measured best on the H200, chunks of ~800 tokens at B = 64), the four-warp Triton ones two.
      */
     public int decodeProgramsPerSm(int group) {
-        return decode(1, group).target().numWarps() == 1 ? 16 : FP16_PROGRAMS_PER_SM;
+        return oneWarp(group) ? ONE_WARP_PROGRAMS_PER_SM : FOUR_WARP_PROGRAMS_PER_SM;
     }
 
     /** Largest visual chunk worth one program, or 0 for no limit: one-warp programs cap it (see decodeProgramsPerSm). */
     public int decodeMaxChunk(int group) {
-        return decode(1, group).target().numWarps() == 1 ? 832 : 0;
+        return oneWarp(group) ? ONE_WARP_MAX_CHUNK : 0;
+    }
+
+    private boolean oneWarp(int group) {
+        return decode(1, group).target().numWarps() == 1;
     }
 
     private Kernel fp16Decode() {

@@ -12,7 +12,7 @@ import java.nio.ByteOrder;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
 
-class QueryCheckTest {
+class Fp16CheckTest {
     private static final ValueLayout.OfShort LE = ValueLayout.JAVA_SHORT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
     private static final int B = 3;
     private static final int HQ = 4;
@@ -34,7 +34,7 @@ class QueryCheckTest {
             q.set(LE, 0, (short) 0x0001); // smallest subnormal
             q.set(LE, 2, (short) 0x7bff); // 65504
             q.set(LE, 4, (short) 0xfbff); // -65504
-            assertThatCode(() -> QueryCheck.requireFinite(q, B, HQ, D)).doesNotThrowAnyException();
+            assertThatCode(() -> Fp16Check.requireFiniteQueries(q, B, HQ, D)).doesNotThrowAnyException();
         }
     }
 
@@ -46,7 +46,7 @@ class QueryCheckTest {
                 MemorySegment q = randomQueries(arena, bits);
                 long index = ((2L * HQ) + 3) * D + 5; // sequence 2, head 3, channel 5
                 q.set(LE, 2 * index, bits);
-                assertThatThrownBy(() -> QueryCheck.requireFinite(q, B, HQ, D))
+                assertThatThrownBy(() -> Fp16Check.requireFiniteQueries(q, B, HQ, D))
                         .isInstanceOfSatisfying(NonFiniteInputException.class, e -> {
                             assertThat(e.head()).isEqualTo(3);
                             assertThat(e.channel()).isEqualTo(5);
@@ -67,7 +67,20 @@ class QueryCheckTest {
             // 0x007c little-endian is a tiny subnormal; read big-endian it would be +inf
             q.set(LE, 2L * 10, (short) 0x7c00);
             q.set(LE, 2L * 10, (short) 0x007c);
-            assertThatCode(() -> QueryCheck.requireFinite(q, B, HQ, D)).doesNotThrowAnyException();
+            assertThatCode(() -> Fp16Check.requireFiniteQueries(q, B, HQ, D)).doesNotThrowAnyException();
+        }
+    }
+
+    @Test
+    void firstNonFiniteFindsTheEarliestOrNone() {
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment q = randomQueries(arena, 11);
+            assertThat(Fp16Check.firstNonFinite(q, B * HQ * D)).isEqualTo(-1);
+            q.set(LE, 2L * 40, (short) 0xfc00);
+            q.set(LE, 2L * 17, (short) 0x7e00);
+            assertThat(Fp16Check.firstNonFinite(q, B * HQ * D)).isEqualTo(17);
+            assertThat(Fp16Check.firstNonFinite(q, 17)).isEqualTo(-1); // only the first count values are read
+            assertThat(Fp16Check.valueAt(q, 40)).isEqualTo(Float.NEGATIVE_INFINITY);
         }
     }
 
@@ -75,7 +88,7 @@ class QueryCheckTest {
     void aSegmentShorterThanTheShapeIsRejected() {
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment q = arena.allocate(2L * B * HQ * D - 2);
-            assertThatThrownBy(() -> QueryCheck.requireFinite(q, B, HQ, D))
+            assertThatThrownBy(() -> Fp16Check.requireFiniteQueries(q, B, HQ, D))
                     .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("fewer than");
         }
     }
