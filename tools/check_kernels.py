@@ -272,11 +272,35 @@ class Report:
         print(f"{'ok  ' if ok else 'FAIL'} {target:7s} {kernel:34s} {case}: {detail}", flush=True)
 
 
+def quantize_launch(dev, name, spans, kvh, bufs, clip_k, clip_v, tpp=1, scratch=None):
+    """Launches quantize_pack over spans = [(src_off, src_cap, src_t0, tokens, code_off, scale_off)]: builds qs_tab
+    (with chunk_first, chunk_count) and qc_tab as the Java QuantizePlan does. Returns the scratch (stats, thr, sync)
+    so a caller can reuse it and check that the kernel left it at zero."""
+    cx = dev.constexprs(name)
+    d, bt = cx["D"], cx["BT"]
+    rows, qc = [], []
+    for i, (src_off, cap, t0, t, code_off, sc_off) in enumerate(spans):
+        n = -(-t // (bt * tpp))
+        rows.append([src_off, cap, t0, t, code_off, sc_off, len(qc), n])
+        qc += [i] * n
+    groups = len(spans) * 2 * kvh
+    if scratch is None:
+        scratch = (dev.upload(np.zeros(groups * 2 * d, np.int32)), dev.upload(np.zeros(groups * 3 * d, np.float32)),
+                   dev.upload(np.zeros(4 + 4 * groups, np.int32)))
+    scratch[0].zero_()  # the host zeroes statistics and counters before each launch, as the Java side does
+    scratch[2].zero_()
+    tab = dev.upload(np.array(rows, np.int64).reshape(-1, 8))
+    qct = dev.upload(np.array(qc, np.int32))
+    dev.launch(name, (2 * kvh * len(qc), 1, 1),
+               [bufs["kin"], bufs["vin"], bufs["kcode"], bufs["vcode"], bufs["ksig"], bufs["kalp"], bufs["vsig"],
+                bufs["valp"], tab, qct, scratch[0], scratch[1], scratch[2], clip_k, clip_v, kvh, tpp])
+    return scratch, (tab, qct)
+
+
 def check_quantize(dev, report, target, bits, d, seed, name=None):
     name = name or f"quantize_pack_b{bits}_d{d}"
     rng = np.random.default_rng(seed)
     kvh = 2 if d == 128 else 4
-    db = dev.constexprs(name)["DB"]
     rb = d * bits // 8
     lengths = VISUAL_LENGTHS + [int(x) for x in rng.integers(2, 300, 3)]
     spans, src_cur, code_cur, sc_cur = [], 0, 0, 0
@@ -304,11 +328,8 @@ def check_quantize(dev, report, target, bits, d, seed, name=None):
     bufs = {n: dev.upload(a) for n, a in (("kin", kin), ("vin", vin), ("kcode", fill), ("vcode", fill.copy()))}
     for n in ("ksig", "kalp", "vsig", "valp"):
         bufs[n] = dev.upload(np.full(sc_cur + 16, np.nan, np.float32))
-    tab = dev.upload(np.array(spans, np.int64).reshape(-1, 6))
     ck, cv = clips(bits)
-    dev.launch(name, (len(spans), kvh * (d // db), 2),
-               [bufs["kin"], bufs["vin"], bufs["kcode"], bufs["vcode"], bufs["ksig"], bufs["kalp"], bufs["vsig"],
-                bufs["valp"], tab, ck, cv])
+    scratch, _ = quantize_launch(dev, name, spans, kvh, bufs, ck, cv)
     got = {n: dev.download(bufs[n]) for n in ("kcode", "vcode", "ksig", "kalp", "vsig", "valp")}
     exp_code = {"kcode": fill.copy(), "vcode": fill.copy()}
     exp_sc = {n: np.full(sc_cur + 16, np.nan, np.float32) for n in ("ksig", "kalp", "vsig", "valp")}
@@ -323,6 +344,18 @@ def check_quantize(dev, report, target, bits, d, seed, name=None):
     bad_codes = sum(int((got[n] != exp_code[n]).sum()) for n in ("kcode", "vcode"))
     bad_scales = sum(int((got[n].view(np.uint32) != exp_sc[n].view(np.uint32)).sum()) for n in exp_sc)
     report.add(name, target, f"seed {seed} kvh {kvh} lengths {lengths}", bad_codes == 0 and bad_scales == 0,
+               f"{bad_codes} code bytes and {bad_scales} scale words differ from the reference (0 allowed)")
+    # again, several tiles per program (the re-reading path), on the same scratch
+    for n in ("kcode", "vcode"):
+        bufs[n].copy_(dev.upload(fill))
+    for n in ("ksig", "kalp", "vsig", "valp"):
+        bufs[n].fill_(float("nan"))
+    quantize_launch(dev, name, spans, kvh, bufs, ck, cv, tpp=3, scratch=scratch)
+    got = {n: dev.download(bufs[n]) for n in ("kcode", "vcode", "ksig", "kalp", "vsig", "valp")}
+    bad_codes = sum(int((got[n] != exp_code[n]).sum()) for n in ("kcode", "vcode"))
+    bad_scales = sum(int((got[n].view(np.uint32) != exp_sc[n].view(np.uint32)).sum()) for n in exp_sc)
+    report.add(name, target, f"seed {seed} kvh {kvh} lengths {lengths} tiles per program 3",
+               bad_codes == 0 and bad_scales == 0,
                f"{bad_codes} code bytes and {bad_scales} scale words differ from the reference (0 allowed)")
 
 
@@ -743,7 +776,7 @@ def time_sdpa(torch, wl, b):
                          for s in sets])
 
 
-def time_quantize(torch, dev, variant, n_spans, b, kvh=8, d=128, t=3328, bits=1):
+def time_quantize(torch, dev, variant, n_spans, b, kvh=8, d=128, t=3328, bits=1, tpp=1):
     """b spans per launch of t tokens each; n_spans rotation pool. Returns (us, bytes moved at minimum)."""
     rb = d * bits // 8
     gen = torch.Generator(device="cuda").manual_seed(7)
@@ -752,14 +785,27 @@ def time_quantize(torch, dev, variant, n_spans, b, kvh=8, d=128, t=3328, bits=1)
     kc = torch.empty(n_spans * kvh * t * rb, dtype=torch.uint8, device="cuda")
     vc = torch.empty_like(kc)
     sc = [torch.empty(n_spans * kvh * d, dtype=torch.float32, device="cuda") for _ in range(4)]
-    db = dev.constexprs(variant)["DB"]
     sets = []
-    for r in range(n_spans // b):
-        rows = [[s * kvh * t * d, t, 0, t, s * kvh * t * rb, s * kvh * d] for s in range(r * b, (r + 1) * b)]
-        sets.append(torch.tensor(rows, dtype=torch.int64, device="cuda"))
+    bufs = {"kin": kin, "vin": vin, "kcode": kc, "vcode": vc, "ksig": sc[0], "kalp": sc[1], "vsig": sc[2],
+            "valp": sc[3]}
     ck, cv = clips(bits)
-    step = lambda tab: (lambda: dev.launch(variant, (b, kvh * (d // db), 2),
-                                           [kin, vin, kc, vc, sc[0], sc[1], sc[2], sc[3], tab, ck, cv]))
+    scratch = None
+    for r in range(n_spans // b):
+        spans = [(s * kvh * t * d, t, 0, t, s * kvh * t * rb, s * kvh * d) for s in range(r * b, (r + 1) * b)]
+        scratch, tabs = quantize_launch(dev, variant, spans, kvh, bufs, ck, cv, tpp=tpp, scratch=scratch)
+        sets.append(tabs)
+    torch.cuda.synchronize()
+
+    def step(tabs):
+        tab, qct = tabs
+        programs = 2 * kvh * qct.numel()
+
+        def launch():
+            scratch[0].zero_()
+            scratch[2].zero_()
+            dev.launch(variant, (programs, 1, 1), [kin, vin, kc, vc, sc[0], sc[1], sc[2], sc[3], tab, qct,
+                                                   scratch[0], scratch[1], scratch[2], ck, cv, kvh, tpp])
+        return launch
     us = bench(torch, [step(s) for s in sets])
     moved = 2 * b * kvh * t * d * 2 + 2 * b * kvh * t * rb + 4 * b * kvh * d * 4
     del kin, vin
@@ -795,7 +841,7 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     p.add_argument("--budget", type=float, default=240.0, help="seconds; optional parts are skipped past it")
-    p.add_argument("--parts", default="checks,timing", help="any of select,checks,timing")
+    p.add_argument("--parts", default="checks,timing", help="any of checks,timing,select,gluon,quantize")
     p.add_argument("--targets", default="sm_90a,sm_80", help="targets whose PTX is checked")
     p.add_argument("--batches", default="1,8,32,64,128,256", help="batch sizes of the decode timing table")
     a = p.parse_args()
@@ -849,6 +895,12 @@ def main():
         xdev = TorchDev(driver, exp_manifest, exp_root, "sm_90a")
         results["candidate_kernel_info"] = xdev.info
         results["gluon"] = run_gluon(torch, xdev, report, a.seed + 2000, left, exp_manifest, save)
+    if a.exp and "quantize" in parts:
+        exp_root = Path(a.exp)
+        exp_manifest = json.loads((exp_root / "manifest.json").read_text())
+        xdev = TorchDev(driver, exp_manifest, exp_root, "sm_90a")
+        results["candidate_kernel_info"] = xdev.info
+        results["quantize"] = run_quantize_candidates(torch, xdev, report, a.seed + 3000, left, exp_manifest, save)
     if a.exp and "select" in parts:
         exp_root = Path(a.exp)
         exp_manifest = json.loads((exp_root / "manifest.json").read_text())
@@ -969,6 +1021,39 @@ def run_gluon(torch, xdev, report, seed, left, xmanifest, save):
         rows.append(row)
         print(f"gluon candidate {json.dumps(cfg, sort_keys=True)}: ok={row['ok']} "
               f"{json.dumps({k: round(v, 1) for k, v in row.get('us', {}).items()})}", flush=True)
+        save()
+    return rows
+
+
+def run_quantize_candidates(torch, xdev, report, seed, left, xmanifest, save):
+    """Checks each quantize_pack candidate (compile_ptx.py --set quantize) bit-exactly against the reference, then
+    times it on B spans of 3328 tokens, 8 KV heads, D 128, 1 bit, as a share of the measured copy bandwidth."""
+    bw = copy_bandwidth(torch)
+    rows = []
+    for k in xmanifest["kernels"]:
+        if k.get("group") != "quantize_pack" or left() < 15:
+            continue
+        name, row = k["name"], {"config": k["config"]}
+        n0 = len(report.rows)
+        try:
+            check_quantize(xdev, report, "sm_90a", 1, 128, seed, name=name)
+            row["ok"] = all(r["ok"] for r in report.rows[n0:])
+            for r in report.rows[n0:]:
+                print(("PASS " if r["ok"] else "FAIL ") + json.dumps(r, default=str), flush=True)
+            if row["ok"]:
+                bt = k["config"]["BT"]
+                for tpp in (1, 2, 4):
+                    for b in (1, 8, 64, 256):
+                        us, moved = time_quantize(torch, xdev, name, max(b, 16), b, tpp=tpp)
+                        row[f"B{b}_tpp{tpp}_us"], row[f"B{b}_tpp{tpp}_of_copy"] = us, moved / us / 1e3 / bw
+        except Exception as e:
+            row["ok"], row["error"] = False, f"{type(e).__name__}: {e}"
+            print(f"quantize: {name} raised {row['error']}", flush=True)
+            rows.append(row)
+            break
+        rows.append(row)
+        print(f"quantize candidate {json.dumps(k['config'], sort_keys=True)}: " + json.dumps(
+            {kk: round(v, 3) for kk, v in row.items() if kk.startswith("B")}), flush=True)
         save()
     return rows
 

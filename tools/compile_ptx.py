@@ -52,7 +52,7 @@ def production_variants(selection=None):
     for d in (64, 128):
         for bits in (1, 2, 4, 8):
             out.append(variant(f"quantize_pack_b{bits}_d{d}", "quantize.py", "quantize_pack",
-                               {"D": d, "BITS": bits, "DB": min(qz["DB"], d), "BT": qz["BT"]},
+                               {"D": d, "BITS": bits, "BT": qz["BT"]},
                                qz["num_warps"], qz["num_stages"]))
         glu = sel["gluon"]
         for hs in (8, 4):  # 1 bit: the Gluon kernels; HS=4 (suffix _hs4) for groups of up to 4 query heads
@@ -102,9 +102,18 @@ def candidate_variants():
     for bn, nw in ((64, 4), (128, 4), (128, 8)):
         cand("fp16_decode", f"x_fp16_decode_bn{bn}_w{nw}", "attention.py", "fp16_decode",
              {"D": 128, "BN": bn, "HS": 8}, {"BN": bn, "num_warps": nw, "num_stages": 2})
-    for db, bt, nw in ((32, 128, 4), (8, 256, 8), (16, 256, 8), (64, 128, 4), (64, 256, 8), (16, 128, 4)):
-        cand("quantize_pack", f"x_quantize_pack_db{db}_bt{bt}_w{nw}", "quantize.py", "quantize_pack",
-             {"D": 128, "BITS": 1, "DB": db, "BT": bt}, {"DB": db, "BT": bt, "num_warps": nw, "num_stages": 2})
+    out += quantize_candidates()
+    return out
+
+
+def quantize_candidates():
+    """quantize_pack chunk sizes (tokens per program) and warps, 1 bit, D 128 (check_kernels.py --parts quantize)."""
+    out = []
+    for bt, nw, ns in ((32, 1, 1), (64, 1, 1), (64, 2, 1), (128, 2, 1), (128, 4, 1), (256, 4, 1)):
+        v = variant(f"x_quantize_pack_bt{bt}_w{nw}_s{ns}", "quantize.py", "quantize_pack",
+                    {"D": 128, "BITS": 1, "BT": bt}, nw, ns)
+        v["group"], v["config"] = "quantize_pack", {"BT": bt, "num_warps": nw, "num_stages": ns}
+        out.append(v)
     return out
 
 
@@ -271,7 +280,7 @@ def build(variants, targets, out_dir, workers):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--set", choices=["production", "candidates", "gluon"], default="production")
+    p.add_argument("--set", choices=["production", "candidates", "gluon", "quantize"], default="production")
     p.add_argument("--selection", default=str(SELECTION))
     p.add_argument("--out", default=str(ROOT / "ptx"))
     p.add_argument("--targets", default=",".join(TARGETS))
@@ -281,6 +290,8 @@ def main():
         variants = production_variants(load_selection(a.selection))
     elif a.set == "gluon":
         variants = gluon_candidates()
+    elif a.set == "quantize":
+        variants = quantize_candidates()
     else:
         variants = candidate_variants()
     targets = [t for t in a.targets.split(",") if t]

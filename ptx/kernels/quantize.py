@@ -1,13 +1,19 @@
 """End-of-prefill CalibQuant quantization: per-channel statistics, codes and bit packing (spec sections 2, 3).
 
-One program quantizes DB channels of one KV head of one span, for keys (grid z = 0) or values (z = 1).
-Pass 1 finds the per-channel min/max over the span's tokens, pass 2 re-reads the same [tokens, DB] slab
-(mostly from L2) and writes the packed codes. The arithmetic is exactly the spec's, in fp32 with IEEE
-rounding (no fused multiply-add, IEEE division, round-half-to-even), so a CPU implementation of the same
-formulas gives the same bytes:
+One launch quantizes every span of the table, keys and values, in one read of the input. The tokens of a
+(span, KV head, K or V) group are cut into chunks of TPP*BT rows, one program each (all D channels, so rows are
+read whole). A program loads its chunk, folds its per-channel min/max into the group's statistics with atomic max
+on order-preserving keys, and waits at a group barrier; the last member to arrive derives the scales and the code
+thresholds once for the group; then every member packs the chunk it still holds in registers. The host keeps each
+span's programs below the number the GPU holds at once, and programs take their index from a ticket in the order
+they start, so a waiting program never blocks one that has not started (see quantize_pack). The host zeroes the
+statistics and counters (stats, sync) on the launch's stream before each launch.
+
+The arithmetic is exactly the spec's, in fp32 with IEEE rounding (no fused multiply-add, IEEE division,
+round-half-to-even), so a CPU implementation of the same formulas gives the same bytes:
     alpha = c*min, beta = c*max, sigma = (beta - alpha) / L, z = -alpha / sigma,
     code = rint(clamp(x / sigma + z, 0, L));  a channel with max == min stores sigma = 0 and code 0.
-For 1 and 2 bits pass 2 does not divide: code(x) is a monotone function of x (every step is a correctly
+For 1 and 2 bits the packing does not divide: code(x) is a monotone function of x (every step is a correctly
 rounded monotone operation), so code(x) = #{k in 1..L : x >= t_k} with t_k the smallest fp16 value in
 [min, max] whose code is >= k. Each t_k is found once per channel by a binary search over fp16 values that
 evaluates the formula above, so the codes are the formula's, bit for bit.
@@ -19,10 +25,14 @@ from triton.language.extra import libdevice
 QUANTIZE_PACK_ARGS = [
     ("kin", "*fp16"), ("vin", "*fp16"), ("kcode", "*u8"), ("vcode", "*u8"),
     ("ksig", "*fp32"), ("kalp", "*fp32"), ("vsig", "*fp32"), ("valp", "*fp32"),
-    ("qs_tab", "*i64"), ("clip_k", "fp32"), ("clip_v", "fp32"),
+    ("qs_tab", "*i64"), ("qc_tab", "*i32"), ("stats", "*i32"), ("thr", "*fp32"), ("sync", "*i32"),
+    ("clip_k", "fp32"), ("clip_v", "fp32"), ("KVH", "i32"), ("TPP", "i32"),
 ]
 
-QS_COLS = tl.constexpr(6)  # qs_tab row: src_off, src_cap, src_t0, tokens, code_off, scale_off
+# qs_tab row: src_off, src_cap, src_t0, tokens, code_off, scale_off, chunk_first, chunk_count
+QS_COLS = tl.constexpr(8)
+SYNC_HEAD = tl.constexpr(4)  # sync[0]: the ticket counter; then per group:
+SYNC_COLS = tl.constexpr(4)  # arrived, ready, two unused
 
 
 @triton.jit
@@ -61,70 +71,148 @@ def _threshold(mn, mx, safe, zero_point, k: tl.constexpr, LEVELS: tl.constexpr):
 
 
 @triton.jit
-def _quantize_block(src, code, sig, alp, clip, src_base, T, code_base, sc_base,
-                    D: tl.constexpr, BITS: tl.constexpr, DB: tl.constexpr, BT: tl.constexpr):
+def _load_tile(src, src_base, t, T, D: tl.constexpr, BT: tl.constexpr):
+    """fp16 rows t .. t+BT of a span, rows past the end read as row T-1 (harmless to a min or max, never stored),
+    and the mask of the real rows."""
+    rows = t + tl.arange(0, BT)
+    x = tl.load(src + src_base + tl.minimum(rows, T - 1)[:, None] * D + tl.arange(0, D)[None, :])
+    return x, rows < T
+
+
+@triton.jit
+def _min16(a, b):
+    return tl.minimum(a, b)
+
+
+@triton.jit
+def _max16(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _tile_minmax(x):
+    # reduced in fp16 (tl.min would widen to fp32): exact, and no conversion per element
+    return tl.reduce(x, 0, _min16), tl.reduce(x, 0, _max16)
+
+
+@triton.jit
+def _store_codes(x, ok, t, code, code_base, th0, th1, th2, D: tl.constexpr, BITS: tl.constexpr,
+                 BT: tl.constexpr):
+    """Codes of one tile (rows t .. t+BT), packed. th0..th2: per channel, the thresholds (1-2 bits; fp16 values,
+    so compared in fp16 exactly as in fp32) or safe, zero point and the degenerate flag (4-8 bits)."""
     LEVELS: tl.constexpr = (1 << BITS) - 1
     NPB: tl.constexpr = 8 // BITS
     RB: tl.constexpr = D * BITS // 8
-    BB: tl.constexpr = DB // NPB
-    dd = tl.arange(0, DB)
-    r = tl.arange(0, BT)
-    # element-wise running min/max, reduced across threads once after the loop
-    mn2 = tl.full([BT, DB], float("inf"), tl.float32)
-    mx2 = tl.full([BT, DB], float("-inf"), tl.float32)
-    for start in range(0, T, BT):
-        rows = start + r
-        ok = rows < T
-        x = tl.load(src + src_base + rows[:, None] * D + dd[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-        mn2 = tl.minimum(mn2, tl.where(ok[:, None], x, float("inf")))
-        mx2 = tl.maximum(mx2, tl.where(ok[:, None], x, float("-inf")))
-    mn = tl.min(mn2, axis=0)
-    mx = tl.max(mx2, axis=0)
+    if BITS <= 2:
+        c = (x >= th0.to(tl.float16)[None, :]).to(tl.int32)
+        if BITS == 2:
+            c += (x >= th1.to(tl.float16)[None, :]).to(tl.int32) + (x >= th2.to(tl.float16)[None, :]).to(tl.int32)
+    else:
+        c = _code(x.to(tl.float32), th0[None, :], th1[None, :], LEVELS)
+        c = tl.where(th2[None, :] != 0.0, 0, c)
+    if BITS == 8:
+        packed = c
+    else:
+        sh = BITS * (NPB - 1 - tl.arange(0, NPB))  # first channel of a byte in its most significant bits
+        packed = tl.sum(tl.reshape(c, (BT, RB, NPB)) << sh[None, None, :], axis=2)
+    rows = t + tl.arange(0, BT)
+    tl.store(code + code_base + rows[:, None] * RB + tl.arange(0, RB)[None, :], packed.to(tl.uint8),
+             mask=ok[:, None])
+
+
+@triton.jit
+def _publish_scales(stats_g, thr_g, sig, alp, sc_base, clip, D: tl.constexpr, BITS: tl.constexpr):
+    """The group's statistics are complete: sigma and alpha to the output, the code thresholds to thr_g."""
+    LEVELS: tl.constexpr = (1 << BITS) - 1
+    dd = tl.arange(0, D)
+    mx = _fp16_of_key(tl.load(stats_g + dd, cache_modifier=".cg") - 1)
+    mn = _fp16_of_key(65536 - tl.load(stats_g + D + dd, cache_modifier=".cg"))
     # mul_rn: separately rounded products, so beta - alpha is never contracted into an fma
-    alpha = libdevice.mul_rn(clip + tl.zeros([DB], tl.float32), mn)
-    beta = libdevice.mul_rn(clip + tl.zeros([DB], tl.float32), mx)
+    alpha = libdevice.mul_rn(clip + tl.zeros([D], tl.float32), mn)
+    beta = libdevice.mul_rn(clip + tl.zeros([D], tl.float32), mx)
     degenerate = mx == mn
-    sigma = tl.div_rn(beta - alpha, tl.full([DB], LEVELS, tl.float32))
+    sigma = tl.div_rn(beta - alpha, tl.full([D], LEVELS, tl.float32))
     safe = tl.where(degenerate, 1.0, sigma)
     zero_point = tl.div_rn(-alpha, safe)
     tl.store(sig + sc_base + dd, tl.where(degenerate, 0.0, sigma))
     tl.store(alp + sc_base + dd, alpha)
     if BITS <= 2:
-        t1 = _threshold(mn, mx, safe, zero_point, 1, LEVELS)
+        tl.store(thr_g + dd, _threshold(mn, mx, safe, zero_point, 1, LEVELS))
         if BITS == 2:
-            t2 = _threshold(mn, mx, safe, zero_point, 2, LEVELS)
-            t3 = _threshold(mn, mx, safe, zero_point, 3, LEVELS)
-    for start in range(0, T, BT):
-        rows = start + r
-        ok = rows < T
-        x = tl.load(src + src_base + rows[:, None] * D + dd[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-        if BITS <= 2:
-            c = (x >= t1[None, :]).to(tl.int32)
-            if BITS == 2:
-                c += (x >= t2[None, :]).to(tl.int32) + (x >= t3[None, :]).to(tl.int32)
-        else:
-            c = _code(x, safe[None, :], zero_point[None, :], LEVELS)
-            c = tl.where(degenerate[None, :], 0, c)
-        if BITS == 8:
-            packed = c
-        else:
-            sh = BITS * (NPB - 1 - tl.arange(0, NPB))  # first channel of a byte in its most significant bits
-            packed = tl.sum(tl.reshape(c, (BT, BB, NPB)) << sh[None, None, :], axis=2)
-        tl.store(code + code_base + rows[:, None] * RB + tl.arange(0, BB)[None, :], packed.to(tl.uint8),
-                 mask=ok[:, None])
+            tl.store(thr_g + D + dd, _threshold(mn, mx, safe, zero_point, 2, LEVELS))
+            tl.store(thr_g + 2 * D + dd, _threshold(mn, mx, safe, zero_point, 3, LEVELS))
+    else:
+        tl.store(thr_g + dd, safe)
+        tl.store(thr_g + D + dd, zero_point)
+        tl.store(thr_g + 2 * D + dd, degenerate.to(tl.float32))
 
 
 @triton.jit
-def quantize_pack(kin, vin, kcode, vcode, ksig, kalp, vsig, valp, qs_tab, clip_k, clip_v,
-                  D: tl.constexpr, BITS: tl.constexpr, DB: tl.constexpr, BT: tl.constexpr):
-    """grid (num_spans, KVH * D/DB, 2). Input rows of span sp, head kvh: src_off + (kvh*src_cap + src_t0 + t)*D;
-    codes [KVH][tokens][D*BITS/8] at code_off; sigma/alpha [KVH][D] at scale_off."""
-    sp = tl.program_id(0)
-    hb = tl.program_id(1)
-    kind = tl.program_id(2)
-    NB: tl.constexpr = D // DB
-    kvh = hb // NB
-    blk = hb % NB
+def _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, thr_g, sync_g, n_members, D: tl.constexpr,
+                      BITS: tl.constexpr):
+    """Folds this chunk's per-channel min/max into the group's, waits for every member, and returns the group's
+    code thresholds (see _store_codes). The last member to arrive derives them, once for the group."""
+    dd = tl.arange(0, D)
+    # order-preserving fp16 keys, both as an atomic max (the statistics start at 0)
+    tl.atomic_max(stats_g + dd, _fp16_key(mx) + 1, sem="relaxed", scope="gpu")
+    tl.atomic_max(stats_g + D + dd, 65536 - _fp16_key(mn), sem="relaxed", scope="gpu")
+    tl.debug_barrier()  # every thread's atomics before the release below
+    arrived = tl.atomic_add(sync_g, 1, sem="acq_rel", scope="gpu")
+    if arrived == n_members - 1:
+        tl.debug_barrier()
+        _publish_scales(stats_g, thr_g, sig, alp, sc_base, clip, D, BITS)
+        tl.debug_barrier()
+        tl.atomic_xchg(sync_g + 1, 1, sem="release", scope="gpu")
+    else:
+        ready = tl.atomic_add(sync_g + 1, 0, sem="acquire", scope="gpu")
+        while ready == 0:
+            ready = tl.atomic_add(sync_g + 1, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
+    th0 = tl.load(thr_g + dd, cache_modifier=".cg")
+    th1 = th0
+    th2 = th0
+    if BITS != 1:
+        th1 = tl.load(thr_g + D + dd, cache_modifier=".cg")
+        th2 = tl.load(thr_g + 2 * D + dd, cache_modifier=".cg")
+    return th0, th1, th2
+
+
+@triton.jit
+def _quantize_chunk(src, code, sig, alp, clip, stats_g, thr_g, sync_g, src_base, T, t_begin, t_end, code_base,
+                    sc_base, n_members, D: tl.constexpr, BITS: tl.constexpr, BT: tl.constexpr):
+    if t_end - t_begin <= BT:
+        # one tile (TPP = 1, the usual case): read once, held in registers across the group barrier
+        x, ok = _load_tile(src, src_base, t_begin, T, D, BT)
+        mn, mx = _tile_minmax(x)
+        th0, th1, th2 = _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, thr_g, sync_g, n_members, D,
+                                          BITS)
+        _store_codes(x, ok, t_begin, code, code_base, th0, th1, th2, D, BITS, BT)
+    else:
+        # several tiles (very long spans): the packing pass re-reads them, from L2 (read moments ago)
+        mn = tl.full([D], float("inf"), tl.float16)
+        mx = tl.full([D], float("-inf"), tl.float16)
+        for t in range(t_begin, t_end, BT):
+            y, _ = _load_tile(src, src_base, t, T, D, BT)
+            ymn, ymx = _tile_minmax(y)
+            mn = tl.minimum(mn, ymn)
+            mx = tl.maximum(mx, ymx)
+        th0, th1, th2 = _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, thr_g, sync_g, n_members, D,
+                                          BITS)
+        for t in range(t_begin, t_end, BT):
+            y, yok = _load_tile(src, src_base, t, T, D, BT)
+            _store_codes(y, yok, t, code, code_base, th0, th1, th2, D, BITS, BT)
+
+
+@triton.jit
+def quantize_pack(kin, vin, kcode, vcode, ksig, kalp, vsig, valp, qs_tab, qc_tab, stats, thr, sync,
+                  clip_k, clip_v, KVH, TPP, D: tl.constexpr, BITS: tl.constexpr, BT: tl.constexpr):
+    """1-D grid of (chunk row, KV head, K or V) programs, one chunk of TPP*BT tokens each; see the module doc."""
+    RB: tl.constexpr = D * BITS // 8
+    # Programs take their index from a ticket, in the order they actually start, and the members of a group hold
+    # consecutive tickets: every earlier group is then complete (running or done), so only the newest group can
+    # wait, at most chunk_count - 1 programs, which the host keeps well below the number the GPU holds at once.
+    lin = tl.atomic_add(sync, 1, sem="relaxed", scope="gpu")
+    sp = tl.load(qc_tab + lin // (2 * KVH))  # span s owns tickets 2*KVH*chunk_first .. 2*KVH*(chunk_first+count)
     row = qs_tab + sp * QS_COLS
     src_off = tl.multiple_of(tl.load(row), 16)
     src_cap = tl.load(row + 1)
@@ -132,13 +220,26 @@ def quantize_pack(kin, vin, kcode, vcode, ksig, kalp, vsig, valp, qs_tab, clip_k
     tokens = tl.load(row + 3)
     code_off = tl.multiple_of(tl.load(row + 4), 16)
     sc_off = tl.multiple_of(tl.load(row + 5), 16)
-    RB: tl.constexpr = D * BITS // 8
-    BB: tl.constexpr = DB * BITS // 8
-    src_base = src_off + (kvh * src_cap + src_t0) * D + blk * DB
-    code_base = code_off + kvh * tokens * RB + blk * BB
-    sc_base = sc_off + kvh * D + blk * DB
+    chunk_first = tl.load(row + 6)
+    n_members = tl.load(row + 7).to(tl.int32)
     T = tokens.to(tl.int32)
+    # group-major: the members of one (span, KV head, K or V) group hold consecutive tickets
+    local = (lin - 2 * KVH * chunk_first).to(tl.int32)
+    hk = local // n_members
+    kvh = hk // 2
+    kind = hk % 2
+    t_begin = (local % n_members) * TPP * BT
+    t_end = tl.minimum(t_begin + TPP * BT, T)
+    src_base = src_off + (kvh * src_cap + src_t0) * D
+    code_base = code_off + kvh * tokens * RB
+    sc_base = sc_off + kvh * D
+    g = sp * (2 * KVH) + hk
+    stats_g = stats + g * (2 * D)
+    thr_g = thr + g * (3 * D)
+    sync_g = sync + SYNC_HEAD + g * SYNC_COLS
     if kind == 0:
-        _quantize_block(kin, kcode, ksig, kalp, clip_k, src_base, T, code_base, sc_base, D, BITS, DB, BT)
+        _quantize_chunk(kin, kcode, ksig, kalp, clip_k, stats_g, thr_g, sync_g, src_base, T, t_begin, t_end,
+                        code_base, sc_base, n_members, D, BITS, BT)
     else:
-        _quantize_block(vin, vcode, vsig, valp, clip_v, src_base, T, code_base, sc_base, D, BITS, DB, BT)
+        _quantize_chunk(vin, vcode, vsig, valp, clip_v, stats_g, thr_g, sync_g, src_base, T, t_begin, t_end,
+                        code_base, sc_base, n_members, D, BITS, BT)

@@ -4700,5 +4700,66 @@ public class CudaDriver {
            throw new AssertionError("should not reach here", ex$);
         }
     }
+
+    private static class cuOccupancyMaxActiveBlocksPerMultiprocessor {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            CudaDriver.C_INT,
+            CudaDriver.C_POINTER,
+            CudaDriver.C_POINTER,
+            CudaDriver.C_INT,
+            CudaDriver.C_LONG
+        );
+
+        public static final MemorySegment ADDR = CudaDriver.findOrThrow("cuOccupancyMaxActiveBlocksPerMultiprocessor");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize)
+     * }
+     */
+    public static FunctionDescriptor cuOccupancyMaxActiveBlocksPerMultiprocessor$descriptor() {
+        return cuOccupancyMaxActiveBlocksPerMultiprocessor.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize)
+     * }
+     */
+    public static MethodHandle cuOccupancyMaxActiveBlocksPerMultiprocessor$handle() {
+        return cuOccupancyMaxActiveBlocksPerMultiprocessor.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize)
+     * }
+     */
+    public static MemorySegment cuOccupancyMaxActiveBlocksPerMultiprocessor$address() {
+        return cuOccupancyMaxActiveBlocksPerMultiprocessor.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * CUresult cuOccupancyMaxActiveBlocksPerMultiprocessor(int *numBlocks, CUfunction func, int blockSize, size_t dynamicSMemSize)
+     * }
+     */
+    public static int cuOccupancyMaxActiveBlocksPerMultiprocessor(MemorySegment numBlocks, MemorySegment func, int blockSize, long dynamicSMemSize) {
+        var mh$ = cuOccupancyMaxActiveBlocksPerMultiprocessor.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("cuOccupancyMaxActiveBlocksPerMultiprocessor", numBlocks, func, blockSize, dynamicSMemSize);
+            }
+            return (int)mh$.invokeExact(numBlocks, func, blockSize, dynamicSMemSize);
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
 }
 

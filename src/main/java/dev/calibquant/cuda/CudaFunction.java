@@ -45,6 +45,17 @@ public final class CudaFunction {
         return maxThreads;
     }
 
+    /** How many blocks of {@code threads} threads and {@code sharedBytes} of dynamic shared memory one SM holds at once. */
+    public int maxActiveBlocksPerMultiprocessor(int threads, int sharedBytes) {
+        if (threads <= 0 || threads > maxThreads || sharedBytes < 0) {
+            throw new IllegalArgumentException(entry + ": occupancy of " + threads + " threads and " + sharedBytes
+                    + " shared bytes per block");
+        }
+        module.checkOpen();
+        return Driver.readInt("cuOccupancyMaxActiveBlocksPerMultiprocessor(" + entry + ")",
+                p -> cuOccupancyMaxActiveBlocksPerMultiprocessor(p, handle, threads, sharedBytes));
+    }
+
     /**
      * Launches on {@code stream}: grid {@code (gx, gy, gz)}, {@code threads} threads per block in x, {@code sharedBytes}
      * of dynamic shared memory. Asynchronous: errors inside the kernel surface at the next synchronization.

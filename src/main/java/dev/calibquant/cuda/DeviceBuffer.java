@@ -58,6 +58,7 @@ public final class DeviceBuffer extends NativeResource {
         }
         withNative(src, srcOffset, bytes, true, (seg) ->
                 Driver.check(cuMemcpyHtoD_v2(address + dstOffset, seg, bytes), "cuMemcpyHtoD_v2"));
+        finishLegacyStream("cuMemcpyHtoD_v2");
     }
 
     /** Copies all of this buffer into {@code dst}, which must be at least as large. */
@@ -95,6 +96,7 @@ public final class DeviceBuffer extends NativeResource {
         checkOpen();
         if (bytes > 0) {
             Driver.check(cuMemcpyDtoD_v2(address + dstOffset, src.address + srcOffset, bytes), "cuMemcpyDtoD_v2");
+            finishLegacyStream("cuMemcpyDtoD_v2");
         }
     }
 
@@ -143,11 +145,22 @@ public final class DeviceBuffer extends NativeResource {
         checkOpen();
         if (bytes > 0) {
             Driver.check(cuMemsetD8_v2(address + offset, value, bytes), "cuMemsetD8_v2");
+            finishLegacyStream("cuMemsetD8_v2");
         }
     }
 
     public void fill(byte value) {
         fill(value, 0, byteSize);
+    }
+
+    /** Asynchronous {@link #fill(byte, long, long)} on {@code stream}, ordered with the stream's kernels. */
+    public void fillAsync(byte value, long offset, long bytes, CudaStream stream) {
+        checkRange(describe(), byteSize, offset, bytes);
+        stream.checkOpen();
+        checkOpen();
+        if (bytes > 0) {
+            Driver.check(cuMemsetD8Async(address + offset, value, bytes, stream.handle()), "cuMemsetD8Async");
+        }
     }
 
     /** Sets {@code count} 32-bit words from byte {@code offset} (4-aligned) to {@code bits}, e.g. a NaN pattern. */
@@ -162,7 +175,17 @@ public final class DeviceBuffer extends NativeResource {
         checkOpen();
         if (count > 0) {
             Driver.check(cuMemsetD32_v2(address + offset, bits, count), "cuMemsetD32_v2");
+            finishLegacyStream("cuMemsetD32_v2");
         }
+    }
+
+    /**
+     * The synchronous methods run on the legacy default stream, which the project's non-blocking streams do not wait
+     * for, and the driver may return before a memset, a device-to-device copy or the DMA of a pageable upload is
+     * done. Waiting here makes them complete on return, so a kernel queued next on any stream sees their bytes.
+     */
+    private static void finishLegacyStream(String after) {
+        Driver.check(cuStreamSynchronize(MemorySegment.NULL), "cuStreamSynchronize(legacy stream) after " + after);
     }
 
     @Override

@@ -11,6 +11,7 @@ import dev.calibquant.cuda.DeviceBuffer;
 import dev.calibquant.cuda.PinnedHostBuffer;
 import dev.calibquant.kernels.CalibQuantKernels;
 import dev.calibquant.kernels.KernelCatalog;
+import dev.calibquant.kernels.QuantizePlan;
 import dev.calibquant.profiling.Nvtx;
 import dev.calibquant.quant.Granularity;
 import dev.calibquant.quant.InvalidShapeException;
@@ -269,8 +270,8 @@ public final class GpuKvCache implements AutoCloseable {
                 for (int h = 0; h < kvh; h++) {
                     long src = ((long) h * prompt + at) * rowBytes16;
                     long to = 2 * s.fullOffset[layer] + ((long) h * s.fullCapacity() + dst) * rowBytes16;
-                    full.buffer(0).copyFrom(kin, src, to, n * rowBytes16);
-                    full.buffer(1).copyFrom(vin, src, to, n * rowBytes16);
+                    full.buffer(0).copyFromAsync(kin, src, to, n * rowBytes16, stream);
+                    full.buffer(1).copyFromAsync(vin, src, to, n * rowBytes16, stream);
                 }
                 dst += n;
             }
@@ -279,22 +280,20 @@ public final class GpuKvCache implements AutoCloseable {
             }
         }
         if (!spans.isEmpty()) {
-            PinnedHostBuffer tab = staging.pinned("table", 8L * CalibQuantKernels.QS_COLS * spans.size());
-            MemorySegment t = tab.segment();
+            List<QuantizePlan.Span> work = new ArrayList<>();
             for (int i = 0; i < spans.size(); i++) {
-                long base = (long) i * CalibQuantKernels.QS_COLS;
-                t.setAtIndex(ValueLayout.JAVA_LONG, base, 0);
-                t.setAtIndex(ValueLayout.JAVA_LONG, base + 1, prompt);
-                t.setAtIndex(ValueLayout.JAVA_LONG, base + 2, spans.get(i).start());
-                t.setAtIndex(ValueLayout.JAVA_LONG, base + 3, spans.get(i).length());
-                t.setAtIndex(ValueLayout.JAVA_LONG, base + 4, s.codeOffset[layer][i]);
-                t.setAtIndex(ValueLayout.JAVA_LONG, base + 5, s.scaleOffset[layer][i]);
+                work.add(new QuantizePlan.Span(0, prompt, spans.get(i).start(), spans.get(i).length(),
+                        s.codeOffset[layer][i], s.scaleOffset[layer][i]));
             }
-            DeviceBuffer devTab = staging.device("table", 8L * CalibQuantKernels.QS_COLS * spans.size());
-            devTab.copyFromAsync(tab, 0, 0, 8L * CalibQuantKernels.QS_COLS * spans.size(), stream);
-            kernels.quantizePack(kin, vin, codes.buffer(0), codes.buffer(1), scales.buffer(0), scales.buffer(1),
-                    scales.buffer(2), scales.buffer(3), devTab, 0, spans.size(), kvh, config.keyClip(),
-                    config.valueClip(), stream);
+            QuantizePlan plan = kernels.planQuantize(work, kvh);
+            PinnedHostBuffer tab = staging.pinned("quantize tables", plan.tableBytes());
+            plan.writeTables(tab.segment());
+            DeviceBuffer devTab = staging.device("quantize tables", plan.tableBytes());
+            devTab.copyFromAsync(tab, 0, 0, plan.tableBytes(), stream);
+            kernels.quantizePack(plan, kin, vin, codes.buffer(0), codes.buffer(1), scales.buffer(0), scales.buffer(1),
+                    scales.buffer(2), scales.buffer(3), devTab, 0, staging.device("quantize statistics",
+                            plan.statsBytes()), staging.device("quantize thresholds", plan.thresholdBytes()),
+                    staging.device("quantize counters", plan.syncBytes()), config.keyClip(), config.valueClip(), stream);
         }
         stream.synchronize();
         s.fullLength[layer] = dst;

@@ -4,6 +4,7 @@ import dev.calibquant.cuda.CudaContext;
 import dev.calibquant.cuda.CudaStream;
 import dev.calibquant.cuda.DeviceBuffer;
 import dev.calibquant.kernels.CalibQuantKernels;
+import dev.calibquant.kernels.QuantizePlan;
 import dev.calibquant.kernels.KernelCatalog;
 import dev.calibquant.kernels.KernelManifest;
 import dev.calibquant.quant.ChannelQuantizer;
@@ -80,7 +81,8 @@ final class QuantizePackCheck implements KernelCheck {
                 DeviceBuffer kc = ctx.allocate(codeBytes); DeviceBuffer vc = ctx.allocate(codeBytes);
                 DeviceBuffer ks = ctx.allocate(4 * scaleFloats); DeviceBuffer ka = ctx.allocate(4 * scaleFloats);
                 DeviceBuffer vs = ctx.allocate(4 * scaleFloats); DeviceBuffer va = ctx.allocate(4 * scaleFloats);
-                DeviceBuffer tab = ctx.allocate(8L * spans * CalibQuantKernels.QS_COLS)) {
+                QuantizeScratch scratch = new QuantizeScratch(ctx, kernels.planQuantize(work(layout, codeOff, scaleOff),
+                        kvh))) {
             kin.copyFrom(GpuScenario.fp16(arena, k));
             vin.copyFrom(GpuScenario.fp16(arena, v));
             kc.fill((byte) 0xa5);
@@ -88,14 +90,7 @@ final class QuantizePackCheck implements KernelCheck {
             for (DeviceBuffer b : new DeviceBuffer[] {ks, ka, vs, va}) {
                 b.fill32(Float.floatToRawIntBits(Float.NaN), 0, scaleFloats);
             }
-            MemorySegment t = arena.allocate(8L * spans * CalibQuantKernels.QS_COLS);
-            for (int i = 0; i < spans; i++) {
-                long[] row = {0, prompt, starts[i], lengths[i], codeOff[i], scaleOff[i]};
-                MemorySegment.copy(row, 0, t, ValueLayout.JAVA_LONG, 8L * i * CalibQuantKernels.QS_COLS, row.length);
-            }
-            tab.copyFrom(t);
-            kernels.quantizePack(kin, vin, kc, vc, ks, ka, vs, va, tab, 0, spans, kvh, config.keyClip(),
-                    config.valueClip(), stream);
+            scratch.launch(kernels, kin, vin, kc, vc, ks, ka, vs, va, config.keyClip(), config.valueClip(), stream);
             stream.synchronize();
             List<MemorySegment[]> codes = new ArrayList<>();
             List<MemorySegment[]> scales = new ArrayList<>();
@@ -151,5 +146,14 @@ final class QuantizePackCheck implements KernelCheck {
             System.arraycopy(x, (h * tokens + start) * d, out, h * len * d, len * d);
         }
         return out;
+    }
+
+    private static List<QuantizePlan.Span> work(Spans layout, long[] codeOff, long[] scaleOff) {
+        List<QuantizePlan.Span> work = new ArrayList<>();
+        for (int i = 0; i < layout.lengths().length; i++) {
+            work.add(new QuantizePlan.Span(0, layout.prompt(), layout.starts()[i], layout.lengths()[i], codeOff[i],
+                    scaleOff[i]));
+        }
+        return work;
     }
 }

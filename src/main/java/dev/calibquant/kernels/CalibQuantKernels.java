@@ -2,6 +2,7 @@ package dev.calibquant.kernels;
 
 import dev.calibquant.cuda.CudaStream;
 import dev.calibquant.cuda.DeviceBuffer;
+import java.util.List;
 import java.util.Map;
 import java.util.Optional;
 
@@ -12,14 +13,15 @@ import java.util.Optional;
  * <p>Table rows are int64. {@code seq_tab}: fp_off, fp_len, fp_cap, q_off, work_first, work_count.
  * {@code span_tab}: code_off, tokens, scale_off, mm_first, mm_count. {@code work_tab}: seq, span (−1 for the
  * full-precision block), t0, tn. {@code mm_tab}: seq, span, t0, tn. {@code qs_tab}: src_off, src_cap, src_t0,
- * tokens, code_off, scale_off. Offsets count elements of the buffer they index, and are multiples of 16.
+ * tokens, code_off, scale_off, chunk_first, chunk_count (see {@link QuantizePlan}). Offsets count elements of the
+ * buffer they index, and are multiples of 16.
  */
 public final class CalibQuantKernels {
     public static final int SEQ_COLS = 6;
     public static final int SPAN_COLS = 5;
     public static final int WORK_COLS = 4;
     public static final int MM_COLS = 4;
-    public static final int QS_COLS = 6;
+    public static final int QS_COLS = 8;
 
     private final KernelCatalog catalog;
     private final int headDim;
@@ -144,16 +146,53 @@ public final class CalibQuantKernels {
         append();
     }
 
-    /** End-of-prefill quantization of {@code spans} rows of {@code qsTab}, keys and values in one launch. */
-    public void quantizePack(DeviceBuffer kin, DeviceBuffer vin, DeviceBuffer kcode, DeviceBuffer vcode,
-            DeviceBuffer ksig, DeviceBuffer kalp, DeviceBuffer vsig, DeviceBuffer valp, DeviceBuffer qsTab, long qsOffset,
-            int spans, int kvHeads, float clipK, float clipV, CudaStream stream) {
+    private volatile int quantizeResident;
+
+    /** The launch plan of these spans for this GPU: the variant's tile, and how many of its programs fit at once. */
+    public QuantizePlan planQuantize(List<QuantizePlan.Span> spans, int kvHeads) {
         Kernel k = quantizePack();
-        int blocksPerHead = headDim / k.constexpr("DB");
+        int resident = quantizeResident;
+        if (resident == 0) {
+            resident = quantizeResident = k.residentPrograms();
+        }
+        return QuantizePlan.of(spans, kvHeads, headDim, bits, k.constexpr("BT"), resident);
+    }
+
+    /**
+     * End-of-prefill quantization of every span of {@code plan}, keys and values, in one launch. {@code tables} holds
+     * the plan's tables ({@link QuantizePlan#writeTables}) from byte {@code tableOffset}; {@code stats},
+     * {@code thresholds} and {@code sync} are scratch of at least the plan's sizes, the first and last zeroed here on
+     * {@code stream} before the launch. Every buffer size is checked first.
+     */
+    public void quantizePack(QuantizePlan plan, DeviceBuffer kin, DeviceBuffer vin, DeviceBuffer kcode,
+            DeviceBuffer vcode, DeviceBuffer ksig, DeviceBuffer kalp, DeviceBuffer vsig, DeviceBuffer valp,
+            DeviceBuffer tables, long tableOffset, DeviceBuffer stats, DeviceBuffer thresholds, DeviceBuffer sync,
+            float clipK, float clipV, CudaStream stream) {
+        Kernel k = quantizePack();
+        plan.requireWithin(Math.min(kin.byteSize(), vin.byteSize()) / 2, Math.min(kcode.byteSize(), vcode.byteSize()),
+                Math.min(Math.min(ksig.byteSize(), kalp.byteSize()), Math.min(vsig.byteSize(), valp.byteSize())) / 4);
+        requireBytes("quantize tables", tables, tableOffset, plan.tableBytes());
+        requireBytes("quantize statistics", stats, 0, plan.statsBytes());
+        requireBytes("quantize thresholds", thresholds, 0, plan.thresholdBytes());
+        requireBytes("quantize counters", sync, 0, plan.syncBytes());
+        if (tableOffset % 16 != 0) {
+            throw new IllegalArgumentException("quantize table offset " + tableOffset + " is not 16-byte aligned");
+        }
+        stats.fillAsync((byte) 0, 0, plan.statsBytes(), stream);
+        sync.fillAsync((byte) 0, 0, plan.syncBytes(), stream);
         k.args().pointer(kin).pointer(vin).pointer(kcode).pointer(vcode)
                 .pointer(ksig).pointer(kalp).pointer(vsig).pointer(valp)
-                .pointer(qsTab, qsOffset).f32(clipK).f32(clipV)
-                .launch(spans, kvHeads * blocksPerHead, 2, stream);
+                .pointer(tables, tableOffset).pointer(tables, tableOffset + plan.chunkTableOffset())
+                .pointer(stats).pointer(thresholds).pointer(sync).f32(clipK).f32(clipV)
+                .i32(plan.kvHeads()).i32(plan.tilesPerProgram())
+                .launch(plan.programs(), 1, 1, stream);
+    }
+
+    private static void requireBytes(String what, DeviceBuffer buffer, long offset, long bytes) {
+        if (offset < 0 || offset + bytes > buffer.byteSize()) {
+            throw new IllegalArgumentException(what + ": " + bytes + " bytes from " + offset + " do not fit a buffer of "
+                    + buffer.byteSize());
+        }
     }
 
     /** Min and max of the raw visual scores of each {@code mm_tab} chunk, per query head, into {@code mmBuf}. */

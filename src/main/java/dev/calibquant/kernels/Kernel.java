@@ -59,6 +59,12 @@ public final class Kernel implements AutoCloseable {
         return function;
     }
 
+    /** Programs of this variant the whole GPU holds at once (occupancy per SM times SMs). */
+    public int residentPrograms() {
+        return function.maxActiveBlocksPerMultiprocessor(target.threadsPerBlock(), target.sharedBytes())
+                * context.device().properties().multiprocessors();
+    }
+
     /** Starts an argument list for one launch. */
     public Call args() {
         return new Call();
