@@ -45,7 +45,7 @@ final class BudgetOutput {
                 + "tokens (the mean context), launched from Java%n", r.heldGeneratedTokens());
         out.printf(Locale.ROOT, "throughput: %s%n%n", BASIS);
         out.println(" path | sequences | one seq, all layers | one seq, one layer | all seqs, one layer | all seqs, all layers |  layer step | steps/s (all layers) | sequences × steps/s");
-        for (BudgetBenchmark.Path p : List.of(r.fp16(), r.oneBit())) {
+        for (BudgetBenchmark.PathFigures p : List.of(r.fp16(), r.oneBit())) {
             KvBudget.Fit f = p.fit();
             KvBudget.Throughput t = p.throughput();
             out.printf(Locale.ROOT, "%5s | %9d | %16s MB | %15s MB | %16s GB | %17s GB | %8.1f µs | %20.2f | %,19.0f%n",
@@ -54,12 +54,12 @@ final class BudgetOutput {
         }
         out.printf(Locale.ROOT, "1-bit / fp16: %.2f× the sequences, %.2f× the sequences × steps/s (BENCHMARKS.md target: ≥ 10×)%n",
                 r.sequenceRatio(), r.throughputRatio());
-        for (BudgetBenchmark.Path p : List.of(r.fp16(), r.oneBit())) {
+        for (BudgetBenchmark.PathFigures p : List.of(r.fp16(), r.oneBit())) {
             MemoryUsage u = p.fit().perSequence();
             out.printf(Locale.ROOT, "%s sequence, all layers: %,d bytes = full precision %,d + visual codes %,d + visual scales %,d%n",
                     p.fit().path(), u.totalBytes(), u.fullPrecisionBytes(), u.visualCodeBytes(), u.visualScaleBytes());
         }
-        for (BudgetBenchmark.Path p : List.of(r.fp16(), r.oneBit())) {
+        for (BudgetBenchmark.PathFigures p : List.of(r.fp16(), r.oneBit())) {
             KvBudget.Split s = p.split();
             if (!s.whole()) {
                 out.printf(Locale.ROOT, "%s timed in %d equal sub-batches of %d sequences, one after another (%d ≥ %d "
@@ -103,7 +103,7 @@ final class BudgetOutput {
         }
     }
 
-    private Map<String, Object> csvRow(BudgetBenchmark.Path p) {
+    private Map<String, Object> csvRow(BudgetBenchmark.PathFigures p) {
         Map<String, Object> row = new LinkedHashMap<>();
         row.put("budget_bytes", report.budgetBytes());
         row.put("layers", report.layers());
@@ -116,7 +116,7 @@ final class BudgetOutput {
         return row;
     }
 
-    private static Map<String, Object> row(BudgetBenchmark.Path p) {
+    private static Map<String, Object> row(BudgetBenchmark.PathFigures p) {
         KvBudget.Fit f = p.fit();
         MemoryUsage u = f.perSequence();
         Map<String, Object> m = new LinkedHashMap<>();

@@ -45,7 +45,7 @@ public final class BudgetBenchmark {
      * @param splitReason why the batch was timed in sub-batches; empty when it ran as one step
      * @param subBatchStepUs median time of one layer's step over one sub-batch
      */
-    public record Path(KvBudget.Fit fit, KvBudget.Split split, String splitReason, double subBatchStepUs,
+    public record PathFigures(KvBudget.Fit fit, KvBudget.Split split, String splitReason, double subBatchStepUs,
             int workItems, int calibrationMode) {
         /** One layer's step over all the fit's sequences. */
         public double layerStepUs() {
@@ -58,7 +58,7 @@ public final class BudgetBenchmark {
     }
 
     public record Report(String device, String target, long budgetBytes, int layers, int generatedTokens,
-            int heldGeneratedTokens, Path fp16, Path oneBit) {
+            int heldGeneratedTokens, PathFigures fp16, PathFigures oneBit) {
         public double sequenceRatio() {
             return (double) oneBit.fit().sequences() / fp16.fit().sequences();
         }
@@ -104,8 +104,8 @@ public final class BudgetBenchmark {
             KvBudget.Fit oneBitFit = KvBudget.fit("1-bit", budgetBytes, layers,
                     sequenceUsage(ctx, catalog, oneBit, layers, generatedTokens));
             BudgetBenchmark bench = new BudgetBenchmark(ctx, catalog, reps, steps);
-            Path fp16 = bench.measure(null, fp16Fit, generatedTokens, maxStepBatch);
-            Path one = bench.measure(oneBit, oneBitFit, generatedTokens, maxStepBatch);
+            PathFigures fp16 = bench.measure(null, fp16Fit, generatedTokens, maxStepBatch);
+            PathFigures one = bench.measure(oneBit, oneBitFit, generatedTokens, maxStepBatch);
             return new Report(ctx.device().name(), catalog.target(), budgetBytes, layers, generatedTokens,
                     generatedTokens / 2, fp16, one);
         } finally {
@@ -135,14 +135,14 @@ public final class BudgetBenchmark {
                 config == null ? 0 : sequences);
     }
 
-    private Path measure(QuantConfig config, KvBudget.Fit fit, int generatedTokens, int maxStepBatch) {
+    private PathFigures measure(QuantConfig config, KvBudget.Fit fit, int generatedTokens, int maxStepBatch) {
         int n = fit.sequences();
         KvBudget.Split split = KvBudget.split(n, maxStepBatch > 0 ? Math.min(maxStepBatch, n) : n);
         String reason = split.whole() ? "" : "at most " + maxStepBatch + " sequences per step asked for";
         while (true) {
             try {
                 double[] t = timeStep(config, split.subBatchSize(), generatedTokens);
-                return new Path(fit, split, reason, t[0], (int) t[1], (int) t[2]);
+                return new PathFigures(fit, split, reason, t[0], (int) t[1], (int) t[2]);
             } catch (CudaOutOfMemoryException e) {
                 if (split.subBatchSize() == 1) {
                     throw e;

@@ -32,8 +32,8 @@ class BenchBudgetTest {
         KvBudget.Fit fp16 = KvBudget.fit("fp16", BUDGET, 32, FP16);
         KvBudget.Fit oneBit = KvBudget.fit("1-bit", BUDGET, 32, ONE_BIT);
         return new BudgetBenchmark.Report("NVIDIA H200", "sm_90a", BUDGET, 32, 256, 128,
-                new BudgetBenchmark.Path(fp16, KvBudget.split(206, 206), "", 640.0, 1648, 0),
-                new BudgetBenchmark.Path(oneBit, KvBudget.split(1331, 665), "at most 665 sequences per step asked for",
+                new BudgetBenchmark.PathFigures(fp16, KvBudget.split(206, 206), "", 640.0, 1648, 0),
+                new BudgetBenchmark.PathFigures(oneBit, KvBudget.split(1331, 665), "at most 665 sequences per step asked for",
                         250.0, 9317, 2));
     }
 
