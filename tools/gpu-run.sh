@@ -4,10 +4,12 @@
 #                    [--only-extras]
 # Unpacks the runtime; runs `calibquant info` and `selftest`, then every test (GPU tests included) with the JUnit
 # console launcher and XML reports. --bench adds `calibquant bench` with PyTorch SDPA measured in the same run
-# (tools/bench_sdpa.py, where torch is installed). --sanitize runs `selftest` under compute-sanitizer memcheck and
-# racecheck. --regression runs the kernel regression suite against the expectations shipped in the jar on both PTX
-# targets (JUnit XML in logs/regression-*.xml). --regression-record records them first into logs/expectations.json
-# (copy it to ptx/regression/expectations.json and commit it), then checks both targets against that file.
+# (tools/bench_sdpa.py, where torch is installed), then `calibquant bench --budget-gb ${BUDGET_GB:-100}` (decode
+# throughput at a fixed KV budget: logs/bench-budget.txt and .csv). --sanitize runs `selftest` under
+# compute-sanitizer memcheck and racecheck. --regression runs the kernel regression suite against the expectations
+# shipped in the jar on both PTX targets (JUnit XML in logs/regression-*.xml). --regression-record records them first
+# into logs/expectations.json (copy it to ptx/regression/expectations.json and commit it), then checks both targets
+# against that file.
 # --profile runs tools/profile-gpu.sh on the BENCHMARKS.md step at B = 64 (decode steps) and B = 1 (quantize at
 # prefill) into logs/profile-*/. --only-extras skips info, selftest, the JUnit run and the demo. Logs, reports and
 # results are packed into OUT_DIR/gpu-run.tar.gz; the exit status is non-zero if anything failed.
@@ -100,6 +102,9 @@ if [ "$bench" = 1 ]; then
   step bench
   sdpa_opt=(); [ -f "$logs/sdpa.json" ] && sdpa_opt=(--sdpa "$logs/sdpa.json")
   "${cq[@]}" bench "${sdpa_opt[@]}" --csv "$logs/bench.csv" 2>&1 | tee "$logs/bench.txt" || status=1
+  step "bench at a fixed KV budget (${BUDGET_GB:-100} GB, all 32 layers, 256 generated tokens reserved)"
+  "${cq[@]}" bench --budget-gb "${BUDGET_GB:-100}" --csv "$logs/bench-budget.csv" 2>&1 \
+      | tee "$logs/bench-budget.txt" || status=1
 fi
 
 if [ "$sanitize" = 1 ]; then

@@ -6,7 +6,10 @@ import com.fasterxml.jackson.databind.SerializationFeature;
 import dev.calibquant.cuda.Cuda;
 import dev.calibquant.cuda.CudaAvailability;
 import dev.calibquant.cuda.CudaContext;
+import dev.calibquant.gpu.BudgetBenchmark;
 import dev.calibquant.gpu.DecodeBenchmark;
+import dev.calibquant.gpu.KvBudget;
+import dev.calibquant.gpu.KvBudgetTooSmallException;
 import java.awt.BasicStroke;
 import java.awt.Color;
 import java.io.IOException;
@@ -29,12 +32,20 @@ import org.jfree.chart.plot.PlotOrientation;
 import org.jfree.chart.plot.XYPlot;
 import org.jfree.data.xy.XYSeries;
 import org.jfree.data.xy.XYSeriesCollection;
+import picocli.CommandLine;
 import picocli.CommandLine.Command;
+import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Option;
+import picocli.CommandLine.Spec;
 
-/** {@code calibquant bench}: the BENCHMARKS.md decode workload on this GPU, next to its byte floors. */
+/**
+ * {@code calibquant bench}: the BENCHMARKS.md decode workload on this GPU, next to its byte floors; with
+ * {@code --budget-gb}, decode throughput at a fixed KV memory budget instead.
+ */
 @Command(name = "bench", mixinStandardHelpOptions = true,
-        description = "Time one decode step (1-bit CalibQuant and fp16) on the BENCHMARKS.md workload on this GPU.")
+        description = {"Time one decode step (1-bit CalibQuant and fp16) on the BENCHMARKS.md workload on this GPU.",
+            "With --budget-gb: how many sequences each cache fits in that KV budget over all layers, and the decode "
+                    + "throughput (sequences × steps/s, attention only) at those batch sizes."})
 public final class BenchCommand implements Callable<Integer> {
 
     /** Measured on one H200 on 2026-11-28 (BENCHMARKS.md): PyTorch 2.11 SDPA fp16 and the paper's reference path. */
@@ -66,8 +77,34 @@ public final class BenchCommand implements Callable<Integer> {
     @Option(names = "--from-csv", description = "Re-read a CSV written by --csv (no GPU needed): print and chart it.")
     Path fromCsv;
 
+    @Spec
+    CommandSpec spec;
+
+    @Option(names = "--budget-gb", paramLabel = "GB", description = "Instead of the batch sizes: decode throughput at "
+            + "this fixed KV memory budget (GB = 10^9 bytes) over all --layers layers, fp16 against 1-bit.")
+    Double budgetGb;
+
+    @Option(names = "--layers", paramLabel = "N", description = "With --budget-gb: layers every sequence keeps, all "
+            + "counted against the budget (default: 32).")
+    Integer layers;
+
+    @Option(names = "--generated-tokens", paramLabel = "N", description = "With --budget-gb: tokens each sequence "
+            + "reserves for generation beyond its prompt; steps are timed with half of them held (default: 256).")
+    Integer generatedTokens;
+
+    @Option(names = "--max-step-batch", paramLabel = "N", description = "With --budget-gb: time at most N sequences "
+            + "per step, the batch in equal sub-batches (default: the whole batch, split only where the device runs out).")
+    Integer maxStepBatch;
+
     @Override
     public Integer call() throws IOException {
+        if (budgetGb != null) {
+            return budget();
+        }
+        if (layers != null || generatedTokens != null || maxStepBatch != null) {
+            throw new CommandLine.ParameterException(spec.commandLine(),
+                    "--layers, --generated-tokens and --max-step-batch go with --budget-gb");
+        }
         if (fromCsv != null) {
             Replay replay = readCsv(fromCsv);
             printTable(replay.report(), replay.sdpaUs());
@@ -104,6 +141,49 @@ public final class BenchCommand implements Callable<Integer> {
         }
         if (png != null) {
             writeChart(report, sdpaUs);
+        }
+        return 0;
+    }
+
+    private int budget() throws IOException {
+        CommandLine cl = spec.commandLine();
+        if (png != null || sdpa != null || fromCsv != null) {
+            throw new CommandLine.ParameterException(cl, "--png, --sdpa and --from-csv go with the batch-size table, "
+                    + "not with --budget-gb");
+        }
+        int l = layers == null ? 32 : layers;
+        int generated = generatedTokens == null ? 256 : generatedTokens;
+        int maxBatch = maxStepBatch == null ? 0 : maxStepBatch;
+        if (l <= 0 || generated < 0 || maxBatch < 0 || (maxStepBatch != null && maxBatch == 0) || reps <= 0 || steps <= 0) {
+            throw new CommandLine.ParameterException(cl, "--layers, --max-step-batch, --reps and --steps must be "
+                    + "positive and --generated-tokens not negative; got " + l + ", " + maxBatch + ", " + reps + ", "
+                    + steps + " and " + generated);
+        }
+        long bytes;
+        try {
+            bytes = KvBudget.bytesOfGigabytes(budgetGb);
+        } catch (IllegalArgumentException e) {
+            throw new CommandLine.ParameterException(cl, "--budget-gb: " + e.getMessage());
+        }
+        CudaAvailability a = Cuda.availability();
+        if (!a.available()) {
+            System.err.println("bench: needs a GPU: " + a.reason());
+            return SelftestCommand.EXIT_NO_GPU;
+        }
+        BudgetBenchmark.Report report;
+        try (CudaContext ctx = Cuda.device(0).openContext()) {
+            report = BudgetBenchmark.run(ctx, bytes, l, generated, maxBatch, reps, steps);
+        } catch (KvBudgetTooSmallException e) {
+            throw new CommandLine.ParameterException(cl, "--budget-gb: " + e.getMessage());
+        }
+        BudgetOutput output = new BudgetOutput(report, LocalDate.now());
+        if (json) {
+            System.out.println(output.json());
+        } else {
+            output.printTable(System.out);
+        }
+        if (csv != null) {
+            output.writeCsv(csv);
         }
         return 0;
     }
