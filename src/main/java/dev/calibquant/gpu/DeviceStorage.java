@@ -390,6 +390,22 @@ public final class DeviceStorage implements KvStorage {
             parts.addAll(List.of(q.keyCodes(), q.valueCodes(), q.keyScale(), q.keyOffset(), q.valueScale(),
                     q.valueOffset()));
         }
+        MemorySegment[] host = download(parts, arena);
+        List<QuantizedSpan> spans = new ArrayList<>();
+        for (int i = 0; i < view.visualSpans().size(); i++) {
+            QuantizedSpan q = view.visualSpans().get(i);
+            int p = 2 + 6 * i;
+            spans.add(new QuantizedSpan(q.tokens(), q.kvHeads(), q.headDim(), q.bits(), q.keyGranularity(),
+                    q.valueGranularity(), host[p], host[p + 1], host[p + 2], host[p + 3], host[p + 4], host[p + 5]));
+        }
+        return new DownloadedLayer(view.kvHeads(), view.headDim(), view.dtype(), view.fullTokens(), view.fullCapacity(),
+                host[0], host[1], spans);
+    }
+
+    private static final long HOST_ALIGNMENT = 64;
+
+    /** Host copies, in {@code arena}, of segments of live blocks of this storage: queued, then waited for. */
+    MemorySegment[] download(List<MemorySegment> parts, Arena arena) {
         MemorySegment[] host = new MemorySegment[parts.size()];
         synchronized (this) {
             checkOpen("download");
@@ -415,18 +431,9 @@ public final class DeviceStorage implements KvStorage {
                 pos += bytes;
             }
         }
-        List<QuantizedSpan> spans = new ArrayList<>();
-        for (int i = 0; i < view.visualSpans().size(); i++) {
-            QuantizedSpan q = view.visualSpans().get(i);
-            int p = 2 + 6 * i;
-            spans.add(new QuantizedSpan(q.tokens(), q.kvHeads(), q.headDim(), q.bits(), q.keyGranularity(),
-                    q.valueGranularity(), host[p], host[p + 1], host[p + 2], host[p + 3], host[p + 4], host[p + 5]));
-        }
-        return new DownloadedLayer(view.kvHeads(), view.headDim(), view.dtype(), view.fullTokens(), view.fullCapacity(),
-                host[0], host[1], spans);
+        return host;
     }
 
-    private static final long HOST_ALIGNMENT = 64;
 
     /**
      * A host copy of {@code layer} of {@code sequence} (see {@link #download(LayerKvView, Arena)}), taken under the
