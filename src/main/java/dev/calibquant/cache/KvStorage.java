@@ -9,8 +9,8 @@ import java.lang.foreign.MemorySegment;
  *
  * <p>Keys and values always come in a {@link #allocatePair pair} of blocks: a layer's full-precision keys and values
  * ({@code [kvHeads][capacity][headDim]} each), and a visual span's key part and value part
- * ({@code [scale][offset][codes]} each, see {@link LayerCache}). A storage may place the two blocks of a pair so that
- * one offset addresses both (the GPU kernels read keys and values that way).
+ * ({@code [scale][offset][codes]} each). A storage may place the two blocks of a pair so that one offset addresses
+ * both (the GPU kernels read keys and values that way).
  *
  * <p>Implementations check every {@link RowCopy} against both sizes before moving a byte, and are safe to call
  * from several threads for different blocks at once.

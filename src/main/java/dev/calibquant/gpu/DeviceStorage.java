@@ -291,14 +291,9 @@ public final class DeviceStorage implements KvStorage {
             for (int r = 0; r < copy.rows(); r++) {
                 MemorySegment.copy(source, copy.sourceOffset() + r * copy.sourcePitch(), host, r * rowBytes, rowBytes);
             }
-            long at = to.range.offset + copy.targetOffset();
-            DeviceBuffer plane = planes[to.plane];
-            if (copy.rows() == 1 || copy.targetPitch() == rowBytes) {
-                plane.copyFromAsync(stage, 0, at, copy.totalBytes(), stream);
-            } else {
-                for (int r = 0; r < copy.rows(); r++) {
-                    plane.copyFromAsync(stage, r * rowBytes, at + r * copy.targetPitch(), rowBytes, stream);
-                }
+            for (RowRuns.Run run : RowRuns.of(0, rowBytes, to.range.offset + copy.targetOffset(), copy.targetPitch(),
+                    rowBytes, copy.rows())) {
+                planes[to.plane].copyFromAsync(stage, run.source(), run.target(), run.bytes(), stream);
             }
             stream.synchronize(); // the staging buffer is reused by the next call
         }
@@ -317,16 +312,9 @@ public final class DeviceStorage implements KvStorage {
             if (copy.totalBytes() == 0) {
                 return;
             }
-            long src = from.range.offset + copy.sourceOffset();
-            long dst = to.range.offset + copy.targetOffset();
-            long rowBytes = copy.rowBytes();
-            if (copy.rows() == 1 || (copy.sourcePitch() == rowBytes && copy.targetPitch() == rowBytes)) {
-                planes[to.plane].copyFromAsync(planes[from.plane], src, dst, copy.totalBytes(), stream);
-            } else {
-                for (int r = 0; r < copy.rows(); r++) {
-                    planes[to.plane].copyFromAsync(planes[from.plane], src + r * copy.sourcePitch(),
-                            dst + r * copy.targetPitch(), rowBytes, stream);
-                }
+            for (RowRuns.Run run : RowRuns.of(from.range.offset + copy.sourceOffset(), copy.sourcePitch(),
+                    to.range.offset + copy.targetOffset(), copy.targetPitch(), copy.rowBytes(), copy.rows())) {
+                planes[to.plane].copyFromAsync(planes[from.plane], run.source(), run.target(), run.bytes(), stream);
             }
         }
     }
