@@ -12,8 +12,8 @@ public final class DeviceOutOfMemoryError extends OutOfMemoryError {
 
     public DeviceOutOfMemoryError(String what, long requestedBytes, long usedBytes, long capacityBytes,
             long largestFreeBytes) {
-        super(what + " needs " + requestedBytes + " bytes in each of the device storage's two planes; each plane has "
-                + (capacityBytes - usedBytes) + " of its " + capacityBytes + " bytes free, the largest free range "
+        super(what + " needs a range of " + requestedBytes + " bytes of the device storage's planes, which have "
+                + (capacityBytes - usedBytes) + " of their " + capacityBytes + " bytes free, the largest free range "
                 + largestFreeBytes + " bytes");
         this.requestedBytes = requestedBytes;
     }
