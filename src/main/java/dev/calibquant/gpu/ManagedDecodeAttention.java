@@ -146,7 +146,7 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
         if (d != 64 && d != 128) {
             throw new InvalidShapeException("the GPU kernels are compiled for head dim 64 and 128, not " + d);
         }
-        if (queryHeads <= 0 || queryHeads % kvh != 0) {
+        if (kvh <= 0 || queryHeads <= 0 || queryHeads % kvh != 0) {
             throw new InvalidShapeException(queryHeads + " query heads is not a positive multiple of " + kvh
                     + " KV heads");
         }
