@@ -7,6 +7,11 @@ import java.lang.foreign.MemorySegment;
  * {@link #write} and {@link #copy}, and frees every block it allocated before closing the storage; so a device
  * storage can stand behind the same manager API as {@link HostStorage}.
  *
+ * <p>Keys and values always come in a {@link #allocatePair pair} of blocks: a layer's full-precision keys and values
+ * ({@code [kvHeads][capacity][headDim]} each), and a visual span's key part and value part
+ * ({@code [scale][offset][codes]} each). A storage may place the two blocks of a pair so that one offset addresses
+ * both (the GPU kernels read keys and values that way).
+ *
  * <p>Implementations check every {@link RowCopy} against both sizes before moving a byte, and are safe to call
  * from several threads for different blocks at once.
  */
@@ -23,6 +28,28 @@ public interface KvStorage extends AutoCloseable {
      *     checked before it gets here)
      */
     StorageBlock allocate(long bytes, String label);
+
+    /**
+     * Two new zero-filled blocks, the keys' and the values' of one thing, owned by the caller (each closed on its
+     * own). This default allocates them one after the other; a device storage places them at one offset of two
+     * parallel memory regions.
+     *
+     * @throws IllegalStateException when the storage is closed
+     * @throws OutOfMemoryError when the memory behind it is exhausted; nothing is left allocated then
+     */
+    default BlockPair allocatePair(long keyBytes, long valueBytes, String label) {
+        StorageBlock keys = allocate(keyBytes, label + " keys");
+        try {
+            return new BlockPair(keys, allocate(valueBytes, label + " values"));
+        } catch (RuntimeException | Error e) {
+            try {
+                keys.close();
+            } catch (RuntimeException suppressed) {
+                e.addSuppressed(suppressed);
+            }
+            throw e;
+        }
+    }
 
     /** Copies rows from host memory {@code source} into {@code target}. */
     void write(MemorySegment source, StorageBlock target, RowCopy copy);

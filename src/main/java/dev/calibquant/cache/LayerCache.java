@@ -6,25 +6,30 @@ import java.util.ArrayList;
 import java.util.List;
 
 /**
- * One layer of one sequence: the growing full-precision block, laid out {@code [K: kvHeads][capacity][headDim]}
- * followed by {@code [V: kvHeads][capacity][headDim]}, and one block per quantized visual span. Owns its blocks;
- * guarded by its {@link Sequence}'s lock.
+ * One layer of one sequence: the growing full-precision pair of blocks, keys and values each laid out
+ * {@code [kvHeads][capacity][headDim]}, and one pair per quantized visual span, each half laid out
+ * {@code [scale][offset][codes]} (keys in one block, values in the other). Owns its blocks; guarded by its
+ * {@link Sequence}'s lock.
+ *
+ * <p>Why pairs: keys and values of one thing share their layout, so a storage that puts the two blocks of a pair at
+ * one offset of two parallel regions lets the GPU kernels address both with that one offset (and a span's scales at
+ * fixed distances from it); see {@link KvStorage#allocatePair}.
  */
 final class LayerCache {
 
-    /** A quantized span and the block its segments are slices of. */
-    record StoredSpan(QuantizedSpan span, StorageBlock block) {
+    /** A quantized span and the pair of blocks its segments are slices of. */
+    record StoredSpan(QuantizedSpan span, BlockPair blocks) {
     }
 
     private final int kvHeads;
     private final int headDim;
     private final DType dtype;
-    private StorageBlock full;
+    private BlockPair full;
     private int fullCapacity;
     private int fullTokens;
     private final List<StoredSpan> spans;
 
-    LayerCache(int kvHeads, int headDim, DType dtype, StorageBlock full, int fullCapacity, int fullTokens,
+    LayerCache(int kvHeads, int headDim, DType dtype, BlockPair full, int fullCapacity, int fullTokens,
             List<StoredSpan> spans) {
         this.kvHeads = kvHeads;
         this.headDim = headDim;
@@ -35,22 +40,22 @@ final class LayerCache {
         this.spans = List.copyOf(spans);
     }
 
-    /** Bytes of one token of one head: a row of the full-precision block. */
+    /** Bytes of one token of one head: a row of a full-precision block. */
     long rowBytes() {
         return (long) headDim * dtype.byteSize();
     }
 
-    /** Bytes of a full-precision block (keys and values) of {@code capacity} tokens. */
+    /** Bytes of one full-precision block (keys, or values) of {@code capacity} tokens. */
+    static long fullHalfBytes(int kvHeads, int headDim, DType dtype, int capacity) {
+        return (long) kvHeads * capacity * headDim * dtype.byteSize();
+    }
+
+    /** Bytes of the full-precision pair (keys and values) of {@code capacity} tokens. */
     static long fullBlockBytes(int kvHeads, int headDim, DType dtype, int capacity) {
-        return 2L * kvHeads * capacity * headDim * dtype.byteSize();
+        return 2 * fullHalfBytes(kvHeads, headDim, dtype, capacity);
     }
 
-    /** Offset of the values half of a full block of {@code capacity} tokens. */
-    long valuesOffset(int capacity) {
-        return (long) kvHeads * capacity * rowBytes();
-    }
-
-    StorageBlock full() {
+    BlockPair full() {
         return full;
     }
 
@@ -70,9 +75,9 @@ final class LayerCache {
         return tokens;
     }
 
-    /** Installs a larger block (already holding the current tokens) and returns the one it replaces. */
-    StorageBlock replaceFull(StorageBlock larger, int capacity) {
-        StorageBlock old = full;
+    /** Installs a larger pair (already holding the current tokens) and returns the one it replaces. */
+    BlockPair replaceFull(BlockPair larger, int capacity) {
+        BlockPair old = full;
         full = larger;
         fullCapacity = capacity;
         return old;
@@ -83,23 +88,23 @@ final class LayerCache {
     }
 
     LayerKvView snapshot() {
-        long half = valuesOffset(fullCapacity);
         List<QuantizedSpan> visual = new ArrayList<>(spans.size());
         for (StoredSpan s : spans) {
             visual.add(s.span());
         }
         return new LayerSnapshot(kvHeads, headDim, dtype, fullTokens, fullCapacity,
-                full.segment().asSlice(0, half).asReadOnly(), full.segment().asSlice(half, half).asReadOnly(),
-                visual);
+                full.keys().segment().asReadOnly(), full.values().segment().asReadOnly(), visual);
     }
 
     /** Frees every block; the first failure is thrown after all were tried, later ones suppressed. */
     void free() {
         RuntimeException failure = null;
         List<StorageBlock> blocks = new ArrayList<>();
-        blocks.add(full);
+        blocks.add(full.keys());
+        blocks.add(full.values());
         for (StoredSpan s : spans) {
-            blocks.add(s.block());
+            blocks.add(s.blocks().keys());
+            blocks.add(s.blocks().values());
         }
         for (StorageBlock b : blocks) {
             try {

@@ -146,8 +146,9 @@ public final class Sequence implements AutoCloseable {
         KvStorage storage = manager.storage();
         List<StorageBlock> allocated = new ArrayList<>();
         try {
-            StorageBlock full = storage.allocate(fullBytes, what + " full-precision K/V");
-            allocated.add(full);
+            BlockPair full = storage.allocatePair(fullBytes / 2, fullBytes / 2, what + " full-precision");
+            allocated.add(full.keys());
+            allocated.add(full.values());
             copyFullPrecisionTokens(keys, values, full, capacity, dtype);
             List<LayerCache.StoredSpan> stored = new ArrayList<>();
             for (TokenSpan span : visualSpans) {
@@ -190,12 +191,11 @@ public final class Sequence implements AutoCloseable {
             grow(what, cache);
         }
         long rowBytes = cache.rowBytes();
-        long pitch = cache.fullCapacity() * rowBytes;
-        long at = cache.fullTokens() * rowBytes;
+        RowCopy row = new RowCopy(0, rowBytes, cache.fullTokens() * rowBytes, cache.fullCapacity() * rowBytes,
+                rowBytes, g.kvHeads());
         KvStorage storage = manager.storage();
-        storage.write(key, cache.full(), new RowCopy(0, rowBytes, at, pitch, rowBytes, g.kvHeads()));
-        storage.write(value, cache.full(),
-                new RowCopy(0, rowBytes, cache.valuesOffset(cache.fullCapacity()) + at, pitch, rowBytes, g.kvHeads()));
+        storage.write(key, cache.full().keys(), row);
+        storage.write(value, cache.full().values(), row);
         cache.tokenAppended();
         MemoryUsage delta = new MemoryUsage(0, 0, 0, fp16Bytes(1));
         manager.accountant().reserve(delta, "appending to " + what); // no bytes: cannot fail
@@ -249,13 +249,12 @@ public final class Sequence implements AutoCloseable {
         }
     }
 
-    private void copyFullPrecisionTokens(MemorySegment keys, MemorySegment values, StorageBlock full, int capacity,
+    private void copyFullPrecisionTokens(MemorySegment keys, MemorySegment values, BlockPair full, int capacity,
             DType dtype) {
         int kvHeads = manager.geometry().kvHeads();
         long rowBytes = (long) manager.geometry().headDim() * dtype.byteSize();
         long sourcePitch = promptTokens * rowBytes;
         long targetPitch = capacity * rowBytes;
-        long valuesOffset = kvHeads * targetPitch;
         KvStorage storage = manager.storage();
         int target = 0;
         int cursor = 0;
@@ -270,48 +269,66 @@ public final class Sequence implements AutoCloseable {
             gaps.add(new TokenSpan(cursor, promptTokens));
         }
         for (TokenSpan gap : gaps) {
-            long bytes = gap.length() * rowBytes;
-            storage.write(keys, full,
-                    new RowCopy(gap.start() * rowBytes, sourcePitch, target * rowBytes, targetPitch, bytes, kvHeads));
-            storage.write(values, full, new RowCopy(gap.start() * rowBytes, sourcePitch,
-                    valuesOffset + target * rowBytes, targetPitch, bytes, kvHeads));
+            RowCopy rows = new RowCopy(gap.start() * rowBytes, sourcePitch, target * rowBytes, targetPitch,
+                    gap.length() * rowBytes, kvHeads);
+            storage.write(keys, full.keys(), rows);
+            storage.write(values, full.values(), rows);
             target += gap.length();
         }
     }
 
     /**
-     * Quantizes one span into host staging memory, then writes it into a block of the storage (for host storage an
-     * extra copy of 1/16 of the span's input at 1 bit; it keeps device storage behind the same code).
+     * Quantizes one span into host staging memory, rearranges it into a key part and a value part, each
+     * {@code [scale][offset][codes]}, and writes those into a pair of blocks of the storage (for host storage an
+     * extra copy of 1/16 of the span's input at 1 bit; it keeps device storage behind the same code, laid out as the
+     * GPU kernels read it: see {@link LayerCache}).
      */
     private LayerCache.StoredSpan quantizeSpan(String what, TokenSpan span, MemorySegment keys, MemorySegment values,
             DType dtype, List<StorageBlock> allocated) {
         ModelGeometry g = manager.geometry();
         long bytes = ChannelQuantizer.bytesFor(quantConfig, g.kvHeads(), span.length(), g.headDim());
-        StorageBlock block = manager.storage().allocate(bytes, what + " visual span " + span);
-        allocated.add(block);
         try (Arena staging = Arena.ofConfined()) {
             MemorySegment stage = staging.allocate(bytes, HostStorage.ALIGNMENT);
             QuantizedSpan q = ChannelQuantizer.quantize(quantConfig,
                     KvSlice.ofTokens(keys, dtype, g.kvHeads(), promptTokens, g.headDim(), span.start(), span.end()),
                     KvSlice.ofTokens(values, dtype, g.kvHeads(), promptTokens, g.headDim(), span.start(), span.end()),
                     SegmentAllocator.slicingAllocator(stage));
-            manager.storage().write(stage, block, RowCopy.contiguous(0, 0, bytes));
-            MemorySegment stored = block.segment();
+            MemorySegment keyPart = concat(staging, q.keyScale(), q.keyOffset(), q.keyCodes());
+            MemorySegment valuePart = concat(staging, q.valueScale(), q.valueOffset(), q.valueCodes());
+            BlockPair pair = manager.storage().allocatePair(keyPart.byteSize(), valuePart.byteSize(),
+                    what + " visual span " + span);
+            allocated.add(pair.keys());
+            allocated.add(pair.values());
+            manager.storage().write(keyPart, pair.keys(), RowCopy.contiguous(0, 0, keyPart.byteSize()));
+            manager.storage().write(valuePart, pair.values(), RowCopy.contiguous(0, 0, valuePart.byteSize()));
+            MemorySegment k = pair.keys().segment();
+            MemorySegment v = pair.values().segment();
+            long ks = q.keyScale().byteSize();
+            long vs = q.valueScale().byteSize();
             return new LayerCache.StoredSpan(new QuantizedSpan(q.tokens(), q.kvHeads(), q.headDim(), q.bits(),
                     q.keyGranularity(), q.valueGranularity(),
-                    sameSlice(stored, stage, q.keyCodes()), sameSlice(stored, stage, q.valueCodes()),
-                    sameSlice(stored, stage, q.keyScale()), sameSlice(stored, stage, q.keyOffset()),
-                    sameSlice(stored, stage, q.valueScale()), sameSlice(stored, stage, q.valueOffset())), block);
+                    readOnly(k, 2 * ks, q.keyCodes().byteSize()), readOnly(v, 2 * vs, q.valueCodes().byteSize()),
+                    readOnly(k, 0, ks), readOnly(k, ks, ks), readOnly(v, 0, vs), readOnly(v, vs, vs)), pair);
         }
     }
 
-    /** The slice of {@code stored} at the place {@code part} has in {@code stage}. */
-    private static MemorySegment sameSlice(MemorySegment stored, MemorySegment stage, MemorySegment part) {
-        long offset = part.address() - stage.address();
-        if (offset < 0 || offset + part.byteSize() > stage.byteSize()) {
-            throw new IllegalStateException("quantizer returned a segment outside the staging memory it was given");
+    /** The parts one after the other, in a new segment of {@code arena}. */
+    private static MemorySegment concat(Arena arena, MemorySegment... parts) {
+        long bytes = 0;
+        for (MemorySegment p : parts) {
+            bytes += p.byteSize();
         }
-        return stored.asSlice(offset, part.byteSize()).asReadOnly();
+        MemorySegment out = arena.allocate(bytes, HostStorage.ALIGNMENT);
+        long at = 0;
+        for (MemorySegment p : parts) {
+            MemorySegment.copy(p, 0, out, at, p.byteSize());
+            at += p.byteSize();
+        }
+        return out;
+    }
+
+    private static MemorySegment readOnly(MemorySegment block, long offset, long bytes) {
+        return block.asSlice(offset, bytes).asReadOnly();
     }
 
     private void grow(String what, LayerCache cache) {
@@ -324,31 +341,46 @@ public final class Sequence implements AutoCloseable {
             reserved = fullBlock(newCapacity);
             manager.accountant().reserve(reserved, "growing " + what + " to " + newCapacity + " tokens");
         }
-        StorageBlock larger;
+        BlockPair larger;
         try {
-            larger = manager.storage().allocate(reserved.fullPrecisionBytes(), what + " full-precision K/V");
+            long half = reserved.fullPrecisionBytes() / 2;
+            larger = manager.storage().allocatePair(half, half, what + " full-precision");
         } catch (RuntimeException | Error e) {
             manager.accountant().release(reserved);
             throw e;
         }
         try {
             long rowBytes = cache.rowBytes();
-            long bytes = cache.fullTokens() * rowBytes;
+            RowCopy rows = new RowCopy(0, capacity * rowBytes, 0, newCapacity * rowBytes,
+                    cache.fullTokens() * rowBytes, g.kvHeads());
             KvStorage storage = manager.storage();
-            storage.copy(cache.full(), larger,
-                    new RowCopy(0, capacity * rowBytes, 0, newCapacity * rowBytes, bytes, g.kvHeads()));
-            storage.copy(cache.full(), larger, new RowCopy(cache.valuesOffset(capacity), capacity * rowBytes,
-                    cache.valuesOffset(newCapacity), newCapacity * rowBytes, bytes, g.kvHeads()));
+            storage.copy(cache.full().keys(), larger.keys(), rows);
+            storage.copy(cache.full().values(), larger.values(), rows);
         } catch (RuntimeException | Error e) {
-            closeSuppressing(larger, e);
+            closeSuppressing(larger.keys(), e);
+            closeSuppressing(larger.values(), e);
             manager.accountant().release(reserved);
             throw e;
         }
-        StorageBlock old = cache.replaceFull(larger, newCapacity);
+        BlockPair old = cache.replaceFull(larger, newCapacity);
         MemoryUsage freed = new MemoryUsage(old.byteSize(), 0, 0, 0);
-        old.close();
+        RuntimeException failure = null;
+        for (StorageBlock b : List.of(old.keys(), old.values())) {
+            try {
+                b.close();
+            } catch (RuntimeException e) {
+                if (failure == null) {
+                    failure = e;
+                } else {
+                    failure.addSuppressed(e);
+                }
+            }
+        }
         manager.accountant().release(freed);
         usage = usage.plus(reserved).minus(freed);
+        if (failure != null) {
+            throw failure;
+        }
     }
 
     private MemoryUsage fullBlock(int capacity) {

@@ -15,7 +15,8 @@ public interface StorageBlock extends AutoCloseable {
 
     /**
      * The block's memory. For host storage a readable segment; for device storage a segment carrying the device
-     * address and size, not to be dereferenced on the host.
+     * address and size, not to be dereferenced on the host (the GPU package's device storage hands out segments whose
+     * scope is closed, so any host access throws).
      *
      * @throws IllegalStateException naming the block once it is closed
      */

@@ -86,4 +86,13 @@ final class RangeAllocator {
     int freeRanges() {
         return free.size();
     }
+
+    /** The longest free range, 0 when full. */
+    long largestFree() {
+        long largest = 0;
+        for (long size : free.values()) {
+            largest = Math.max(largest, size);
+        }
+        return largest;
+    }
 }

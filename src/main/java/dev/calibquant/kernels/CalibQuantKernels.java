@@ -235,4 +235,72 @@ public final class CalibQuantKernels {
         append().args().pointer(kfp).pointer(vfp).pointer(knew).pointer(vnew).pointer(tables, seqOffset).i32(kvHeads)
                 .launch(sequences, kvHeads, 1, stream);
     }
+
+    /** A pointer argument: byte {@code offset} of {@code buffer} (checked against its size at launch). */
+    public record DevicePointer(DeviceBuffer buffer, long offset) {
+        public DevicePointer {
+            java.util.Objects.requireNonNull(buffer, "buffer");
+            if (offset < 0) {
+                throw new IllegalArgumentException("pointer offset " + offset + " is negative");
+            }
+        }
+    }
+
+    /**
+     * The eight cache pointers of the decode kernels, each a base the tables' offsets count from. A cache whose
+     * arrays do not start their own buffers (the manager's device storage: a span's scales and offsets lie at a fixed
+     * distance inside one buffer) passes them this way.
+     */
+    public record CachePointers(DevicePointer kfp, DevicePointer vfp, DevicePointer kcode, DevicePointer vcode,
+            DevicePointer ksig, DevicePointer kalp, DevicePointer vsig, DevicePointer valp) {}
+
+    /** {@link #minmax(DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer, long, long, long,
+     * DeviceBuffer, int, int, int, float, CudaStream) minmax} over a cache given by base pointers. */
+    public void minmax(DeviceBuffer q, CachePointers cache, DeviceBuffer tables, long seqOffset, long spanOffset,
+            long mmOffset, DeviceBuffer mmBuf, int chunks, int kvHeads, int group, float smScale, CudaStream stream) {
+        minmax(group).args().pointer(q).pointer(cache.kcode().buffer(), cache.kcode().offset())
+                .pointer(cache.ksig().buffer(), cache.ksig().offset())
+                .pointer(cache.kalp().buffer(), cache.kalp().offset())
+                .pointer(tables, seqOffset).pointer(tables, spanOffset).pointer(tables, mmOffset).pointer(mmBuf)
+                .i32(kvHeads).i32(group).f32(smScale)
+                .launch(chunks, kvHeads, 1, stream);
+    }
+
+    /** {@link #decode(int, DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer,
+     * DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer, long, long, long, DeviceBuffer, DeviceBuffer,
+     * DeviceBuffer, DeviceBuffer, DeviceBuffer, int, int, int, float, float, float, boolean, CudaStream) decode}
+     * over a cache given by base pointers. */
+    public void decode(int mmMode, DeviceBuffer q, CachePointers cache, DeviceBuffer tables, long seqOffset,
+            long spanOffset, long workOffset, DeviceBuffer mmBuf, DeviceBuffer partMl, DeviceBuffer partAcc,
+            DeviceBuffer counters, DeviceBuffer out, int workItems, int kvHeads, int group, float smScale,
+            float tauMin, float tauMax, boolean clamp, CudaStream stream) {
+        decode(mmMode, group).args().pointer(q)
+                .pointer(cache.kfp().buffer(), cache.kfp().offset())
+                .pointer(cache.vfp().buffer(), cache.vfp().offset())
+                .pointer(cache.kcode().buffer(), cache.kcode().offset())
+                .pointer(cache.vcode().buffer(), cache.vcode().offset())
+                .pointer(cache.ksig().buffer(), cache.ksig().offset())
+                .pointer(cache.kalp().buffer(), cache.kalp().offset())
+                .pointer(cache.vsig().buffer(), cache.vsig().offset())
+                .pointer(cache.valp().buffer(), cache.valp().offset())
+                .pointer(tables, seqOffset).pointer(tables, spanOffset).pointer(tables, workOffset).pointer(mmBuf)
+                .pointer(partMl).pointer(partAcc).pointer(counters).pointer(out)
+                .i32(kvHeads).i32(group).f32(smScale).f32(tauMin).f32(tauMax).i32(clamp ? 1 : 0)
+                .launch(workItems, kvHeads, 1, stream);
+    }
+
+    /** {@link #fp16Decode(DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer, long, long, DeviceBuffer,
+     * DeviceBuffer, DeviceBuffer, DeviceBuffer, int, int, int, float, CudaStream) fp16Decode} over a cache given by
+     * base pointers (only {@code kfp} and {@code vfp} are read). */
+    public void fp16Decode(DeviceBuffer q, CachePointers cache, DeviceBuffer tables, long seqOffset, long workOffset,
+            DeviceBuffer partMl, DeviceBuffer partAcc, DeviceBuffer counters, DeviceBuffer out, int workItems,
+            int kvHeads, int group, float smScale, CudaStream stream) {
+        fp16Decode().args().pointer(q)
+                .pointer(cache.kfp().buffer(), cache.kfp().offset())
+                .pointer(cache.vfp().buffer(), cache.vfp().offset())
+                .pointer(tables, seqOffset).pointer(tables, workOffset).pointer(partMl).pointer(partAcc)
+                .pointer(counters).pointer(out)
+                .i32(kvHeads).i32(group).f32(smScale)
+                .launch(workItems, kvHeads, 1, stream);
+    }
 }

@@ -108,4 +108,70 @@ class HostStorageTest {
         assertThatThrownBy(() -> storage.allocate(8, "late")).isInstanceOf(IllegalStateException.class)
                 .hasMessageContaining("closed");
     }
+
+    @Test
+    void aPairIsTwoZeroFilledBlocksClosedOneByOne() {
+        try (HostStorage storage = new HostStorage()) {
+            BlockPair pair = storage.allocatePair(96, 40, "span");
+            assertThat(pair.keys().label()).isEqualTo("span keys");
+            assertThat(pair.values().label()).isEqualTo("span values");
+            assertThat(pair.keys().byteSize()).isEqualTo(96);
+            assertThat(pair.values().byteSize()).isEqualTo(40);
+            assertThat(pair.byteSize()).isEqualTo(136);
+            assertThat(pair.keys().segment().mismatch(MemorySegment.ofArray(new byte[96]))).isEqualTo(-1);
+            assertThat(pair.values().segment().mismatch(MemorySegment.ofArray(new byte[40]))).isEqualTo(-1);
+            assertThat(storage.liveBlocks()).isEqualTo(2);
+            pair.keys().close();
+            assertThat(pair.values().isOpen()).isTrue();
+            pair.values().close();
+            assertThat(storage.liveBytes()).isZero();
+        }
+    }
+
+    @Test
+    void aPairWhoseValuesCannotBeAllocatedLeavesNothing() {
+        try (HostStorage host = new HostStorage()) {
+            KvStorage failingValues = new KvStorage() {
+                @Override
+                public String name() {
+                    return "failing";
+                }
+
+                @Override
+                public StorageBlock allocate(long bytes, String label) {
+                    if (label.endsWith("values")) {
+                        throw new OutOfMemoryError("no room for " + label);
+                    }
+                    return host.allocate(bytes, label);
+                }
+
+                @Override
+                public void write(MemorySegment source, StorageBlock target, RowCopy copy) {
+                    host.write(source, target, copy);
+                }
+
+                @Override
+                public void copy(StorageBlock source, StorageBlock target, RowCopy copy) {
+                    host.copy(source, target, copy);
+                }
+
+                @Override
+                public long liveBytes() {
+                    return host.liveBytes();
+                }
+
+                @Override
+                public int liveBlocks() {
+                    return host.liveBlocks();
+                }
+
+                @Override
+                public void close() {
+                }
+            };
+            assertThatThrownBy(() -> failingValues.allocatePair(64, 64, "layer 0")).isInstanceOf(OutOfMemoryError.class)
+                    .hasMessageContaining("layer 0 values");
+            assertThat(host.liveBlocks()).isZero();
+        }
+    }
 }

@@ -1,0 +1,287 @@
+package dev.calibquant.gpu;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import dev.calibquant.attention.ReferenceAttention;
+import dev.calibquant.cache.KvCacheManager;
+import dev.calibquant.cache.LayerKvView;
+import dev.calibquant.cache.ModelGeometry;
+import dev.calibquant.cache.Sequence;
+import dev.calibquant.cache.TokenSpan;
+import dev.calibquant.cuda.Cuda;
+import dev.calibquant.cuda.CudaContext;
+import dev.calibquant.kernels.KernelCatalog;
+import dev.calibquant.quant.Calibration;
+import dev.calibquant.quant.CalibrationPolicy;
+import dev.calibquant.quant.DType;
+import dev.calibquant.quant.Granularity;
+import dev.calibquant.quant.InvalidShapeException;
+import dev.calibquant.quant.NonFiniteInputException;
+import dev.calibquant.quant.QuantConfig;
+import dev.calibquant.testing.GpuTest;
+import dev.calibquant.testing.Seeds;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Random;
+import java.util.stream.Stream;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
+import org.junit.jupiter.params.provider.MethodSource;
+
+/**
+ * GPU decode attention over a cache manager stored in device memory, against the double-precision
+ * {@link ReferenceAttention} on the same layers read back from the device: fresh random prompts (never zero), several
+ * visual spans, appended tokens (crossing a growth of the full-precision pair in one case), outputs poisoned (NaN)
+ * before each launch.
+ *
+ * <p>The tolerance is {@link GpuVerification#attentionTolerance}, derived there from the kernels' arithmetic:
+ * {@code tol = (6E + 2^-21 + (BN + N/BN + items + 8)·2^-24)·Vmax} with {@code E = (D + 4)·2^-23·‖q‖₁·Kmax/√D}, per
+ * output row. The data are the manager's own (quantized on the CPU), so only attention error is measured.
+ */
+@GpuTest
+class ManagedDecodeAttentionGpuTest {
+    private static final long LIMIT = 1L << 30;
+
+    private CudaContext ctx;
+    private long seed;
+    private Random random;
+
+    @BeforeEach
+    void open() {
+        ctx = Cuda.device(0).openContext();
+        seed = Seeds.fresh(getClass().getSimpleName());
+        random = new Random(seed);
+    }
+
+    @AfterEach
+    void close() {
+        assertThat(ctx.liveResources()).as("GPU resources left open (seed " + seed + ")").isZero();
+        ctx.close();
+    }
+
+    /** @param bits 1, 2 or 4 with visual spans; 0 for sequences kept wholly in full precision */
+    record Case(int batch, int kvHeads, int group, int headDim, int bits, boolean calibrate, CalibrationPolicy policy,
+            int[] spanLengths, int maxSpans, int prefix, int text, int appends) {
+        @Override
+        public String toString() {
+            return "B" + batch + " kvh" + kvHeads + " G" + group + " D" + headDim
+                    + (bits == 0 ? " fp16" : " bits" + bits + (calibrate ? " calib-" + policy : " no-calib"))
+                    + " spans" + Arrays.toString(spanLengths) + "x" + maxSpans + " appends" + appends;
+        }
+    }
+
+    static Stream<Arguments> cases() {
+        CalibrationPolicy ref = CalibrationPolicy.REFERENCE;
+        CalibrationPolicy clamp = CalibrationPolicy.CLAMP_AT_ZERO;
+        List<Case> cases = List.of(
+                new Case(1, 8, 4, 128, 1, true, ref, new int[] {3328}, 1, 41, 64, 3),
+                // 5 + gaps + 9 full-precision tokens: capacity 64, grown by the 70 appends
+                new Case(3, 2, 1, 64, 2, true, clamp, new int[] {1, 7, 255}, 3, 5, 9, 70),
+                new Case(2, 1, 8, 128, 4, false, ref, new int[] {10_000}, 1, 3, 20, 1),
+                new Case(5, 4, 2, 64, 1, true, ref, new int[] {1, 7, 255, 3328}, 3, 17, 30, 2),
+                new Case(64, 8, 4, 128, 1, true, ref, new int[] {3328}, 1, 41, 64, 1),
+                new Case(4, 8, 4, 128, 0, false, ref, new int[] {}, 0, 41, 64, 2),
+                new Case(2, 2, 8, 64, 0, false, ref, new int[] {}, 0, 300, 0, 1));
+        Stream<Arguments> hopper = cases.stream().map(c -> Arguments.of(KernelCatalog.HOPPER, c));
+        Stream<Arguments> ampere = Stream.of(cases.get(1), cases.get(3), cases.get(6))
+                .map(c -> Arguments.of(KernelCatalog.AMPERE, c));
+        return Stream.concat(hopper, ampere);
+    }
+
+    @ParameterizedTest(name = "{0} {1}")
+    @MethodSource("cases")
+    void gpuDecodeOverTheManagersSequencesMatchesTheReference(String target, Case c) {
+        ModelGeometry g = new ModelGeometry(1, c.kvHeads() * c.group(), c.kvHeads(), c.headDim());
+        QuantConfig config = c.bits() == 0 ? null
+                : QuantConfig.defaults(c.bits()).withCalibrate(c.calibrate()).withPolicy(c.policy());
+        Calibration calibration = config == null ? Calibration.OFF : config.calibration();
+        DeviceStorage storage = DeviceStorage.forLimit(ctx, LIMIT);
+        try (Arena arena = Arena.ofConfined();
+                KernelCatalog catalog = KernelCatalog.open(ctx, target);
+                KvCacheManager cache = new KvCacheManager(g, DType.FP16, storage, LIMIT);
+                ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, catalog, calibration)) {
+            List<Sequence> batch = new ArrayList<>();
+            for (int b = 0; b < c.batch(); b++) {
+                batch.add(prompt(arena, cache, c, config));
+            }
+            for (int step = 0; step < c.appends(); step++) {
+                for (Sequence s : batch) {
+                    s.append(0, GpuScenario.fp16(arena, GpuScenario.normal(random, 1, c.kvHeads(), c.headDim(), 4)),
+                            GpuScenario.fp16(arena, GpuScenario.normal(random, 1, c.kvHeads(), c.headDim(), 0)),
+                            DType.FP16);
+                }
+            }
+            float[] qf = GpuScenario.normal(random, c.batch(), g.queryHeads(), c.headDim(), 0);
+            MemorySegment q = GpuScenario.fp16(arena, qf);
+            MemorySegment gpuOut = arena.allocate(4L * qf.length);
+            attention.poisonOutputs(true);
+            attention.decode(0, batch, q, DType.FP16, g.queryHeads(), gpuOut);
+            DecodePlan plan = attention.lastPlan();
+
+            List<LayerKvView> views = new ArrayList<>();
+            for (Sequence s : batch) {
+                views.add(storage.download(s, 0, arena));
+            }
+            MemorySegment cpuOut = arena.allocate(gpuOut.byteSize());
+            new ReferenceAttention(calibration).decode(views, q, DType.FP16, g.queryHeads(), cpuOut);
+            String failure = compare(qf, views, gpuOut, cpuOut, g, plan.workItems(), attention.decodeBlock(c.headDim()));
+            assertThat(failure).as("seed " + seed + " " + target + " " + c + " (" + plan.workItems() + " items, mode "
+                    + plan.mmMode() + ")").isNull();
+
+            // the same step through the DecodeAttention interface, over views taken by the caller
+            MemorySegment viaViews = arena.allocate(gpuOut.byteSize());
+            attention.decode(batch.stream().map(s -> s.layer(0)).toList(), q, DType.FP16, g.queryHeads(), viaViews);
+            assertThat(compare(qf, views, viaViews, cpuOut, g, plan.workItems(), attention.decodeBlock(c.headDim())))
+                    .as("seed " + seed + " " + target + " " + c + " through views").isNull();
+            batch.forEach(Sequence::close);
+        }
+    }
+
+    /** A sequence of 1..maxSpans random spans between prefix and text, every layer filled. */
+    private Sequence prompt(Arena arena, KvCacheManager cache, Case c, QuantConfig config) {
+        int nSpans = c.maxSpans() == 0 ? 0 : 1 + random.nextInt(c.maxSpans());
+        List<TokenSpan> spans = new ArrayList<>();
+        int at = c.prefix();
+        for (int i = 0; i < nSpans; i++) {
+            int len = c.spanLengths()[random.nextInt(c.spanLengths().length)];
+            spans.add(new TokenSpan(at, at + len));
+            at += len + (i + 1 < nSpans ? 1 + random.nextInt(5) : 0);
+        }
+        int tokens = at + c.text();
+        Sequence s = cache.createSequence(tokens, spans, config);
+        s.fill(0, GpuScenario.fp16(arena, GpuScenario.normal(random, c.kvHeads(), tokens, c.headDim(), 4)),
+                GpuScenario.fp16(arena, GpuScenario.normal(random, c.kvHeads(), tokens, c.headDim(), 0)), DType.FP16);
+        return s;
+    }
+
+    /** The first output element off by more than its row's tolerance (or not finite), or null. */
+    private static String compare(float[] qf, List<LayerKvView> views, MemorySegment gpu, MemorySegment cpu,
+            ModelGeometry g, int workItems, int block) {
+        int d = g.headDim();
+        double worst = 0;
+        for (int b = 0; b < views.size(); b++) {
+            for (int h = 0; h < g.queryHeads(); h++) {
+                int row = (b * g.queryHeads() + h) * d;
+                double tol = GpuVerification.attentionTolerance(Arrays.copyOfRange(qf, row, row + d), views.get(b),
+                        workItems, block);
+                for (int j = 0; j < d; j++) {
+                    float gv = gpu.getAtIndex(ValueLayout.JAVA_FLOAT, row + j);
+                    float cv = cpu.getAtIndex(ValueLayout.JAVA_FLOAT, row + j);
+                    double ratio = Math.abs(gv - cv) / tol;
+                    if (!Float.isFinite(gv) || !(ratio <= 1)) {
+                        return "out[" + b + "][" + h + "][" + j + "] GPU " + gv + " CPU " + cv + " tolerance " + tol;
+                    }
+                    worst = Math.max(worst, ratio);
+                }
+            }
+        }
+        System.out.printf("[calibquant] worst error %.3f of tolerance%n", worst);
+        return null;
+    }
+
+    @Test
+    void badInputIsRefusedBeforeTheGpuSeesIt() {
+        ModelGeometry g = new ModelGeometry(1, 8, 2, 128);
+        DeviceStorage storage = DeviceStorage.forLimit(ctx, LIMIT);
+        try (Arena arena = Arena.ofConfined();
+                KernelCatalog catalog = KernelCatalog.open(ctx);
+                KvCacheManager cache = new KvCacheManager(g, DType.FP16, storage, LIMIT);
+                KvCacheManager host = KvCacheManager.onHost(g, DType.FP16);
+                ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, catalog,
+                        QuantConfig.defaults(1).calibration())) {
+            Case c = new Case(1, 2, 4, 128, 1, true, CalibrationPolicy.REFERENCE, new int[] {100}, 1, 10, 10, 0);
+            Sequence one = prompt(arena, cache, c, QuantConfig.defaults(1));
+            Sequence two = prompt(arena, cache, c, QuantConfig.defaults(2));
+            Sequence onHost = prompt(arena, host, c, QuantConfig.defaults(1));
+            MemorySegment q = GpuScenario.fp16(arena, GpuScenario.normal(random, 2, 8, 128, 0));
+            MemorySegment q1 = q.asSlice(0, q.byteSize() / 2);
+            MemorySegment out = arena.allocate(4L * 2 * 8 * 128);
+            out.fill((byte) 0x5a);
+            MemorySegment untouched = arena.allocate(out.byteSize()).copyFrom(out);
+
+            assertThatThrownBy(() -> attention.decode(0, List.of(onHost), q1, DType.FP16, 8, out.asSlice(0, out.byteSize() / 2)))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("not in a live block");
+            assertThatThrownBy(() -> attention.decode(0, List.of(one, two), q, DType.FP16, 8, out))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("mixes 1- and 2-bit");
+            assertThatThrownBy(() -> attention.decode(0, List.of(one, one), q, DType.FP16, 8, out))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("twice");
+            assertThatThrownBy(() -> attention.decode(0, List.of(one), q, DType.FP16, 8, out))
+                    .isInstanceOf(InvalidShapeException.class).hasMessageContaining("queries");
+            assertThatThrownBy(() -> attention.decode(0, List.of(one), q1, DType.FP16, 7, out.asSlice(0, out.byteSize() / 2)))
+                    .isInstanceOf(InvalidShapeException.class).hasMessageContaining("7 query heads is not a positive multiple of 2 KV heads");
+            MemorySegment nan = arena.allocate(q1.byteSize()).copyFrom(q1);
+            nan.set(ValueLayout.JAVA_SHORT_UNALIGNED, 2L * (128 * 5 + 7), (short) 0x7e00);
+            assertThatThrownBy(() -> attention.decode(0, List.of(one), nan, DType.FP16, 8, out.asSlice(0, out.byteSize() / 2)))
+                    .isInstanceOf(NonFiniteInputException.class).hasMessageContaining("head 5");
+            LayerKvView before = one.layer(0);
+            for (int i = 0; i < 60; i++) { // 20 full-precision tokens, capacity 64: the pair moves
+                one.append(0, GpuScenario.fp16(arena, GpuScenario.normal(random, 1, 2, 128, 4)),
+                        GpuScenario.fp16(arena, GpuScenario.normal(random, 1, 2, 128, 0)), DType.FP16);
+            }
+            assertThatThrownBy(() -> attention.decode(List.of(before), q1, DType.FP16, 8, out.asSlice(0, out.byteSize() / 2)))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("freed since");
+            assertThat(out.mismatch(untouched)).isEqualTo(-1);
+            one.close();
+            two.close();
+            onHost.close();
+        }
+    }
+
+    @Test
+    void cachesTheKernelsCannotReadAreRefusedByName() {
+        try (Arena arena = Arena.ofConfined(); KernelCatalog catalog = KernelCatalog.open(ctx)) {
+            Case c = new Case(1, 1, 16, 64, 1, true, CalibrationPolicy.REFERENCE, new int[] {50}, 1, 10, 10, 0);
+            String wideGroup = refusal(arena, catalog, new ModelGeometry(1, 16, 1, 64), DType.FP16, c,
+                    QuantConfig.defaults(1));
+            assertThat(wideGroup).contains("GQA group of 16");
+            String headDim = refusal(arena, catalog, new ModelGeometry(1, 4, 1, 32), DType.FP16,
+                    new Case(1, 1, 4, 32, 1, true, CalibrationPolicy.REFERENCE, new int[] {50}, 1, 10, 10, 0),
+                    QuantConfig.defaults(1));
+            assertThat(headDim).contains("head dim 64 and 128, not 32");
+            Case c4 = new Case(1, 1, 4, 64, 1, true, CalibrationPolicy.REFERENCE, new int[] {50}, 1, 10, 10, 0);
+            String perToken = refusal(arena, catalog, new ModelGeometry(1, 4, 1, 64), DType.FP16, c4,
+                    QuantConfig.defaults(1).withValueGranularity(Granularity.PER_TOKEN));
+            assertThat(perToken).contains("per-channel statistics");
+            String eightBits = refusal(arena, catalog, new ModelGeometry(1, 4, 1, 64), DType.FP16, c4,
+                    QuantConfig.defaults(8));
+            assertThat(eightBits).contains("1, 2 and 4 bits, not 8");
+            String bf16 = refusal(arena, catalog, new ModelGeometry(1, 4, 1, 64), DType.BF16, c4, null);
+            assertThat(bf16).contains("fp16 caches; this one is BF16");
+        }
+    }
+
+    /** The message of the refusal to decode one sequence of such a cache. */
+    private String refusal(Arena arena, KernelCatalog catalog, ModelGeometry g, DType dtype, Case c,
+            QuantConfig config) {
+        DeviceStorage storage = DeviceStorage.forLimit(ctx, 1 << 24);
+        try (KvCacheManager cache = new KvCacheManager(g, dtype, storage, 1 << 24);
+                ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, catalog, Calibration.OFF)) {
+            int tokens = c.prefix() + c.spanLengths()[0] + c.text();
+            List<TokenSpan> spans = config == null ? List.of()
+                    : List.of(new TokenSpan(c.prefix(), c.prefix() + c.spanLengths()[0]));
+            Sequence s = cache.createSequence(tokens, spans, config);
+            float[] k = GpuScenario.normal(random, g.kvHeads(), tokens, g.headDim(), 4);
+            float[] v = GpuScenario.normal(random, g.kvHeads(), tokens, g.headDim(), 0);
+            s.fill(0, dev.calibquant.quant.TestTensors.write(arena, dtype, k),
+                    dev.calibquant.quant.TestTensors.write(arena, dtype, v), dtype);
+            MemorySegment q = GpuScenario.fp16(arena, GpuScenario.normal(random, 1, g.queryHeads(), g.headDim(), 0));
+            MemorySegment out = arena.allocate(4L * g.queryHeads() * g.headDim());
+            try {
+                attention.decode(0, List.of(s), q, DType.FP16, g.queryHeads(), out);
+                return "decoded without refusal";
+            } catch (IllegalArgumentException e) { // InvalidShapeException is one
+                return e.getMessage();
+            } finally {
+                s.close();
+            }
+        }
+    }
+}
