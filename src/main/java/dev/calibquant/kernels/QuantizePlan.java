@@ -41,6 +41,13 @@ public final class QuantizePlan {
         }
     }
 
+    /**
+     * A program takes at least this many tokens (several tiles if {@code BT} is smaller): fewer, longer programs pay
+     * the group barrier less often. Measured on the H200 (docs/gpu-runs/2026-11-29-quantize-6-bracket.json): BT 64
+     * with 2 tiles per program 57 % of copy bandwidth at B = 256, with 1 tile 35 %.
+     */
+    public static final int MIN_CHUNK_TOKENS = 128;
+
     /** The kernel's per-group counters follow a head of this many int32 (the ticket counter and padding). */
     static final int SYNC_HEAD = 4;
     static final int SYNC_PER_GROUP = 4;
@@ -90,7 +97,7 @@ public final class QuantizePlan {
             maxTiles = Math.max(maxTiles, ceilDiv(s.tokens(), tileTokens));
         }
         int members = residentPrograms / 2;
-        int tiles = Math.max(1, ceilDiv(maxTiles, members));
+        int tiles = Math.max(ceilDiv(MIN_CHUNK_TOKENS, tileTokens), ceilDiv(maxTiles, members));
         long chunkTokens = (long) tiles * tileTokens;
         long[] table = new long[spans.size() * CalibQuantKernels.QS_COLS];
         long chunks = 0;
@@ -128,7 +135,7 @@ public final class QuantizePlan {
         return kvHeads;
     }
 
-    /** The kernel's {@code TPP}: tiles of {@code BT} tokens per program (1 unless a span is very long). */
+    /** The kernel's {@code TPP}: tiles of {@code BT} tokens per program ({@link #MIN_CHUNK_TOKENS}, more for very long spans). */
     public int tilesPerProgram() {
         return tilesPerProgram;
     }

@@ -96,6 +96,10 @@ class QuantizePlanTest {
                 128, 264);
         assertThat(huge.tilesPerProgram()).isEqualTo(12); // 1563 tiles over at most 132 members
         assertThat(huge.spanTable()[7]).isLessThanOrEqualTo(132);
+        QuantizePlan smallTiles = QuantizePlan.of(List.of(new QuantizePlan.Span(0, 3433, 41, 3328, 0, 0)), 8, 128, 1,
+                64, 1056);
+        assertThat(smallTiles.tilesPerProgram()).isEqualTo(2); // at least MIN_CHUNK_TOKENS per program
+        assertThat(smallTiles.programs()).isEqualTo(26 * 16);
     }
 
     @Test
@@ -108,10 +112,10 @@ class QuantizePlanTest {
             var i64 = ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
             var i32 = ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
             assertThat(m.get(i64, 0)).isEqualTo(32);
-            assertThat(m.get(i64, 8 * 7)).isEqualTo(3); // chunks of span 0: 90 tokens / 32
-            assertThat(m.get(i64, 8 * (8 + 6))).isEqualTo(3); // span 1 starts at chunk row 3
-            assertThat(m.get(i32, plan.chunkTableOffset() + 4 * 3)).isEqualTo(1);
-            assertThat(plan.tableBytes()).isEqualTo(8 * 16 + 4 * 4);
+            assertThat(m.get(i64, 8 * 7)).isEqualTo(1); // chunks of span 0: 90 tokens, one chunk of 128
+            assertThat(m.get(i64, 8 * (8 + 6))).isEqualTo(1); // span 1 starts at chunk row 1
+            assertThat(m.get(i32, plan.chunkTableOffset() + 4)).isEqualTo(1);
+            assertThat(plan.tableBytes()).isEqualTo(8 * 16 + 4 * 2);
             assertThat(plan.statsBytes()).isEqualTo(4L * 8 * 2 * 64);
             assertThat(plan.syncBytes()).isEqualTo(4L * (4 + 4 * 8));
             assertThatThrownBy(() -> plan.writeTables(arena.allocate(plan.tableBytes() - 1)))
