@@ -10,6 +10,7 @@
 # shipped in the jar on both PTX targets (JUnit XML in logs/regression-*.xml). --regression-record records them first
 # into logs/expectations.json (copy it to ptx/regression/expectations.json and commit it), then checks both targets
 # against that file.
+# --junit-only runs only the JUnit step (with GPU_TESTS_ONLY=1, only the GPU-tagged tests).
 # --profile runs tools/profile-gpu.sh on the BENCHMARKS.md step at B = 64 (decode steps) and B = 1 (quantize at
 # prefill) into logs/profile-*/. --only-extras skips info, selftest, the JUnit run and the demo. Logs, reports and
 # results are packed into OUT_DIR/gpu-run.tar.gz; the exit status is non-zero if anything failed.
@@ -18,11 +19,12 @@ here="$(cd "$(dirname "$0")" && pwd)"
 bundle="$(cd "${1:-.gpu-bundle}" && pwd)"
 out="${2:-${OUT:-/tmp/gpu-run-out}}"
 shift 2 || true
-bench=0; sanitize=0; regression=0; record=0; profile=0; extras_only=0
+bench=0; sanitize=0; regression=0; record=0; profile=0; extras_only=0; junit_only=0
 for a in "$@"; do
   case "$a" in
     --bench) bench=1 ;; --sanitize) sanitize=1 ;; --regression) regression=1 ;;
     --regression-record) record=1; regression=1 ;; --profile) profile=1 ;; --only-extras) extras_only=1 ;;
+    --junit-only) junit_only=1 ;;
     *) echo "unknown option $a" >&2; exit 2 ;;
   esac
 done
@@ -50,11 +52,13 @@ step env
 step info
 "${cq[@]}" info 2>&1 | tee "$logs/info.txt" || status=1
 if [ "$extras_only" = 0 ]; then
+if [ "$junit_only" = 0 ]; then
 step selftest
 "${cq[@]}" selftest 2>&1 | tee "$logs/selftest.txt" || status=1
 step selftest sm_80
 "${cq[@]}" selftest --target sm_80 2>&1 | tee "$logs/selftest-sm80.txt" || status=1
 
+fi
 step "junit${GPU_TESTS_ONLY:+ (GPU-tagged tests only)}"
 tag_opt=(); [ -n "${GPU_TESTS_ONLY:-}" ] && tag_opt=(--include-tag gpu)
 "$java" "${jflags[@]}" -Xmx24g -jar "$app"/junit-platform-console-standalone-*.jar execute "${tag_opt[@]}" \
@@ -65,9 +69,11 @@ tag_opt=(); [ -n "${GPU_TESTS_ONLY:-}" ] && tag_opt=(--include-tag gpu)
 grep -E "tests (successful|failed|skipped|aborted)|calibquant\]" "$logs/junit.txt" | tail -60
 grep -B2 -A12 "\[X\]" "$logs/junit.txt" | head -150
 
+if [ "$junit_only" = 0 ]; then
 step "demo on the GPU"
 (cd "$work" && "${cq[@]}" demo --gpu --images 20 --no-progress --png "$logs/demo.png") 2>&1 \
     | tee "$logs/demo.txt" || status=1
+fi
 fi
 
 if [ "$regression" = 1 ]; then
