@@ -21,28 +21,27 @@ final class QuantizeScratch implements AutoCloseable {
 
     QuantizeScratch(CudaContext ctx, QuantizePlan plan) {
         this.plan = plan;
-        DeviceBuffer t = null;
-        DeviceBuffer st = null;
-        DeviceBuffer th = null;
+        DeviceBuffer[] owned = new DeviceBuffer[4];
         try (Arena arena = Arena.ofConfined()) {
-            t = ctx.allocate(plan.tableBytes());
-            st = ctx.allocate(plan.statsBytes());
-            th = ctx.allocate(plan.thresholdBytes());
-            this.sync = ctx.allocate(plan.syncBytes());
+            owned[0] = ctx.allocate(plan.tableBytes());
+            owned[1] = ctx.allocate(plan.statsBytes());
+            owned[2] = ctx.allocate(plan.thresholdBytes());
+            owned[3] = ctx.allocate(plan.syncBytes());
             MemorySegment host = arena.allocate(plan.tableBytes(), 16);
             plan.writeTables(host);
-            t.copyFrom(host);
+            owned[0].copyFrom(host);
         } catch (RuntimeException e) {
-            for (DeviceBuffer b : new DeviceBuffer[] {t, st, th}) {
+            for (DeviceBuffer b : owned) { // nothing half-made outlives a failed constructor
                 if (b != null) {
                     b.close();
                 }
             }
             throw e;
         }
-        this.tables = t;
-        this.stats = st;
-        this.thresholds = th;
+        this.tables = owned[0];
+        this.stats = owned[1];
+        this.thresholds = owned[2];
+        this.sync = owned[3];
     }
 
     QuantizePlan plan() {
