@@ -17,7 +17,6 @@ import dev.calibquant.quant.CalibrationPolicy;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.Granularity;
 import dev.calibquant.quant.InvalidShapeException;
-import dev.calibquant.quant.NonFiniteInputException;
 import dev.calibquant.quant.QuantizedSpan;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -167,7 +166,7 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
             throw new IllegalArgumentException("out is read-only");
         }
         try (Arena arena = Arena.ofConfined()) {
-            MemorySegment q16 = toFp16(arena, queries, queryType, queryHeads, d);
+            MemorySegment q16 = Fp16Check.toFiniteFp16Queries(arena, queries, queryType, queryHeads, d);
             synchronized (storage) {
                 if (closed) {
                     throw new IllegalStateException("managed decode attention is closed");
@@ -309,26 +308,6 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
 
     private CalibQuantKernels kernelsFor(int headDim, int bits) {
         return kernels.computeIfAbsent(headDim * 16 + bits, key -> new CalibQuantKernels(catalog, headDim, bits));
-    }
-
-    /** The queries as fp16, checked finite (an exception names the sequence as the token). */
-    private static MemorySegment toFp16(Arena arena, MemorySegment q, DType type, int heads, int d) {
-        long n = q.byteSize() / type.byteSize();
-        MemorySegment out = arena.allocate(2 * n, 16);
-        for (long i = 0; i < n; i++) {
-            float v = switch (type) {
-                case FP16 -> Float.float16ToFloat(q.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i));
-                case BF16 -> Float.intBitsToFloat(q.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i) << 16);
-                case FP32 -> q.get(ValueLayout.JAVA_FLOAT_UNALIGNED, 4 * i);
-            };
-            if (!Float.isFinite(v)) {
-                long row = i / d;
-                throw new NonFiniteInputException("queries (token = sequence of the batch)", (int) (row % heads),
-                        (int) (row / heads), (int) (i % d), v);
-            }
-            out.setAtIndex(ValueLayout.JAVA_SHORT, i, Float.floatToFloat16(v));
-        }
-        return out;
     }
 
     private static long align(long x) {
