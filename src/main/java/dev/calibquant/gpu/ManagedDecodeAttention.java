@@ -44,8 +44,6 @@ import java.util.Objects;
  * the sequences' locks for the step.
  */
 public final class ManagedDecodeAttention implements DecodeAttention, AutoCloseable {
-    private static final int TABLE_ALIGN = 256;
-
     private final DeviceStorage storage;
     private final KernelCatalog catalog;
     private final Calibration calibration;
@@ -237,19 +235,11 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
                 perSm * multiprocessors, k.decodeBlock(), quantized ? k.decodeMaxChunk(group) : 0);
         CudaStream stream = storage.stream();
 
-        long seqOff = 0;
-        long spanOff = align(seqOff + 8L * plan.seqTab().length);
-        long workOff = align(spanOff + 8L * plan.spanTab().length);
-        long mmOff = align(workOff + 8L * plan.workTab().length);
-        long tableBytes = align(mmOff + 8L * plan.mmTab().length);
-        PinnedHostBuffer hostTables = scratch.pinned("tables", tableBytes);
-        MemorySegment h = hostTables.segment();
-        MemorySegment.copy(plan.seqTab(), 0, h, ValueLayout.JAVA_LONG, seqOff, plan.seqTab().length);
-        MemorySegment.copy(plan.spanTab(), 0, h, ValueLayout.JAVA_LONG, spanOff, plan.spanTab().length);
-        MemorySegment.copy(plan.workTab(), 0, h, ValueLayout.JAVA_LONG, workOff, plan.workTab().length);
-        MemorySegment.copy(plan.mmTab(), 0, h, ValueLayout.JAVA_LONG, mmOff, plan.mmTab().length);
-        DeviceBuffer tables = scratch.device("tables", tableBytes);
-        tables.copyFromAsync(hostTables, 0, 0, tableBytes, stream);
+        DecodePlan.TableLayout at = plan.tableLayout();
+        PinnedHostBuffer hostTables = scratch.pinned("tables", at.bytes());
+        plan.writeTables(hostTables.segment(), at);
+        DeviceBuffer tables = scratch.device("tables", at.bytes());
+        tables.copyFromAsync(hostTables, 0, 0, at.bytes(), stream);
 
         PinnedHostBuffer hostQ = scratch.pinned("queries", q16.byteSize());
         MemorySegment.copy(q16, 0, hostQ.segment(), 0, q16.byteSize());
@@ -278,16 +268,16 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
         float smScale = (float) (1.0 / Math.sqrt(d));
         try (Nvtx.Range r = Nvtx.range(stepRange)) {
             if (!quantized) {
-                k.fp16Decode(q, cache, tables, seqOff, workOff, partMl, partAcc, counters, o, items, kvh, group,
-                        smScale, stream);
+                k.fp16Decode(q, cache, tables, at.seqOffset(), at.workOffset(), partMl, partAcc, counters, o, items,
+                        kvh, group, smScale, stream);
             } else {
                 if (plan.mmMode() == 1) {
-                    k.minmax(q, cache, tables, seqOff, spanOff, mmOff, mmBuf, plan.minmaxChunks(), kvh, group,
-                            smScale, stream);
+                    k.minmax(q, cache, tables, at.seqOffset(), at.spanOffset(), at.mmOffset(), mmBuf,
+                            plan.minmaxChunks(), kvh, group, smScale, stream);
                 }
-                k.decode(plan.mmMode(), q, cache, tables, seqOff, spanOff, workOff, mmBuf, partMl, partAcc, counters,
-                        o, items, kvh, group, smScale, calibration.tauMin(), calibration.tauMax(),
-                        calibration.policy() == CalibrationPolicy.CLAMP_AT_ZERO, stream);
+                k.decode(plan.mmMode(), q, cache, tables, at.seqOffset(), at.spanOffset(), at.workOffset(), mmBuf,
+                        partMl, partAcc, counters, o, items, kvh, group, smScale, calibration.tauMin(),
+                        calibration.tauMax(), calibration.policy() == CalibrationPolicy.CLAMP_AT_ZERO, stream);
             }
         }
         PinnedHostBuffer hostOut = scratch.pinned("outputs", out.byteSize());
@@ -308,10 +298,6 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
 
     private CalibQuantKernels kernelsFor(int headDim, int bits) {
         return kernels.computeIfAbsent(headDim * 16 + bits, key -> new CalibQuantKernels(catalog, headDim, bits));
-    }
-
-    private static long align(long x) {
-        return Math.ceilDiv(x, TABLE_ALIGN) * TABLE_ALIGN;
     }
 
     /** Frees this attention's scratch buffers (not the storage, not the kernels). Idempotent. */
