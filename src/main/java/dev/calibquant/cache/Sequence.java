@@ -364,22 +364,11 @@ public final class Sequence implements AutoCloseable {
         }
         BlockPair old = cache.replaceFull(larger, newCapacity);
         MemoryUsage freed = new MemoryUsage(old.byteSize(), 0, 0, 0);
-        RuntimeException failure = null;
-        for (StorageBlock b : List.of(old.keys(), old.values())) {
-            try {
-                b.close();
-            } catch (RuntimeException e) {
-                if (failure == null) {
-                    failure = e;
-                } else {
-                    failure.addSuppressed(e);
-                }
-            }
-        }
-        manager.accountant().release(freed);
-        usage = usage.plus(reserved).minus(freed);
-        if (failure != null) {
-            throw failure;
+        try {
+            LayerCache.closeAll(List.of(old.keys(), old.values()));
+        } finally { // the larger pair is installed: account for the swap even if freeing the old one failed
+            manager.accountant().release(freed);
+            usage = usage.plus(reserved).minus(freed);
         }
     }
 

@@ -16,6 +16,7 @@ import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Random;
+import java.util.concurrent.atomic.AtomicBoolean;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -212,6 +213,111 @@ class KvCacheManagerTest {
             assertThat(cache.usage().fp16Bytes()).isEqualTo(2L * 2 * GEOMETRY.kvHeads() * 440 * 32 * 2);
         }
         assertThat(storage.liveBytes()).isZero();
+    }
+
+    /**
+     * Host storage whose blocks, while {@code failFrees} is set, free themselves and then report an error (as a
+     * device storage whose free fails after the bytes are gone would).
+     */
+    private record FailingFrees(HostStorage host, AtomicBoolean failFrees) implements KvStorage {
+        @Override
+        public String name() {
+            return "failing frees";
+        }
+
+        @Override
+        public StorageBlock allocate(long bytes, String label) {
+            StorageBlock block = host.allocate(bytes, label);
+            return new StorageBlock() {
+                @Override
+                public String label() {
+                    return block.label();
+                }
+
+                @Override
+                public long byteSize() {
+                    return block.byteSize();
+                }
+
+                @Override
+                public MemorySegment segment() {
+                    return block.segment();
+                }
+
+                @Override
+                public boolean isOpen() {
+                    return block.isOpen();
+                }
+
+                @Override
+                public void close() {
+                    block.close();
+                    if (failFrees.get()) {
+                        throw new IllegalStateException("freeing " + label + " failed");
+                    }
+                }
+            };
+        }
+
+        @Override
+        public void write(MemorySegment source, StorageBlock target, RowCopy copy) {
+            copyRows(source, target.segment(), copy);
+        }
+
+        @Override
+        public void copy(StorageBlock source, StorageBlock target, RowCopy copy) {
+            copyRows(source.segment(), target.segment(), copy);
+        }
+
+        private static void copyRows(MemorySegment from, MemorySegment to, RowCopy copy) {
+            copy.checkWithin(from.byteSize(), to.byteSize());
+            for (int r = 0; r < copy.rows(); r++) {
+                MemorySegment.copy(from, copy.sourceOffset() + r * copy.sourcePitch(), to,
+                        copy.targetOffset() + r * copy.targetPitch(), copy.rowBytes());
+            }
+        }
+
+        @Override
+        public long liveBytes() {
+            return host.liveBytes();
+        }
+
+        @Override
+        public int liveBlocks() {
+            return host.liveBlocks();
+        }
+
+        @Override
+        public void close() {
+            host.close();
+        }
+    }
+
+    @Test
+    void aFailedFreeOfTheOutgrownPairIsThrownAfterBothBlocksWereFreedAndTheSwapAccounted() {
+        Random random = seed.random();
+        HostStorage host = new HostStorage();
+        AtomicBoolean failFrees = new AtomicBoolean();
+        try (Arena arena = Arena.ofConfined();
+                KvCacheManager cache = new KvCacheManager(GEOMETRY, DType.FP16, new FailingFrees(host, failFrees),
+                        KvCacheManager.NO_LIMIT);
+                Sequence sequence = cache.createSequence(1)) {
+            Prompt.random(arena, random, DType.FP16, 1, List.of()).fill(sequence, 0);
+            MemorySegment step = KvData.normal(arena, random, DType.FP16, 2, 1, 32);
+            for (int t = 1; t < 64; t++) {
+                sequence.append(0, step, step, DType.FP16); // fills the block of 64
+            }
+            failFrees.set(true);
+            assertThatThrownBy(() -> sequence.append(0, step, step, DType.FP16)) // grows, then frees the old pair
+                    .isInstanceOf(IllegalStateException.class).hasMessageContaining("full-precision keys failed")
+                    .satisfies(e -> assertThat(e.getSuppressed()).singleElement().extracting(Throwable::getMessage)
+                            .asString().contains("full-precision values failed"));
+            failFrees.set(false);
+            assertThat(sequence.layer(0).fullCapacity()).isEqualTo(128);
+            assertThat(host.liveBlocks()).isEqualTo(2);
+            assertThat(host.liveBytes()).isEqualTo(cache.usage().totalBytes());
+        }
+        assertThat(host.liveBytes()).isZero();
     }
 
     @Test
