@@ -125,7 +125,7 @@ public final class KvBudget {
             return subBatches == 1;
         }
 
-        /** {@code subBatches × subBatchSize}, which can pass {@link Integer#MAX_VALUE} when {@code sequences} nears it. */
+        /** {@code subBatches × subBatchSize}: a long, as it can pass {@link Integer#MAX_VALUE}. */
         public long timedSequences() {
             return (long) subBatches * subBatchSize;
         }
