@@ -257,7 +257,7 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
         DeviceBuffer partAcc = scratch.device("partial outputs", 4L * items * queryHeads * d);
         long counterBytes = 4L * plan.sequences() * kvh;
         DeviceBuffer counters = scratch.device("counters", counterBytes);
-        storage.zeroAsync(counters, 0, counterBytes); // the kernels need them zero; queued, unlike a memset
+        storage.zeroAsync(counters, 0, counterBytes); // the kernels need them zero, in stream order
         DeviceBuffer mmBuf = scratch.device("min/max", 4L * 2 * Math.max(1, plan.minmaxChunks()) * queryHeads);
 
         long scaleBytes = ManagedTables.scaleBytes(kvh, d);
