@@ -219,77 +219,52 @@ class KvCacheManagerTest {
      * Host storage whose blocks, while {@code failFrees} is set, free themselves and then report an error (as a
      * device storage whose free fails after the bytes are gone would).
      */
-    private record FailingFrees(HostStorage host, AtomicBoolean failFrees) implements KvStorage {
-        @Override
-        public String name() {
-            return "failing frees";
+    private static final class FailingFrees extends HostDelegate {
+        private final AtomicBoolean failFrees;
+
+        FailingFrees(HostStorage host, AtomicBoolean failFrees) {
+            super(host);
+            this.failFrees = failFrees;
         }
 
-        @Override
-        public StorageBlock allocate(long bytes, String label) {
-            StorageBlock block = host.allocate(bytes, label);
-            return new StorageBlock() {
-                @Override
-                public String label() {
-                    return block.label();
+        private record Block(StorageBlock inner, AtomicBoolean failFrees) implements StorageBlock {
+            @Override
+            public String label() {
+                return inner.label();
+            }
+
+            @Override
+            public long byteSize() {
+                return inner.byteSize();
+            }
+
+            @Override
+            public MemorySegment segment() {
+                return inner.segment();
+            }
+
+            @Override
+            public boolean isOpen() {
+                return inner.isOpen();
+            }
+
+            @Override
+            public void close() {
+                inner.close();
+                if (failFrees.get()) {
+                    throw new IllegalStateException("freeing " + label() + " failed");
                 }
-
-                @Override
-                public long byteSize() {
-                    return block.byteSize();
-                }
-
-                @Override
-                public MemorySegment segment() {
-                    return block.segment();
-                }
-
-                @Override
-                public boolean isOpen() {
-                    return block.isOpen();
-                }
-
-                @Override
-                public void close() {
-                    block.close();
-                    if (failFrees.get()) {
-                        throw new IllegalStateException("freeing " + label + " failed");
-                    }
-                }
-            };
-        }
-
-        @Override
-        public void write(MemorySegment source, StorageBlock target, RowCopy copy) {
-            copyRows(source, target.segment(), copy);
-        }
-
-        @Override
-        public void copy(StorageBlock source, StorageBlock target, RowCopy copy) {
-            copyRows(source.segment(), target.segment(), copy);
-        }
-
-        private static void copyRows(MemorySegment from, MemorySegment to, RowCopy copy) {
-            copy.checkWithin(from.byteSize(), to.byteSize());
-            for (int r = 0; r < copy.rows(); r++) {
-                MemorySegment.copy(from, copy.sourceOffset() + r * copy.sourcePitch(), to,
-                        copy.targetOffset() + r * copy.targetPitch(), copy.rowBytes());
             }
         }
 
         @Override
-        public long liveBytes() {
-            return host.liveBytes();
+        public StorageBlock allocate(long bytes, String label) {
+            return new Block(host.allocate(bytes, label), failFrees);
         }
 
         @Override
-        public int liveBlocks() {
-            return host.liveBlocks();
-        }
-
-        @Override
-        public void close() {
-            host.close();
+        StorageBlock unwrap(StorageBlock block) {
+            return ((Block) block).inner();
         }
     }
 
