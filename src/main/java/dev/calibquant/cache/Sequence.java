@@ -279,9 +279,9 @@ public final class Sequence implements AutoCloseable {
 
     /**
      * Quantizes one span into host staging memory, rearranges it into a key part and a value part, each
-     * {@code [scale][offset][codes]}, and writes those into a pair of blocks of the storage (for host storage an
-     * extra copy of 1/16 of the span's input at 1 bit; it keeps device storage behind the same code, laid out as the
-     * GPU kernels read it: see {@link LayerCache}).
+     * {@code [scale][offset][codes]}, and writes those into a pair of blocks of the storage (for host storage two
+     * extra copies of the span's output, 1/16 of its input at 1 bit; they keep device storage behind the same code,
+     * laid out as the GPU kernels read it: see {@link LayerCache}).
      */
     private LayerCache.StoredSpan quantizeSpan(String what, TokenSpan span, MemorySegment keys, MemorySegment values,
             DType dtype, List<StorageBlock> allocated) {
