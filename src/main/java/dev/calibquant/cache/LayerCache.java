@@ -98,7 +98,6 @@ final class LayerCache {
 
     /** Frees every block; the first failure is thrown after all were tried, later ones suppressed. */
     void free() {
-        RuntimeException failure = null;
         List<StorageBlock> blocks = new ArrayList<>();
         blocks.add(full.keys());
         blocks.add(full.values());
@@ -106,6 +105,12 @@ final class LayerCache {
             blocks.add(s.blocks().keys());
             blocks.add(s.blocks().values());
         }
+        closeAll(blocks);
+    }
+
+    /** Closes every block; the first failure is thrown after all were tried, later ones suppressed. */
+    static void closeAll(List<StorageBlock> blocks) {
+        RuntimeException failure = null;
         for (StorageBlock b : blocks) {
             try {
                 b.close();

@@ -279,9 +279,9 @@ public final class Sequence implements AutoCloseable {
 
     /**
      * Quantizes one span into host staging memory, rearranges it into a key part and a value part, each
-     * {@code [scale][offset][codes]}, and writes those into a pair of blocks of the storage (for host storage an
-     * extra copy of 1/16 of the span's input at 1 bit; it keeps device storage behind the same code, laid out as the
-     * GPU kernels read it: see {@link LayerCache}).
+     * {@code [scale][offset][codes]}, and writes those into a pair of blocks of the storage (for host storage two
+     * extra copies of the span's output, 1/16 of its input at 1 bit; they keep device storage behind the same code,
+     * laid out as the GPU kernels read it: see {@link LayerCache}).
      */
     private LayerCache.StoredSpan quantizeSpan(String what, TokenSpan span, MemorySegment keys, MemorySegment values,
             DType dtype, List<StorageBlock> allocated) {
@@ -364,22 +364,11 @@ public final class Sequence implements AutoCloseable {
         }
         BlockPair old = cache.replaceFull(larger, newCapacity);
         MemoryUsage freed = new MemoryUsage(old.byteSize(), 0, 0, 0);
-        RuntimeException failure = null;
-        for (StorageBlock b : List.of(old.keys(), old.values())) {
-            try {
-                b.close();
-            } catch (RuntimeException e) {
-                if (failure == null) {
-                    failure = e;
-                } else {
-                    failure.addSuppressed(e);
-                }
-            }
-        }
-        manager.accountant().release(freed);
-        usage = usage.plus(reserved).minus(freed);
-        if (failure != null) {
-            throw failure;
+        try {
+            LayerCache.closeAll(List.of(old.keys(), old.values()));
+        } finally { // the larger pair is installed: account for the swap even if freeing the old one failed
+            manager.accountant().release(freed);
+            usage = usage.plus(reserved).minus(freed);
         }
     }
 

@@ -8,7 +8,7 @@ import java.lang.foreign.MemorySegment;
  */
 public interface StorageBlock extends AutoCloseable {
 
-    /** What the block holds, for leak reports and errors (e.g. "sequence 3 layer 0 full-precision K/V"). */
+    /** What the block holds, for leak reports and errors (e.g. "layer 0 of sequence 3 full-precision keys"). */
     String label();
 
     long byteSize();

@@ -37,8 +37,9 @@ final class BudgetOutput {
         out.printf(Locale.ROOT, "decode throughput at a fixed KV memory budget: %s GB (%,d bytes) over all %d layers%n",
                 gb(r.budgetBytes()), r.budgetBytes(), r.layers());
         out.printf(Locale.ROOT, "per sequence: %d prefix + %d visual + %d text tokens, %d generated tokens reserved; "
-                + "32 q heads, 8 KV heads, D=128%n", DecodeBenchmark.PREFIX, DecodeBenchmark.VISUAL, DecodeBenchmark.TEXT,
-                r.generatedTokens());
+                + "%d q heads, %d KV heads, D=%d%n", DecodeBenchmark.PREFIX, DecodeBenchmark.VISUAL,
+                DecodeBenchmark.TEXT, r.generatedTokens(), DecodeBenchmark.QUERY_HEADS, DecodeBenchmark.KV_HEADS,
+                DecodeBenchmark.HEAD_DIM);
         out.printf(Locale.ROOT, "bytes per sequence: the cache's own accounting of one sequence allocated with all %d "
                 + "layers on this device%n", r.layers());
         out.printf(Locale.ROOT, "layer step: one layer's decode attention over all sequences, each holding %d generated "

@@ -2,6 +2,8 @@ package dev.calibquant.gpu;
 
 import dev.calibquant.cache.TokenSpan;
 import dev.calibquant.kernels.CalibQuantKernels;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -27,6 +29,35 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
 
     int spans() {
         return spanTab.length / CalibQuantKernels.SPAN_COLS;
+    }
+
+    /** Tables start at multiples of this many bytes of the one buffer that holds them all. */
+    static final int TABLE_ALIGN = 256;
+
+    /** Byte offsets of the four tables in the one buffer the kernels read them from, and its size. */
+    record TableLayout(long seqOffset, long spanOffset, long workOffset, long mmOffset, long bytes) {}
+
+    TableLayout tableLayout() {
+        long spanOffset = alignTable(8L * seqTab.length);
+        long workOffset = alignTable(spanOffset + 8L * spanTab.length);
+        long mmOffset = alignTable(workOffset + 8L * workTab.length);
+        return new TableLayout(0, spanOffset, workOffset, mmOffset, alignTable(mmOffset + 8L * mmTab.length));
+    }
+
+    /** Writes the four tables (int64) where {@code layout} puts them in {@code dst}. */
+    void writeTables(MemorySegment dst, TableLayout layout) {
+        if (dst.byteSize() < layout.bytes()) {
+            throw new IllegalArgumentException("table segment of " + dst.byteSize() + " bytes; the plan needs "
+                    + layout.bytes());
+        }
+        MemorySegment.copy(seqTab, 0, dst, ValueLayout.JAVA_LONG, layout.seqOffset(), seqTab.length);
+        MemorySegment.copy(spanTab, 0, dst, ValueLayout.JAVA_LONG, layout.spanOffset(), spanTab.length);
+        MemorySegment.copy(workTab, 0, dst, ValueLayout.JAVA_LONG, layout.workOffset(), workTab.length);
+        MemorySegment.copy(mmTab, 0, dst, ValueLayout.JAVA_LONG, layout.mmOffset(), mmTab.length);
+    }
+
+    private static long alignTable(long bytes) {
+        return Math.ceilDiv(bytes, TABLE_ALIGN) * TABLE_ALIGN;
     }
 
     /** What the planner needs of one sequence for one layer. */

@@ -61,6 +61,8 @@ public final class DeviceStorage implements KvStorage {
     static final int HEADROOM_DIVISOR = 16;
     private static final long ZERO_BYTES = 1L << 20;
     private static final long MIN_STAGING_BYTES = 1L << 16;
+    /** Alignment of the host segments {@link #download} makes, as {@link dev.calibquant.cache.HostStorage}'s. */
+    private static final long HOST_ALIGNMENT = 64;
 
     /** Where a byte range of a block lies: plane 0 (keys, single blocks) or 1 (values), byte offset in the plane. */
     record Placement(int plane, long offset) {}
@@ -301,6 +303,8 @@ public final class DeviceStorage implements KvStorage {
 
     @Override
     public void copy(StorageBlock source, StorageBlock target, RowCopy copy) {
+        Objects.requireNonNull(source, "source");
+        Objects.requireNonNull(target, "target");
         Objects.requireNonNull(copy, "copy");
         if (source == target) {
             throw new IllegalArgumentException("copy within one block (" + source.label() + ") is not supported");
@@ -390,8 +394,6 @@ public final class DeviceStorage implements KvStorage {
                 host[0], host[1], spans);
     }
 
-    private static final long HOST_ALIGNMENT = 64;
-
     /** Host copies, in {@code arena}, of segments of live blocks of this storage: queued, then waited for. */
     MemorySegment[] download(List<MemorySegment> parts, Arena arena) {
         MemorySegment[] host = new MemorySegment[parts.size()];
@@ -421,7 +423,6 @@ public final class DeviceStorage implements KvStorage {
         }
         return host;
     }
-
 
     /**
      * A host copy of {@code layer} of {@code sequence} (see {@link #download(LayerKvView, Arena)}), taken under the

@@ -10,7 +10,6 @@ import dev.calibquant.profiling.Nvtx;
 import dev.calibquant.quant.InvalidShapeException;
 import dev.calibquant.quant.QuantConfig;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -24,8 +23,6 @@ import java.util.List;
  * Not thread-safe on its own: it uses its cache's lock.
  */
 public final class GpuDecodeAttention implements AutoCloseable {
-    private static final int TABLE_ALIGN = 256;
-
     private final GpuKvCache cache;
     private final CudaContext context;
     private final int multiprocessors;
@@ -152,21 +149,13 @@ public final class GpuDecodeAttention implements AutoCloseable {
             DecodePlan plan = DecodePlan.build(entries, g.queryHeads(), g.headDim(), g.kvHeads(),
                     quantized && c.calibrate(), perSm * multiprocessors, k.decodeBlock(),
                     quantized ? k.decodeMaxChunk(group) : 0);
-            long seqOff = 0;
-            long spanOff = align(seqOff + 8L * plan.seqTab().length);
-            long workOff = align(spanOff + 8L * plan.spanTab().length);
-            long mmOff = align(workOff + 8L * plan.workTab().length);
-            long bytes = align(mmOff + 8L * plan.mmTab().length);
-            PinnedHostBuffer host = scratch.pinned("tables", bytes);
-            MemorySegment h = host.segment();
-            MemorySegment.copy(plan.seqTab(), 0, h, ValueLayout.JAVA_LONG, seqOff, plan.seqTab().length);
-            MemorySegment.copy(plan.spanTab(), 0, h, ValueLayout.JAVA_LONG, spanOff, plan.spanTab().length);
-            MemorySegment.copy(plan.workTab(), 0, h, ValueLayout.JAVA_LONG, workOff, plan.workTab().length);
-            MemorySegment.copy(plan.mmTab(), 0, h, ValueLayout.JAVA_LONG, mmOff, plan.mmTab().length);
-            DeviceBuffer tables = scratch.device("tables", bytes);
-            tables.copyFromAsync(host, 0, 0, bytes, cache.stream());
+            DecodePlan.TableLayout at = plan.tableLayout();
+            PinnedHostBuffer host = scratch.pinned("tables", at.bytes());
+            plan.writeTables(host.segment(), at);
+            DeviceBuffer tables = scratch.device("tables", at.bytes());
+            tables.copyFromAsync(host, 0, 0, at.bytes(), cache.stream());
             cache.stream().synchronize(); // the pinned tables are reused by the next prepare
-            return new PreparedStep(plan, tables, seqOff, spanOff, workOff, mmOff);
+            return new PreparedStep(plan, tables, at.seqOffset(), at.spanOffset(), at.workOffset(), at.mmOffset());
         }
     }
 
@@ -195,10 +184,6 @@ public final class GpuDecodeAttention implements AutoCloseable {
             cache.stream().synchronize();
             o.copyTo(0, out, 0, out.byteSize());
         }
-    }
-
-    private static long align(long x) {
-        return Math.ceilDiv(x, TABLE_ALIGN) * TABLE_ALIGN;
     }
 
     @Override

@@ -9,12 +9,10 @@ import dev.calibquant.quant.Calibration;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.Granularity;
 import dev.calibquant.quant.InvalidShapeException;
-import dev.calibquant.quant.NonFiniteInputException;
 import dev.calibquant.quant.QuantConfig;
 import dev.calibquant.quant.QuantizedSpan;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
 import java.util.List;
 
@@ -89,7 +87,7 @@ public final class GpuViewAttention implements DecodeAttention, AutoCloseable {
         ModelGeometry g = new ModelGeometry(1, queryHeads, kvh, d);
         ensureCache(g, config, full, visual, spans);
         try (Arena arena = Arena.ofConfined()) {
-            MemorySegment q16 = toFp16(arena, queries, queryType, queryHeads, d);
+            MemorySegment q16 = Fp16Check.toFiniteFp16Queries(arena, queries, queryType, queryHeads, d);
             List<GpuSequence> seqs = new ArrayList<>();
             try {
                 for (LayerKvView v : batch) {
@@ -116,24 +114,6 @@ public final class GpuViewAttention implements DecodeAttention, AutoCloseable {
         cache = new GpuKvCache(context, catalog, g, config, capacity);
         attention = new GpuDecodeAttention(cache);
         cacheKey = key;
-    }
-
-    private static MemorySegment toFp16(Arena arena, MemorySegment q, DType type, int heads, int d) {
-        long n = q.byteSize() / type.byteSize();
-        MemorySegment out = arena.allocate(2 * n, 16);
-        for (long i = 0; i < n; i++) {
-            float v = switch (type) {
-                case FP16 -> Float.float16ToFloat(q.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i));
-                case BF16 -> Float.intBitsToFloat(q.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i) << 16);
-                case FP32 -> q.get(ValueLayout.JAVA_FLOAT_UNALIGNED, 4 * i);
-            };
-            if (!Float.isFinite(v)) {
-                long row = i / d;
-                throw new NonFiniteInputException("queries", (int) (row % heads), (int) (row / heads), (int) (i % d), v);
-            }
-            out.setAtIndex(ValueLayout.JAVA_SHORT, i, Float.floatToFloat16(v));
-        }
-        return out;
     }
 
     private void closeCache() {

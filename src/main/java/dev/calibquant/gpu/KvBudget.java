@@ -125,8 +125,9 @@ public final class KvBudget {
             return subBatches == 1;
         }
 
-        public int timedSequences() {
-            return subBatches * subBatchSize;
+        /** {@code subBatches × subBatchSize}: a long, as it can pass {@link Integer#MAX_VALUE}. */
+        public long timedSequences() {
+            return (long) subBatches * subBatchSize;
         }
 
         /** The split whose sub-batches hold at most half as many sequences. */

@@ -17,7 +17,6 @@ import dev.calibquant.quant.CalibrationPolicy;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.Granularity;
 import dev.calibquant.quant.InvalidShapeException;
-import dev.calibquant.quant.NonFiniteInputException;
 import dev.calibquant.quant.QuantizedSpan;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -45,8 +44,6 @@ import java.util.Objects;
  * the sequences' locks for the step.
  */
 public final class ManagedDecodeAttention implements DecodeAttention, AutoCloseable {
-    private static final int TABLE_ALIGN = 256;
-
     private final DeviceStorage storage;
     private final KernelCatalog catalog;
     private final Calibration calibration;
@@ -167,7 +164,7 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
             throw new IllegalArgumentException("out is read-only");
         }
         try (Arena arena = Arena.ofConfined()) {
-            MemorySegment q16 = toFp16(arena, queries, queryType, queryHeads, d);
+            MemorySegment q16 = Fp16Check.toFiniteFp16Queries(arena, queries, queryType, queryHeads, d);
             synchronized (storage) {
                 if (closed) {
                     throw new IllegalStateException("managed decode attention is closed");
@@ -238,19 +235,11 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
                 perSm * multiprocessors, k.decodeBlock(), quantized ? k.decodeMaxChunk(group) : 0);
         CudaStream stream = storage.stream();
 
-        long seqOff = 0;
-        long spanOff = align(seqOff + 8L * plan.seqTab().length);
-        long workOff = align(spanOff + 8L * plan.spanTab().length);
-        long mmOff = align(workOff + 8L * plan.workTab().length);
-        long tableBytes = align(mmOff + 8L * plan.mmTab().length);
-        PinnedHostBuffer hostTables = scratch.pinned("tables", tableBytes);
-        MemorySegment h = hostTables.segment();
-        MemorySegment.copy(plan.seqTab(), 0, h, ValueLayout.JAVA_LONG, seqOff, plan.seqTab().length);
-        MemorySegment.copy(plan.spanTab(), 0, h, ValueLayout.JAVA_LONG, spanOff, plan.spanTab().length);
-        MemorySegment.copy(plan.workTab(), 0, h, ValueLayout.JAVA_LONG, workOff, plan.workTab().length);
-        MemorySegment.copy(plan.mmTab(), 0, h, ValueLayout.JAVA_LONG, mmOff, plan.mmTab().length);
-        DeviceBuffer tables = scratch.device("tables", tableBytes);
-        tables.copyFromAsync(hostTables, 0, 0, tableBytes, stream);
+        DecodePlan.TableLayout at = plan.tableLayout();
+        PinnedHostBuffer hostTables = scratch.pinned("tables", at.bytes());
+        plan.writeTables(hostTables.segment(), at);
+        DeviceBuffer tables = scratch.device("tables", at.bytes());
+        tables.copyFromAsync(hostTables, 0, 0, at.bytes(), stream);
 
         PinnedHostBuffer hostQ = scratch.pinned("queries", q16.byteSize());
         MemorySegment.copy(q16, 0, hostQ.segment(), 0, q16.byteSize());
@@ -268,7 +257,7 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
         DeviceBuffer partAcc = scratch.device("partial outputs", 4L * items * queryHeads * d);
         long counterBytes = 4L * plan.sequences() * kvh;
         DeviceBuffer counters = scratch.device("counters", counterBytes);
-        storage.zeroAsync(counters, 0, counterBytes); // the kernels need them zero; queued, unlike a memset
+        storage.zeroAsync(counters, 0, counterBytes); // the kernels need them zero, in stream order
         DeviceBuffer mmBuf = scratch.device("min/max", 4L * 2 * Math.max(1, plan.minmaxChunks()) * queryHeads);
 
         long scaleBytes = ManagedTables.scaleBytes(kvh, d);
@@ -279,16 +268,16 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
         float smScale = (float) (1.0 / Math.sqrt(d));
         try (Nvtx.Range r = Nvtx.range(stepRange)) {
             if (!quantized) {
-                k.fp16Decode(q, cache, tables, seqOff, workOff, partMl, partAcc, counters, o, items, kvh, group,
-                        smScale, stream);
+                k.fp16Decode(q, cache, tables, at.seqOffset(), at.workOffset(), partMl, partAcc, counters, o, items,
+                        kvh, group, smScale, stream);
             } else {
                 if (plan.mmMode() == 1) {
-                    k.minmax(q, cache, tables, seqOff, spanOff, mmOff, mmBuf, plan.minmaxChunks(), kvh, group,
-                            smScale, stream);
+                    k.minmax(q, cache, tables, at.seqOffset(), at.spanOffset(), at.mmOffset(), mmBuf,
+                            plan.minmaxChunks(), kvh, group, smScale, stream);
                 }
-                k.decode(plan.mmMode(), q, cache, tables, seqOff, spanOff, workOff, mmBuf, partMl, partAcc, counters,
-                        o, items, kvh, group, smScale, calibration.tauMin(), calibration.tauMax(),
-                        calibration.policy() == CalibrationPolicy.CLAMP_AT_ZERO, stream);
+                k.decode(plan.mmMode(), q, cache, tables, at.seqOffset(), at.spanOffset(), at.workOffset(), mmBuf,
+                        partMl, partAcc, counters, o, items, kvh, group, smScale, calibration.tauMin(),
+                        calibration.tauMax(), calibration.policy() == CalibrationPolicy.CLAMP_AT_ZERO, stream);
             }
         }
         PinnedHostBuffer hostOut = scratch.pinned("outputs", out.byteSize());
@@ -309,30 +298,6 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
 
     private CalibQuantKernels kernelsFor(int headDim, int bits) {
         return kernels.computeIfAbsent(headDim * 16 + bits, key -> new CalibQuantKernels(catalog, headDim, bits));
-    }
-
-    /** The queries as fp16, checked finite (an exception names the sequence as the token). */
-    private static MemorySegment toFp16(Arena arena, MemorySegment q, DType type, int heads, int d) {
-        long n = q.byteSize() / type.byteSize();
-        MemorySegment out = arena.allocate(2 * n, 16);
-        for (long i = 0; i < n; i++) {
-            float v = switch (type) {
-                case FP16 -> Float.float16ToFloat(q.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i));
-                case BF16 -> Float.intBitsToFloat(q.get(ValueLayout.JAVA_SHORT_UNALIGNED, 2 * i) << 16);
-                case FP32 -> q.get(ValueLayout.JAVA_FLOAT_UNALIGNED, 4 * i);
-            };
-            if (!Float.isFinite(v)) {
-                long row = i / d;
-                throw new NonFiniteInputException("queries (token = sequence of the batch)", (int) (row % heads),
-                        (int) (row / heads), (int) (i % d), v);
-            }
-            out.setAtIndex(ValueLayout.JAVA_SHORT, i, Float.floatToFloat16(v));
-        }
-        return out;
-    }
-
-    private static long align(long x) {
-        return Math.ceilDiv(x, TABLE_ALIGN) * TABLE_ALIGN;
     }
 
     /** Frees this attention's scratch buffers (not the storage, not the kernels). Idempotent. */

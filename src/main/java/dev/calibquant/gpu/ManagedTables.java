@@ -49,9 +49,13 @@ final class ManagedTables {
         for (int i = 0; i < view.visualSpans().size(); i++) {
             QuantizedSpan q = view.visualSpans().get(i);
             String span = what + " visual span " + i;
-            if (q.keyScale().byteSize() != scaleBytes || q.valueScale().byteSize() != scaleBytes) {
+            // the kernels read all four arrays at this size, so a shorter one would be read past its end
+            if (q.keyScale().byteSize() != scaleBytes || q.keyOffset().byteSize() != scaleBytes
+                    || q.valueScale().byteSize() != scaleBytes || q.valueOffset().byteSize() != scaleBytes) {
                 throw new IllegalArgumentException(span + ": the GPU kernels read per-channel scales of " + scaleBytes
-                        + " bytes, this span has " + q.keyScale().byteSize() + " and " + q.valueScale().byteSize());
+                        + " bytes (σK, αK, σV, αV), this span has " + q.keyScale().byteSize() + ", "
+                        + q.keyOffset().byteSize() + ", " + q.valueScale().byteSize() + " and "
+                        + q.valueOffset().byteSize());
             }
             long o = pairOffset(span + " scales", locate.apply(q.keyScale()), locate.apply(q.valueScale()));
             requireAt(span + " key offsets (αK)", locate.apply(q.keyOffset()), 0, o + scaleBytes);

@@ -1,5 +1,9 @@
 package dev.calibquant.kernels;
 
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
+import java.util.Arrays;
 import java.util.List;
 
 /**
@@ -94,16 +98,16 @@ public final class QuantizePlan {
         }
         int maxTiles = 0;
         for (Span s : spans) {
-            maxTiles = Math.max(maxTiles, ceilDiv(s.tokens(), tileTokens));
+            maxTiles = Math.max(maxTiles, Math.ceilDiv(s.tokens(), tileTokens));
         }
         int members = residentPrograms / 2;
-        int tiles = Math.max(ceilDiv(MIN_CHUNK_TOKENS, tileTokens), ceilDiv(maxTiles, members));
+        int tiles = Math.max(Math.ceilDiv(MIN_CHUNK_TOKENS, tileTokens), Math.ceilDiv(maxTiles, members));
         long chunkTokens = (long) tiles * tileTokens;
         long[] table = new long[spans.size() * CalibQuantKernels.QS_COLS];
         long chunks = 0;
         for (int i = 0; i < spans.size(); i++) {
             Span s = spans.get(i);
-            long count = (s.tokens() + chunkTokens - 1) / chunkTokens;
+            long count = Math.ceilDiv(s.tokens(), chunkTokens);
             int at = i * CalibQuantKernels.QS_COLS;
             table[at] = s.sourceOffset();
             table[at + 1] = s.sourceCapacity();
@@ -122,7 +126,7 @@ public final class QuantizePlan {
         for (int i = 0; i < spans.size(); i++) {
             int first = (int) table[i * CalibQuantKernels.QS_COLS + 6];
             int count = (int) table[i * CalibQuantKernels.QS_COLS + 7];
-            java.util.Arrays.fill(chunkSpan, first, first + count, i);
+            Arrays.fill(chunkSpan, first, first + count, i);
         }
         return new QuantizePlan(List.copyOf(spans), kvHeads, headDim, bits, tiles, table, chunkSpan);
     }
@@ -174,15 +178,15 @@ public final class QuantizePlan {
     }
 
     /** Writes both tables, little-endian as the device reads them, into {@code dst} from byte 0. */
-    public void writeTables(java.lang.foreign.MemorySegment dst) {
+    public void writeTables(MemorySegment dst) {
         if (dst.byteSize() < tableBytes()) {
             throw new IllegalArgumentException("table segment of " + dst.byteSize() + " bytes; the plan needs "
                     + tableBytes());
         }
-        java.lang.foreign.MemorySegment.copy(spanTable, 0, dst, java.lang.foreign.ValueLayout.JAVA_LONG_UNALIGNED
-                .withOrder(java.nio.ByteOrder.LITTLE_ENDIAN), 0, spanTable.length);
-        java.lang.foreign.MemorySegment.copy(chunkTable, 0, dst, java.lang.foreign.ValueLayout.JAVA_INT_UNALIGNED
-                .withOrder(java.nio.ByteOrder.LITTLE_ENDIAN), chunkTableOffset(), chunkTable.length);
+        MemorySegment.copy(spanTable, 0, dst, ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN), 0,
+                spanTable.length);
+        MemorySegment.copy(chunkTable, 0, dst, ValueLayout.JAVA_INT_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN),
+                chunkTableOffset(), chunkTable.length);
     }
 
     public long statsBytes() {
@@ -214,9 +218,5 @@ public final class QuantizePlan {
                         + codeBytes + " and " + scaleFloats);
             }
         }
-    }
-
-    private static int ceilDiv(int a, int b) {
-        return (a + b - 1) / b;
     }
 }

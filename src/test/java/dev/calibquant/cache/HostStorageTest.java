@@ -131,42 +131,13 @@ class HostStorageTest {
     @Test
     void aPairWhoseValuesCannotBeAllocatedLeavesNothing() {
         try (HostStorage host = new HostStorage()) {
-            KvStorage failingValues = new KvStorage() {
-                @Override
-                public String name() {
-                    return "failing";
-                }
-
+            KvStorage failingValues = new HostDelegate(host) {
                 @Override
                 public StorageBlock allocate(long bytes, String label) {
                     if (label.endsWith("values")) {
                         throw new OutOfMemoryError("no room for " + label);
                     }
                     return host.allocate(bytes, label);
-                }
-
-                @Override
-                public void write(MemorySegment source, StorageBlock target, RowCopy copy) {
-                    host.write(source, target, copy);
-                }
-
-                @Override
-                public void copy(StorageBlock source, StorageBlock target, RowCopy copy) {
-                    host.copy(source, target, copy);
-                }
-
-                @Override
-                public long liveBytes() {
-                    return host.liveBytes();
-                }
-
-                @Override
-                public int liveBlocks() {
-                    return host.liveBlocks();
-                }
-
-                @Override
-                public void close() {
                 }
             };
             assertThatThrownBy(() -> failingValues.allocatePair(64, 64, "layer 0")).isInstanceOf(OutOfMemoryError.class)

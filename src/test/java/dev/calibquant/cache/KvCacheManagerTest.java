@@ -16,6 +16,7 @@ import java.lang.foreign.MemorySegment;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Random;
+import java.util.concurrent.atomic.AtomicBoolean;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -212,6 +213,86 @@ class KvCacheManagerTest {
             assertThat(cache.usage().fp16Bytes()).isEqualTo(2L * 2 * GEOMETRY.kvHeads() * 440 * 32 * 2);
         }
         assertThat(storage.liveBytes()).isZero();
+    }
+
+    /**
+     * Host storage whose blocks, while {@code failFrees} is set, free themselves and then report an error (as a
+     * device storage whose free fails after the bytes are gone would).
+     */
+    private static final class FailingFrees extends HostDelegate {
+        private final AtomicBoolean failFrees;
+
+        FailingFrees(HostStorage host, AtomicBoolean failFrees) {
+            super(host);
+            this.failFrees = failFrees;
+        }
+
+        private record Block(StorageBlock inner, AtomicBoolean failFrees) implements StorageBlock {
+            @Override
+            public String label() {
+                return inner.label();
+            }
+
+            @Override
+            public long byteSize() {
+                return inner.byteSize();
+            }
+
+            @Override
+            public MemorySegment segment() {
+                return inner.segment();
+            }
+
+            @Override
+            public boolean isOpen() {
+                return inner.isOpen();
+            }
+
+            @Override
+            public void close() {
+                inner.close();
+                if (failFrees.get()) {
+                    throw new IllegalStateException("freeing " + label() + " failed");
+                }
+            }
+        }
+
+        @Override
+        public StorageBlock allocate(long bytes, String label) {
+            return new Block(host.allocate(bytes, label), failFrees);
+        }
+
+        @Override
+        StorageBlock unwrap(StorageBlock block) {
+            return ((Block) block).inner();
+        }
+    }
+
+    @Test
+    void aFailedFreeOfTheOutgrownPairIsThrownAfterBothBlocksWereFreedAndTheSwapAccounted() {
+        Random random = seed.random();
+        HostStorage host = new HostStorage();
+        AtomicBoolean failFrees = new AtomicBoolean();
+        try (Arena arena = Arena.ofConfined();
+                KvCacheManager cache = new KvCacheManager(GEOMETRY, DType.FP16, new FailingFrees(host, failFrees),
+                        KvCacheManager.NO_LIMIT);
+                Sequence sequence = cache.createSequence(1)) {
+            Prompt.random(arena, random, DType.FP16, 1, List.of()).fill(sequence, 0);
+            MemorySegment step = KvData.normal(arena, random, DType.FP16, 2, 1, 32);
+            for (int t = 1; t < 64; t++) {
+                sequence.append(0, step, step, DType.FP16); // fills the block of 64
+            }
+            failFrees.set(true);
+            assertThatThrownBy(() -> sequence.append(0, step, step, DType.FP16)) // grows, then frees the old pair
+                    .isInstanceOf(IllegalStateException.class).hasMessageContaining("full-precision keys failed")
+                    .satisfies(e -> assertThat(e.getSuppressed()).singleElement().extracting(Throwable::getMessage)
+                            .asString().contains("full-precision values failed"));
+            failFrees.set(false);
+            assertThat(sequence.layer(0).fullCapacity()).isEqualTo(128);
+            assertThat(host.liveBlocks()).isEqualTo(2);
+            assertThat(host.liveBytes()).isEqualTo(cache.usage().totalBytes());
+        }
+        assertThat(host.liveBytes()).isZero();
     }
 
     @Test

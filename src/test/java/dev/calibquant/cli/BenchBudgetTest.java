@@ -45,6 +45,7 @@ class BenchBudgetTest {
         // fp16: 10^6 / (32 · 640) = 48.83 steps/s, × 206 = 10,059; 1-bit: 10^6 / (32 · 750) = 41.67, × 1331 = 55,458
         assertThat(table).contains("100.00 GB (100,000,000,000 bytes) over all 32 layers")
                 .contains("each holding 128 generated tokens")
+                .contains("64 text tokens, 256 generated tokens reserved; 32 q heads, 8 KV heads, D=128")
                 .contains("attention only")
                 .containsPattern("fp16 \\|       206 \\|           483\\.52 MB \\|           15\\.11 MB \\|             3\\.11 GB \\|             99\\.61 GB \\|    640\\.0 µs \\|\\s+48\\.83 \\|\\s+10,059")
                 .containsPattern("1-bit \\|      1331 \\|            75\\.10 MB \\|            2\\.35 MB \\|             3\\.12 GB \\|             99\\.96 GB \\|    750\\.0 µs \\|\\s+41\\.67 \\|\\s+55,458")

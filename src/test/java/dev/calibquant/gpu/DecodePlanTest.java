@@ -5,6 +5,9 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import dev.calibquant.cache.TokenSpan;
 import dev.calibquant.kernels.CalibQuantKernels;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
 import java.util.List;
 import net.jqwik.api.ForAll;
@@ -48,6 +51,33 @@ class DecodePlanTest {
         assertThat(p.mmMode()).isEqualTo(2);
         assertThat(p.workItems()).isEqualTo(256 * 3); // the 105 full-precision rows in items of 64 and 41
         assertThat(p.minmaxChunks()).isZero();
+    }
+
+    /** The four tables one after another, each from a multiple of 256 bytes, every value where the kernels read it. */
+    @Test
+    void tablesAreWrittenAtAlignedOffsetsOfOneBuffer() {
+        DecodePlan p = DecodePlan.build(List.of(entry(105, 3328), entry(7, 1, 40)), 32, 128, 8, true, SMS_X2, 64, 0);
+        DecodePlan.TableLayout at = p.tableLayout();
+        assertThat(at.seqOffset()).isZero();
+        assertThat(at.spanOffset()).isEqualTo(Math.ceilDiv(8L * p.seqTab().length, 256) * 256);
+        assertThat(at.workOffset()).isEqualTo(at.spanOffset() + Math.ceilDiv(8L * p.spanTab().length, 256) * 256);
+        assertThat(at.mmOffset()).isEqualTo(at.workOffset() + Math.ceilDiv(8L * p.workTab().length, 256) * 256);
+        assertThat(at.bytes()).isEqualTo(at.mmOffset() + Math.ceilDiv(8L * p.mmTab().length, 256) * 256);
+        assertThat(p.mmTab()).isNotEmpty(); // mode 1: all four tables are written
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment m = arena.allocate(at.bytes());
+            p.writeTables(m, at);
+            assertThat(m.asSlice(at.seqOffset(), 8L * p.seqTab().length).toArray(ValueLayout.JAVA_LONG))
+                    .containsExactly(p.seqTab());
+            assertThat(m.asSlice(at.spanOffset(), 8L * p.spanTab().length).toArray(ValueLayout.JAVA_LONG))
+                    .containsExactly(p.spanTab());
+            assertThat(m.asSlice(at.workOffset(), 8L * p.workTab().length).toArray(ValueLayout.JAVA_LONG))
+                    .containsExactly(p.workTab());
+            assertThat(m.asSlice(at.mmOffset(), 8L * p.mmTab().length).toArray(ValueLayout.JAVA_LONG))
+                    .containsExactly(p.mmTab());
+            assertThatThrownBy(() -> p.writeTables(arena.allocate(at.bytes() - 8), at))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("table segment");
+        }
     }
 
     @Test

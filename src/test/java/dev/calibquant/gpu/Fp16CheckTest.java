@@ -4,7 +4,10 @@ import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatCode;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
+import dev.calibquant.quant.DType;
+import dev.calibquant.quant.Elements;
 import dev.calibquant.quant.NonFiniteInputException;
+import dev.calibquant.testing.Seeds;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -90,6 +93,72 @@ class Fp16CheckTest {
             MemorySegment q = arena.allocate(2L * B * HQ * D - 2);
             assertThatThrownBy(() -> Fp16Check.requireFiniteQueries(q, B, HQ, D))
                     .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("fewer than");
+        }
+    }
+
+    /** Queries of every dtype become the fp16 the kernels read: each element rounded once, little-endian. */
+    @Test
+    void queriesOfEveryTypeAreRoundedToFp16() {
+        long seed = Seeds.fresh("Fp16CheckTest");
+        Random random = new Random(seed);
+        for (DType type : DType.values()) {
+            try (Arena arena = Arena.ofConfined()) {
+                MemorySegment q = arena.allocate(type.byteSize() * B * HQ * D);
+                for (long i = 0; i < B * HQ * D; i++) {
+                    Elements.write(q, type, i, (float) (100 * random.nextGaussian()));
+                }
+                // the largest half (bf16 holds no 65504: it rounds to 65536; its nearest below is 65280)
+                Elements.write(q, type, 1, type == DType.BF16 ? 65280f : 65504f);
+                MemorySegment fp16 = Fp16Check.toFiniteFp16Queries(arena, q, type, HQ, D);
+                assertThat(fp16.byteSize()).isEqualTo(2L * B * HQ * D);
+                for (long i = 0; i < B * HQ * D; i++) {
+                    assertThat(fp16.get(LE, 2 * i)).as("seed %d %s element %d", seed, type, i)
+                            .isEqualTo(Float.floatToFloat16(Elements.read(q, type, i)));
+                }
+            }
+        }
+    }
+
+    @Test
+    void aQueryThatIsNotFiniteInFp16IsNamedBeforeAnythingIsConverted() {
+        long seed = Seeds.fresh("Fp16CheckTest");
+        Random random = new Random(seed);
+        long index = ((2L * HQ) + 3) * D + 5; // sequence 2, head 3, channel 5
+        // NaN and infinity in each type, and finite fp32/bf16 values beyond fp16's range (65520 rounds up to infinity)
+        Object[][] bad = {{DType.FP16, Float.NaN}, {DType.BF16, Float.NEGATIVE_INFINITY}, {DType.FP32, Float.NaN},
+            {DType.FP32, 65520f}, {DType.FP32, -1e6f}, {DType.BF16, 70144f}};
+        for (Object[] b : bad) {
+            DType type = (DType) b[0];
+            float value = (float) b[1];
+            try (Arena arena = Arena.ofConfined()) {
+                MemorySegment q = arena.allocate(type.byteSize() * B * HQ * D);
+                for (long i = 0; i < B * HQ * D; i++) {
+                    Elements.write(q, type, i, (float) random.nextGaussian());
+                }
+                Elements.write(q, type, index, value);
+                String as = "seed " + seed + " " + type + " " + value;
+                assertThatThrownBy(() -> Fp16Check.toFiniteFp16Queries(arena, q, type, HQ, D)).as(as)
+                        .isInstanceOfSatisfying(NonFiniteInputException.class, e -> {
+                            assertThat(e.head()).as(as).isEqualTo(3);
+                            assertThat(e.channel()).as(as).isEqualTo(5);
+                            assertThat(e.token()).as(as).isEqualTo(-1);
+                            assertThat(Float.isFinite(e.value())).as(as).isFalse();
+                        })
+                        .hasMessageContaining("queries of sequence 2 of the batch")
+                        .hasMessageContaining(Float.isFinite(value) ? "rounds to infinity in fp16" : "non-finite");
+            }
+        }
+    }
+
+    @Test
+    void queriesOfTheWrongSizeAreRejected() {
+        try (Arena arena = Arena.ofConfined()) {
+            assertThatThrownBy(() -> Fp16Check.toFiniteFp16Queries(arena, arena.allocate(4L * HQ * D + 2), DType.FP32,
+                    HQ, D)).isInstanceOf(IllegalArgumentException.class).hasMessageContaining("FP32 [sequences][4][8]");
+            assertThatThrownBy(() -> Fp16Check.toFiniteFp16Queries(arena, arena.allocate(2L * HQ * (D + 1)), DType.FP16,
+                    HQ, D)).isInstanceOf(IllegalArgumentException.class);
+            assertThatThrownBy(() -> Fp16Check.toFiniteFp16Queries(arena, arena.allocate(2L * HQ * D), DType.FP16,
+                    0, D)).isInstanceOf(IllegalArgumentException.class);
         }
     }
 }

@@ -159,6 +159,8 @@ class KvBudgetTest {
         assertThatThrownBy(() -> new KvBudget.Split(10, 2, 4)).hasMessageContaining("inconsistent split");
         assertThatThrownBy(() -> new KvBudget.Split(10, 2, 7)).hasMessageContaining("inconsistent split");
         assertThat(KvBudget.split(1331, 665)).isEqualTo(new KvBudget.Split(1331, 3, 444)); // 2 · 665 = 1330 < 1331
+        // 2 sub-batches of 2^30 time one more sequence than int holds
+        assertThat(KvBudget.split(Integer.MAX_VALUE, Integer.MAX_VALUE - 1).timedSequences()).isEqualTo(1L << 31);
         assertThat(KvBudget.split(1331, 665).layerStepUs(250)).isEqualTo(3 * 250.0);
         assertThatThrownBy(() -> KvBudget.split(4, 2).layerStepUs(0)).hasMessageContaining("positive and finite");
     }

@@ -152,12 +152,16 @@ class ManagedTablesTest {
         final Map<MemorySegment, DeviceStorage.Placement> at = new IdentityHashMap<>();
 
         Layout(Arena arena, Granularity keyGranularity) {
+            this(arena, keyGranularity, ManagedTables.scaleBytes(2, 64));
+        }
+
+        Layout(Arena arena, Granularity keyGranularity, long valueOffsetBytes) {
             long full = 2L * 2 * 64 * 64;
             long codes = 2L * 10 * 64 / 8;
             long keyScales = keyGranularity == Granularity.PER_TOKEN ? 4L * 2 * 10 : scaleBytes;
             span = new QuantizedSpan(10, 2, 64, 1, keyGranularity, Granularity.PER_CHANNEL,
                     arena.allocate(codes), arena.allocate(codes), arena.allocate(keyScales), arena.allocate(keyScales),
-                    arena.allocate(scaleBytes), arena.allocate(scaleBytes));
+                    arena.allocate(scaleBytes), arena.allocate(valueOffsetBytes));
             view = new DownloadedLayer(2, 64, DType.FP16, 3, 64, arena.allocate(full), arena.allocate(full),
                     List.of(span));
             at.put(view.fullKeys(), new DeviceStorage.Placement(0, FULL));
@@ -227,6 +231,11 @@ class ManagedTablesTest {
 
             Layout perToken = new Layout(arena, Granularity.PER_TOKEN);
             assertThatThrownBy(perToken::entry).hasMessageContaining("per-channel scales of 512 bytes");
+
+            Layout shortAlpha = new Layout(arena, Granularity.PER_CHANNEL, 508);
+            assertThatThrownBy(shortAlpha::entry).isInstanceOf(IllegalArgumentException.class)
+                    .hasMessageContaining("visual span 0: the GPU kernels read per-channel scales of 512 bytes")
+                    .hasMessageContaining("512, 512, 512 and 508");
         }
     }
 

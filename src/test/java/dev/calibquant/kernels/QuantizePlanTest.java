@@ -102,6 +102,19 @@ class QuantizePlanTest {
         assertThat(smallTiles.programs()).isEqualTo(26 * 16);
     }
 
+    /**
+     * A span of 2^31 − 1 tokens: its tile count (16,777,216 of 128) must not overflow int arithmetic, or the plan
+     * would cut it into one chunk per tile, far more members than the 132 the barrier allows.
+     */
+    @Test
+    void theLongestSpanStillFitsTheBarrier() {
+        QuantizePlan plan = QuantizePlan.of(List.of(new QuantizePlan.Span(0, Integer.MAX_VALUE, 0, Integer.MAX_VALUE,
+                0, 0)), 1, 16, 1, 128, 264);
+        assertThat(plan.tilesPerProgram()).isEqualTo(127_101); // ⌈16,777,216 / 132⌉
+        assertThat(plan.spanTable()[7]).isEqualTo(132).isLessThanOrEqualTo(264 / 2);
+        assertThat(plan.programs()).isEqualTo(132 * 2);
+    }
+
     @Test
     void tablesAreWrittenLittleEndianWhereTheKernelReadsThem() {
         QuantizePlan plan = QuantizePlan.of(List.of(new QuantizePlan.Span(32, 100, 3, 90, 48, 16),
@@ -144,5 +157,7 @@ class QuantizePlanTest {
                 .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("source elements");
         assertThatThrownBy(() -> plan.requireWithin(8L * 10 * 128, 8L * 10 * 16 - 1, 8L * 128))
                 .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("code bytes");
+        assertThatThrownBy(() -> plan.requireWithin(8L * 10 * 128, 8L * 10 * 16, 8L * 128 - 1))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("scale floats");
     }
 }
