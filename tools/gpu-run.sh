@@ -61,8 +61,10 @@ step selftest sm_80
 fi
 step "junit${GPU_TESTS_ONLY:+ (GPU-tagged tests only)}"
 tag_opt=(); [ -n "${GPU_TESTS_ONLY:-}" ] && tag_opt=(--include-tag gpu)
+select=(--scan-class-path "$app/test-classes")  # JUNIT_CLASSES=a.B,c.D runs only those classes
+[ -n "${JUNIT_CLASSES:-}" ] && select=($(printf -- '--select-class %s ' ${JUNIT_CLASSES//,/ }))
 "$java" "${jflags[@]}" -Xmx24g -jar "$app"/junit-platform-console-standalone-*.jar execute "${tag_opt[@]}" \
-    --class-path "$cp_test" --scan-class-path "$app/test-classes" \
+    --class-path "$cp_test" "${select[@]}" \
     --include-classname '.*(Test|Tests|Properties)$' --exclude-package dev.calibquant.bench \
     --reports-dir "$logs/junit" --details=tree --details-theme=ascii --disable-banner > "$logs/junit.txt" 2>&1 \
     || status=1

@@ -254,6 +254,17 @@ public final class GpuKvCache implements AutoCloseable {
         int kvh = geometry.kvHeads();
         int d = geometry.headDim();
         int prompt = s.promptTokens();
+        // the quantize plan first: it can refuse the spans, and nothing may be queued on the stream by then
+        QuantizePlan plan = null;
+        if (!s.quantizedSpans().isEmpty()) {
+            List<QuantizePlan.Span> work = new ArrayList<>();
+            for (int i = 0; i < s.quantizedSpans().size(); i++) {
+                TokenSpan span = s.quantizedSpans().get(i);
+                work.add(new QuantizePlan.Span(0, prompt, span.start(), span.length(), s.codeOffset[layer][i],
+                        s.scaleOffset[layer][i]));
+            }
+            plan = kernels.planQuantize(work, kvh);
+        }
         DeviceBuffer kin = staging.device("keys in", bytes);
         DeviceBuffer vin = staging.device("values in", bytes);
         kin.copyFrom(keys, 0, 0, bytes);
@@ -279,13 +290,7 @@ public final class GpuKvCache implements AutoCloseable {
                 at = spans.get(i).end();
             }
         }
-        if (!spans.isEmpty()) {
-            List<QuantizePlan.Span> work = new ArrayList<>();
-            for (int i = 0; i < spans.size(); i++) {
-                work.add(new QuantizePlan.Span(0, prompt, spans.get(i).start(), spans.get(i).length(),
-                        s.codeOffset[layer][i], s.scaleOffset[layer][i]));
-            }
-            QuantizePlan plan = kernels.planQuantize(work, kvh);
+        if (plan != null) {
             PinnedHostBuffer tab = staging.pinned("quantize tables", plan.tableBytes());
             plan.writeTables(tab.segment());
             DeviceBuffer devTab = staging.device("quantize tables", plan.tableBytes());

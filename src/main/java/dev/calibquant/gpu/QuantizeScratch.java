@@ -30,7 +30,7 @@ final class QuantizeScratch implements AutoCloseable {
             MemorySegment host = arena.allocate(plan.tableBytes(), 16);
             plan.writeTables(host);
             owned[0].copyFrom(host);
-        } catch (RuntimeException e) {
+        } catch (RuntimeException | Error e) {
             for (DeviceBuffer b : owned) { // nothing half-made outlives a failed constructor
                 if (b != null) {
                     b.close();
