@@ -169,6 +169,7 @@ public final class CalibQuantKernels {
             DeviceBuffer tables, long tableOffset, DeviceBuffer stats, DeviceBuffer thresholds, DeviceBuffer sync,
             float clipK, float clipV, CudaStream stream) {
         Kernel k = quantizePack();
+        plan.requireGeometry(headDim, bits);
         plan.requireWithin(Math.min(kin.byteSize(), vin.byteSize()) / 2, Math.min(kcode.byteSize(), vcode.byteSize()),
                 Math.min(Math.min(ksig.byteSize(), kalp.byteSize()), Math.min(vsig.byteSize(), valp.byteSize())) / 4);
         requireBytes("quantize tables", tables, tableOffset, plan.tableBytes());

@@ -139,6 +139,17 @@ public final class QuantizePlan {
         return kvHeads;
     }
 
+    /**
+     * Refuses a plan made for another head dimension or bit width than the kernel about to run it: its offsets and
+     * scratch sizes would not match what that kernel reads and writes.
+     */
+    public void requireGeometry(int kernelHeadDim, int kernelBits) {
+        if (kernelHeadDim != headDim || kernelBits != bits) {
+            throw new IllegalArgumentException("a quantize plan for head dim " + headDim + ", " + bits
+                    + " bits cannot run on the kernel for head dim " + kernelHeadDim + ", " + kernelBits + " bits");
+        }
+    }
+
     /** The kernel's {@code TPP}: tiles of {@code BT} tokens per program ({@link #MIN_CHUNK_TOKENS}, more for very long spans). */
     public int tilesPerProgram() {
         return tilesPerProgram;

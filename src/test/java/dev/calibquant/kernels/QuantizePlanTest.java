@@ -152,6 +152,11 @@ class QuantizePlanTest {
         assertThatThrownBy(() -> QuantizePlan.of(List.of(ok), 8, 128, 1, 128, 1))
                 .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("at least 2");
         QuantizePlan plan = QuantizePlan.of(List.of(ok), 8, 128, 1, 128, 100);
+        plan.requireGeometry(128, 1);
+        assertThatThrownBy(() -> plan.requireGeometry(64, 1))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("head dim 128, 1 bits");
+        assertThatThrownBy(() -> plan.requireGeometry(128, 2))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("head dim 128, 2 bits");
         plan.requireWithin(8L * 10 * 128, 8L * 10 * 16, 8L * 128);
         assertThatThrownBy(() -> plan.requireWithin(8L * 10 * 128 - 1, 8L * 10 * 16, 8L * 128))
                 .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("source elements");
