@@ -858,6 +858,14 @@ def main():
         pass
     out_path = Path(a.out)
 
+    def candidates():
+        """The candidate set of --exp on sm_90a, its kernel facts recorded in the results."""
+        exp_root = Path(a.exp)
+        exp_manifest = json.loads((exp_root / "manifest.json").read_text())
+        xdev = TorchDev(driver, exp_manifest, exp_root, "sm_90a")
+        results["candidate_kernel_info"] = xdev.info
+        return xdev, exp_manifest
+
     def save():
         out_path.write_text(json.dumps(results, indent=1, sort_keys=True, default=float) + "\n")
 
@@ -890,22 +898,13 @@ def main():
                    [int(b) for b in a.batches.split(",")])
         save()
     if a.exp and "gluon" in parts:
-        exp_root = Path(a.exp)
-        exp_manifest = json.loads((exp_root / "manifest.json").read_text())
-        xdev = TorchDev(driver, exp_manifest, exp_root, "sm_90a")
-        results["candidate_kernel_info"] = xdev.info
+        xdev, exp_manifest = candidates()
         results["gluon"] = run_gluon(torch, xdev, report, a.seed + 2000, left, exp_manifest, save)
     if a.exp and "quantize" in parts:
-        exp_root = Path(a.exp)
-        exp_manifest = json.loads((exp_root / "manifest.json").read_text())
-        xdev = TorchDev(driver, exp_manifest, exp_root, "sm_90a")
-        results["candidate_kernel_info"] = xdev.info
+        xdev, exp_manifest = candidates()
         results["quantize"] = run_quantize_candidates(torch, xdev, report, a.seed + 3000, left, exp_manifest, save)
     if a.exp and "select" in parts:
-        exp_root = Path(a.exp)
-        exp_manifest = json.loads((exp_root / "manifest.json").read_text())
-        xdev = TorchDev(driver, exp_manifest, exp_root, "sm_90a")
-        results["candidate_kernel_info"] = xdev.info
+        xdev, exp_manifest = candidates()
         bw = copy_bandwidth(torch)
         results["selection"] = run_selection(torch, xdev, report, a.seed + 1000, left, bw, exp_manifest,
                                              a.selection)

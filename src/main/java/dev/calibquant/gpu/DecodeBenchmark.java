@@ -178,8 +178,7 @@ public final class DecodeBenchmark {
         long scaleFloats = ParallelPool.roundUp((long) KV_HEADS * HEAD_DIM);
         CalibQuantKernels kernels = new CalibQuantKernels(catalog, HEAD_DIM, 1);
         QuantConfig c = QuantConfig.defaults(1);
-        try (Arena arena = Arena.ofConfined(); DeviceBuffer kin = ctx.allocate(promptBytes * batch);
-                DeviceBuffer vin = ctx.allocate(promptBytes * batch);
+        try (DeviceBuffer kin = ctx.allocate(promptBytes * batch); DeviceBuffer vin = ctx.allocate(promptBytes * batch);
                 DeviceBuffer kc = ctx.allocate(codeBytes * batch); DeviceBuffer vc = ctx.allocate(codeBytes * batch);
                 DeviceBuffer ks = ctx.allocate(4 * scaleFloats * batch); DeviceBuffer ka = ctx.allocate(4 * scaleFloats * batch);
                 DeviceBuffer vs = ctx.allocate(4 * scaleFloats * batch); DeviceBuffer va = ctx.allocate(4 * scaleFloats * batch);

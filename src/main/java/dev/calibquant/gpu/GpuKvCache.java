@@ -254,12 +254,13 @@ public final class GpuKvCache implements AutoCloseable {
         int kvh = geometry.kvHeads();
         int d = geometry.headDim();
         int prompt = s.promptTokens();
+        List<TokenSpan> spans = s.quantizedSpans();
         // the quantize plan first: it can refuse the spans, and nothing may be queued on the stream by then
         QuantizePlan plan = null;
-        if (!s.quantizedSpans().isEmpty()) {
+        if (!spans.isEmpty()) {
             List<QuantizePlan.Span> work = new ArrayList<>();
-            for (int i = 0; i < s.quantizedSpans().size(); i++) {
-                TokenSpan span = s.quantizedSpans().get(i);
+            for (int i = 0; i < spans.size(); i++) {
+                TokenSpan span = spans.get(i);
                 work.add(new QuantizePlan.Span(0, prompt, span.start(), span.length(), s.codeOffset[layer][i],
                         s.scaleOffset[layer][i]));
             }
@@ -270,7 +271,6 @@ public final class GpuKvCache implements AutoCloseable {
         kin.copyFrom(keys, 0, 0, bytes);
         vin.copyFrom(values, 0, 0, bytes);
         // Non-visual tokens, in order, into the full-precision block: one copy per head per gap between spans.
-        List<TokenSpan> spans = s.quantizedSpans();
         long rowBytes16 = 2L * d;
         int at = 0;
         int dst = 0;
