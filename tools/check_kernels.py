@@ -176,30 +176,42 @@ class DecodeBatch:
         for i, sp in enumerate(self.span_list):
             sp["index"] = i
 
-    def tables(self, rng, mode, bn, fp_chunks, vis_chunks, mm_chunks):
-        """seq_tab [S,6], span_tab [NS,5], work_tab [NW,4], mm_tab [NC,4] (int64). mode 2: whole-span items."""
+    def tables(self, rng, mode, bn, fp_chunks, vis_chunks, mm_chunks, ch=None):
+        """seq_tab [S,6], span_tab [NS,5], work_tab [NW,4], mm_tab [NC,4] (int64). mode 2: whole-span items;
+        mode 3: items of at most ch tokens, a span's items in consecutive rows, their count in its mm_count."""
         work, seq_rows = [], []
+        n_items = {}
+        if mode == 3:
+            vis_chunks = [ch if c is None else min(c, ch) for c in vis_chunks]
         for si, s in enumerate(self.seqs):
-            items = []
+            blocks = []  # one block per full-precision item, one per span (whose items stay together)
             for t0, tn in chunked(s["fp_len"], rng, fp_chunks):
-                items.append([si, -1, t0, tn])
+                blocks.append([[si, -1, t0, tn]])
             for sp in s["spans"]:
                 parts = [(0, sp["tokens"])] if mode == 2 else chunked(sp["tokens"], rng, vis_chunks)
-                for t0, tn in parts:
-                    items.append([si, sp["index"], t0, tn])
-            order = rng.permutation(len(items))
+                n_items[sp["index"]] = len(parts)
+                blocks.append([[si, sp["index"], t0, tn] for t0, tn in parts])
+            if mode == 3:
+                items = [b[i] for j in rng.permutation(len(blocks)) for b in [blocks[j]]
+                         for i in rng.permutation(len(b))]
+            else:
+                flat = [it for b in blocks for it in b]
+                items = [flat[i] for i in rng.permutation(len(flat))]
             seq_rows.append([s["fp_off"], s["fp_len"], s["fp_cap"], s["q_off"], len(work), len(items)])
-            work.extend(items[i] for i in order)
+            work.extend(items)
         mm, span_rows = [], []
         for sp in self.span_list:
             si = next(i for i, s in enumerate(self.seqs) if sp in s["spans"])
+            if mode == 3:
+                span_rows.append([sp["code_off"], sp["tokens"], sp["sc_off"], 0, n_items[sp["index"]]])
+                continue
             parts = chunked(sp["tokens"], rng, mm_chunks)
             span_rows.append([sp["code_off"], sp["tokens"], sp["sc_off"], len(mm), len(parts)])
             mm.extend([si, sp["index"], t0, tn] for t0, tn in parts)
         as_table = lambda rows, cols: np.array(rows, np.int64).reshape(-1, cols) if rows else np.zeros((1, cols),
                                                                                                        np.int64)
         return {"seq": as_table(seq_rows, 6), "span": as_table(span_rows, 5), "work": as_table(work, 4),
-                "mm": as_table(mm, 4), "n_work": len(work), "n_mm": len(mm),
+                "mm": as_table(mm, 4), "n_work": len(work), "n_mm": len(mm), "n_span": len(span_rows),
                 "items_per_seq": [r[5] for r in seq_rows]}
 
     def reference(self, si, calibrate, clamp, sm_scale, bn, n_items):
@@ -377,16 +389,27 @@ def run_decode(dev, batch, tabs, variant, minmax_variant, mode, clamp, sm_scale,
                     bufs["vsig"], bufs["valp"], bufs["seq"], bufs["span"], bufs["work"], bufs["mm_buf"],
                     bufs["part_ml"], bufs["part_acc"], bufs["counters"], out, batch.kvh, batch.g, sm_scale,
                     TAU_MIN, TAU_MAX, clamp])
-    return dev.download(out).reshape(s_n, batch.hq, batch.d), dev.download(bufs["counters"])
+    counters = dev.download(bufs["counters"])
+    if mode == 3:  # the ticket and the rendezvous slots must be left empty too
+        counters = np.concatenate([counters, dev.download(bufs["mm_buf"]).view(np.int32)])
+    return dev.download(out).reshape(s_n, batch.hq, batch.d), counters
 
 
-def upload_decode(dev, batch, tabs):
+def slot_ints(n_spans, kvh):
+    """int32 of mm_buf in mode 3: a header slot (the ticket) and one slot per (span, KV head)."""
+    return (1 + n_spans * kvh) * 32
+
+
+def upload_decode(dev, batch, tabs, mode=0):
     b = {"q": batch.q, "kfp": batch.kfp, "vfp": batch.vfp, "kcode": batch.kcode, "vcode": batch.vcode,
          "ksig": batch.scales[0], "kalp": batch.scales[1], "vsig": batch.scales[2], "valp": batch.scales[3],
          "seq": tabs["seq"], "span": tabs["span"], "work": tabs["work"], "mm": tabs["mm"]}
     bufs = {n: dev.upload(a) for n, a in b.items()}
     hq, d = batch.hq, batch.d
-    bufs["mm_buf"] = dev.upload(np.full(max(1, tabs["n_mm"]) * hq * 2, np.nan, np.float32))
+    if mode == 3:
+        bufs["mm_buf"] = dev.upload(np.zeros(slot_ints(tabs["n_span"], batch.kvh), np.int32))
+    else:
+        bufs["mm_buf"] = dev.upload(np.full(max(1, tabs["n_mm"]) * hq * 2, np.nan, np.float32))
     bufs["part_ml"] = dev.upload(np.full(tabs["n_work"] * hq * 2, np.nan, np.float32))
     bufs["part_acc"] = dev.upload(np.full(tabs["n_work"] * hq * d, np.nan, np.float32))
     bufs["counters"] = dev.upload(np.zeros(len(batch.seqs) * batch.kvh, np.int32))
@@ -401,8 +424,8 @@ def check_decode(dev, report, target, variant, minmax_variant, bits, mode, seed,
     d, bn = cx["D"], cx["BN"]
     fp_lengths = fp_lengths or [int(x) for x in rng.integers(1, 300, 7)]
     batch = DecodeBatch(rng, n_seq, kvh, g, d, bits, fp_lengths, span_lengths or VISUAL_LENGTHS, max_spans)
-    tabs = batch.tables(rng, mode, bn, list(fp_chunks), list(vis_chunks), [None, 100, 256, 2000])
-    bufs = upload_decode(dev, batch, tabs)
+    tabs = batch.tables(rng, mode, bn, list(fp_chunks), list(vis_chunks), [None, 100, 256, 2000], cx.get("CH"))
+    bufs = upload_decode(dev, batch, tabs, mode)
     sm_scale = float(np.float32(1.0 / np.sqrt(d)))
     for clamp in clamps:
         got, counters = run_decode(dev, batch, tabs, variant, minmax_variant, mode, clamp, sm_scale, bufs)
@@ -468,7 +491,7 @@ def run_checks(dev, target, report, seed0, quick=False):
     configs = itertools.cycle([(1, 1, 1), (5, 2, 4), (3, 4, 8), (17, 2, 2)])  # (B, kvh, G)
     for d in (64, 128):
         for bits in (1, 2, 4):
-            for mode in (0, 1, 2):
+            for mode in (0, 1, 2, 3):
                 v = f"calibquant_decode_b{bits}_d{d}_mm{mode}"
                 if v not in names:
                     continue
@@ -476,10 +499,10 @@ def run_checks(dev, target, report, seed0, quick=False):
                 check_decode(dev, report, target, v, f"calibquant_minmax_b{bits}_d{d}", bits, mode, next(seed),
                              b, kvh, g, [0] if mode == 0 else [0, 1])
     for d in (64, 128):  # the 1-bit variants for groups of up to 4 query heads
-        for mode in (0, 1, 2):
+        for mode in (0, 1, 2, 3):
             v = f"calibquant_decode_b1_d{d}_mm{mode}_hs4"
             if v in names:
-                b, kvh, g = ((5, 2, 4), (3, 3, 3), (17, 2, 1))[mode]
+                b, kvh, g = ((5, 2, 4), (3, 3, 3), (17, 2, 1), (6, 3, 4))[mode]
                 check_decode(dev, report, target, v, f"calibquant_minmax_b1_d{d}_hs4", 1, mode, next(seed), b, kvh, g,
                              [0] if mode == 0 else [0, 1])
     if not quick:  # a large batch: B = 256, G = 4, one span each
@@ -487,6 +510,13 @@ def run_checks(dev, target, report, seed0, quick=False):
         if v in names:
             check_decode(dev, report, target, v, "calibquant_minmax_b1_d128", 1, 1, next(seed), 256, 2, 4, [0],
                          max_spans=1, fp_lengths=[105, 3, 200], vis_chunks=(None, 512), span_lengths=[1, 7, 255, 600])
+        for v, g in (("calibquant_decode_b1_d128_mm3_hs4", 4), ("calibquant_decode_b1_d128_mm3", 8)):
+            if v in names:  # the rendezvous with many groups in flight, and long spans in many items (10,000 tokens)
+                check_decode(dev, report, target, v, None, 1, 3, next(seed), 256, 2, g, [0], max_spans=1,
+                             fp_lengths=[105, 3, 200], vis_chunks=(None, 64, 512),
+                             span_lengths=[1, 7, 255, 600, 3328])
+                check_decode(dev, report, target, v, None, 1, 3, next(seed), 2, 8, g, [0, 1], max_spans=2,
+                             fp_lengths=[105], vis_chunks=(None, 32, 64), span_lengths=[10000, 3328])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -681,13 +711,15 @@ class Workload:
             s = first + i
             items = [[i, -1, t0, min(fp_chunk, self.fp_len - t0)] for t0 in range(0, self.fp_len, fp_chunk)]
             vc = self.vis if mode == 2 else chunk
-            items += [[i, i, t0, min(vc, self.vis - t0)] for t0 in range(0, self.vis, vc)]
+            vis_items = [[i, i, t0, min(vc, self.vis - t0)] for t0 in range(0, self.vis, vc)]
+            items += vis_items
             seq_rows.append([s * self.kvh * self.cap * self.d, self.fp_len, self.cap, s * self.hq * self.d,
                              len(work), len(items)])
             work += items
             mc = mm_chunk or chunk
-            mparts = [[i, i, t0, min(mc, self.vis - t0)] for t0 in range(0, self.vis, mc)]
-            span_rows.append([s * self.kvh * self.vis * rb, self.vis, s * self.kvh * self.d, len(mm), len(mparts)])
+            mparts = [] if mode == 3 else [[i, i, t0, min(mc, self.vis - t0)] for t0 in range(0, self.vis, mc)]
+            span_rows.append([s * self.kvh * self.vis * rb, self.vis, s * self.kvh * self.d, len(mm),
+                              len(vis_items) if mode == 3 else len(mparts)])
             mm += mparts
         t = lambda rows: self.torch.tensor(rows, dtype=self.torch.int64, device="cuda")
         return {"seq": t(seq_rows), "span": t(span_rows), "work": t(work), "mm": t(mm), "n_work": len(work),
@@ -699,7 +731,10 @@ def time_decode(torch, dev, wl, b, variant, minmax_variant, mode, chunk, fp_chun
     n_sets = max(1, wl.n // b)
     for r in range(n_sets):
         tabs = wl.tables(r * b, b, mode, chunk, fp_chunk, mm_chunk)
-        tabs["mm_buf"] = torch.empty(max(1, tabs["n_mm"]) * wl.hq * 2, dtype=torch.float32, device="cuda")
+        if mode == 3:
+            tabs["mm_buf"] = torch.zeros(slot_ints(b, wl.kvh), dtype=torch.int32, device="cuda")
+        else:
+            tabs["mm_buf"] = torch.empty(max(1, tabs["n_mm"]) * wl.hq * 2, dtype=torch.float32, device="cuda")
         tabs["part_ml"] = torch.empty(tabs["n_work"] * wl.hq * 2, dtype=torch.float32, device="cuda")
         tabs["part_acc"] = torch.empty(tabs["n_work"] * wl.hq * wl.d, dtype=torch.float32, device="cuda")
         tabs["counters"] = torch.zeros(b * wl.kvh, dtype=torch.int32, device="cuda")
@@ -722,6 +757,8 @@ def time_decode(torch, dev, wl, b, variant, minmax_variant, mode, chunk, fp_chun
     us = bench(torch, [step(t) for t in sets])
     out = sets[0]["out"]
     bad = int((~torch.isfinite(out)).sum().item())
+    if mode == 3 and any(int(t["mm_buf"].count_nonzero().item()) for t in sets):
+        raise RuntimeError("mode 3 left its rendezvous slots non-zero")
     return us, bad
 
 
@@ -951,6 +988,21 @@ def run_timing(torch, dev, left, save, timing, batches):
                         "calibquant_minmax_b1_d128", 1, chunk, 128)
             if r:
                 row[f"calibquant_mm1_c{chunk}_us"], row[f"calibquant_mm1_c{chunk}_nonfinite"] = r
+        for v in ("calibquant_decode_b1_d128_mm3", "calibquant_decode_b1_d128_mm3_hs4"):
+            for chunk in (64, 128, 256, 512):
+                if v in names and (b <= 8 or chunk >= 256):
+                    r = guarded(f"{v} c{chunk} B {b}", time_decode, torch, dev, wl, b, v, None, 3, chunk, 64)
+                    if r:
+                        tag = "calibquant_" + v.split("_d128_")[1]
+                        row[f"{tag}_c{chunk}_us"], row[f"{tag}_c{chunk}_nonfinite"] = r
+        for v in ("calibquant_decode_b1_d128_mm1_hs4",):
+            for chunk in (128, 832):
+                if v in names and (b <= 8 or chunk >= 256):
+                    r = guarded(f"{v} c{chunk} B {b}", time_decode, torch, dev, wl, b, v, "calibquant_minmax_b1_d128_hs4",
+                                1, chunk, 64)
+                    if r:
+                        tag = "calibquant_" + v.split("_d128_")[1]
+                        row[f"{tag}_c{chunk}_us"], row[f"{tag}_c{chunk}_nonfinite"] = r
         r = guarded(f"mm2 B {b}", time_decode, torch, dev, wl, b, "calibquant_decode_b1_d128_mm2", None, 2, 3328,
                     128)
         if r:

@@ -61,9 +61,9 @@ def production_variants(selection=None):
             reg = glu.get("maxnreg", {}).get(f"hs{hs}")
             out.append(variant(f"calibquant_minmax_b1_d{d}{suffix}", "attention_gluon.py", "calibquant_minmax", cx,
                                1, 1, reg))
-            for mm in (0, 1, 2):
+            for mm in (0, 1, 2, 3):  # mode 3: the one-launch rendezvous, Gluon only
                 out.append(variant(f"calibquant_decode_b1_d{d}_mm{mm}{suffix}", "attention_gluon.py",
-                                   "calibquant_decode", {**cx, "MM_MODE": mm}, 1, 1, reg))
+                                   "calibquant_decode", {**cx, "MM_MODE": mm, "CH": glu["CH"]}, 1, 1, reg))
         for bits in (2, 4):
             impl = att["IMPL"]
             if impl == 1 and d * bits // 8 < 16:

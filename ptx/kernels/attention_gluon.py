@@ -28,7 +28,7 @@ and no rescaling is needed in the loop.
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 LOG2E = gl.constexpr(1.4426950408889634)
 NEG_BIG = gl.constexpr(-1.0e30)
@@ -37,6 +37,8 @@ SEQ_COLS = gl.constexpr(6)  # seq_tab row: fp_off, fp_len, fp_cap, q_off, work_f
 SPAN_COLS = gl.constexpr(5)  # span_tab row: code_off, tokens, scale_off, mm_first, mm_count
 WORK_COLS = gl.constexpr(4)  # work_tab row: seq, span (-1: full-precision block), t0, tn
 MM_COLS = gl.constexpr(4)  # mm_tab row: seq, span, t0, tn
+RING = gl.constexpr(8)  # mode 3: code-row tiles in the cp.async ring (7 in flight while one is computed)
+SLOT_INTS = gl.constexpr(32)  # mode 3: int32 per (span, KV head) rendezvous slot in mm_buf (after a header slot)
 
 CALIBQUANT_MINMAX_ARGS = [
     ("q", "*fp16"), ("kcode", "*u8"), ("ksig", "*fp32"), ("kalp", "*fp32"),
@@ -78,6 +80,9 @@ SCORES = gl.constexpr(gl.BlockedLayout([1, 1], [8, 4], [1, 1], [1, 0]))
 ROWS = gl.constexpr(gl.BlockedLayout([1, 1], [32, 1], [1, 1], [1, 0]))
 # [BN, D] fp16 full-precision rows, 16 bytes per thread and load
 TILE16 = gl.constexpr(gl.BlockedLayout([1, 8], [4, 8], [1, 1], [1, 0]))
+# [BN, RB] code bytes of a tile, one token row (8 or 16 bytes) per lane: one cp.async per lane and tile
+CODE_ROWS = gl.constexpr(gl.BlockedLayout([1, 16], [32, 1], [1, 1], [1, 0]))
+PLAIN2 = gl.constexpr(gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -265,6 +270,71 @@ def _span_minmax(kcode, row0, tn, wb0, wb1, e2, bias, BN: gl.constexpr, D: gl.co
 
 
 @gluon.jit
+def _calibration(gam, dlt, tau_min, tau_max, clamp):
+    """Softmax constants of a calibrated span from the min (gam) and max (dlt) of its raw scores: the maximum
+    logit m (log2 units) and p = exp2((s - ref) * a2 + c2) = exp(g(s) - max g)."""
+    # spec section 4: g(x) = (x - gam) / (dlt - gam + 1e-8) * ((dlt - tau_max) - (gam + tau_min)) + gam + tau_min
+    a = ((dlt - tau_max) - (gam + tau_min)) / (dlt - gam + 1e-8)
+    a = gl.where(clamp != 0, gl.maximum(a, 0.0), a)
+    top = gl.maximum((dlt - gam) * a, 0.0)  # g is affine: its max over [gam, dlt] is gam + tau_min + top
+    return (gam + tau_min + top) * LOG2E, a * LOG2E, -top * LOG2E, gam
+
+
+@gluon.jit
+def _order_key(x):
+    """fp32 -> uint32 key with the same order (0 below every key): an atomic max over keys is a max over x."""
+    b = x.to(gl.int32, bitcast=True)
+    return (b ^ ((b >> 31) | (-2147483647 - 1))).to(gl.uint32, bitcast=True)
+
+
+@gluon.jit
+def _of_order_key(k):
+    b = k.to(gl.int32, bitcast=True)
+    return gl.where(b < 0, b ^ (-2147483647 - 1), ~b).to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def _issue_tile(ring, j, nk, kcode, vcode, row0, tn, BN: gl.constexpr, D: gl.constexpr):
+    """Queues (cp.async, one group) item j of a fused item's stream of code tiles into ring slot j % RING: key
+    tile j for j < nk, else value tile j - nk. Rows at or past tn, and tiles past the end, are zero-filled
+    without being read."""
+    RB: gl.constexpr = D // 8
+    LR: gl.constexpr = gl.BlockedLayout([1, RB], [32, 1], [1, 1], [1, 0])
+    tile = gl.where(j < nk, j, j - nk)
+    rows = tile * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, LR))
+    off = row0 + gl.expand_dims(rows, 1) * RB + gl.expand_dims(gl.arange(0, RB, layout=gl.SliceLayout(0, LR)), 0)
+    mask = gl.expand_dims(rows < tn, 1)
+    dst = ring.index(j % RING)
+    if j < nk:
+        async_copy.async_copy_global_to_shared(dst, kcode + off, mask=mask)
+    else:
+        async_copy.async_copy_global_to_shared(dst, vcode + off, mask=mask)
+    async_copy.commit_group()
+
+
+@gluon.jit
+def _ring_key_words(ring, slot, BN: gl.constexpr, D: gl.constexpr):
+    """The [BN, 4] key words of a ring slot, as _key_words returns them."""
+    LW: gl.constexpr = gl.SliceLayout(1, KEY_WORDS)
+    if D == 128:
+        w = ring.index(slot)._reinterpret(gl.int32, [BN, 4], PLAIN2).load(LW)
+    else:
+        w = ring.index(slot)._reinterpret(gl.uint16, [BN, 4], PLAIN2).load(LW).to(gl.int32)
+        w = w | (w << 8)  # byte 0 in bits 0-7, byte 1 in bits 16-23
+    return w
+
+
+@gluon.jit
+def _ring_value_chunks(ring, slot, BN: gl.constexpr, D: gl.constexpr):
+    """The [BN, 8] value chunks of a ring slot, as _value_chunks returns them."""
+    if D == 128:
+        v = ring.index(slot)._reinterpret(gl.uint16, [BN, 8], PLAIN2).load(VALUE_CHUNKS)
+    else:
+        v = ring.index(slot).load(VALUE_CHUNKS)
+    return v.to(gl.int32)
+
+
+@gluon.jit
 def _finish_rows(o2, l_i, scale_rows, sig, alp, D: gl.constexpr, HS: gl.constexpr):
     """O^T [D, 2*HS] accumulator -> o [D, HS]: hi + lo, times the row's undo factor, then sigma/alpha of values."""
     L: gl.constexpr = ROWS
@@ -315,14 +385,7 @@ def _visual_item(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab, mm_bu
         ref = dlt  # p = exp(s - max)
         m_i = dlt * LOG2E
     else:
-        # spec section 4: g(x) = (x - gam) / (dlt - gam + 1e-8) * ((dlt - tau_max) - (gam + tau_min)) + gam + tau_min
-        a = ((dlt - tau_max) - (gam + tau_min)) / (dlt - gam + 1e-8)
-        a = gl.where(clamp != 0, gl.maximum(a, 0.0), a)
-        top = gl.maximum((dlt - gam) * a, 0.0)  # g is affine: its max over [gam, dlt] is gam + tau_min + top
-        m_i = (gam + tau_min + top) * LOG2E
-        a2 = a * LOG2E
-        c2 = -top * LOG2E
-        ref = gam
+        m_i, a2, c2, ref = _calibration(gam, dlt, tau_min, tau_max, clamp)
     l_acc = gl.zeros([BN, HS], gl.float32, layout=LS)
     acc = gl.zeros([D, 2 * HS], gl.float32, layout=MMA)
     w = _key_words(kcode, row0, 0, tn, BN, D)
@@ -346,6 +409,83 @@ def _visual_item(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab, mm_bu
     if MM_MODE == 0:
         # an empty item (tn = 0) has no maximum: keep every rescale factor of the merge finite
         m_i = gl.maximum(m_i, NEG_BIG)
+    return gl.convert_layout(m_i, gl.SliceLayout(0, L)), gl.convert_layout(l_i, gl.SliceLayout(0, L)), o, dch
+
+
+@gluon.jit
+def _visual_item_fused(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab, slots, ring, scores, span, kvh,
+                       t0, tn, hq0, G, KVH, sm_scale, tau_min, tau_max, clamp,
+                       D: gl.constexpr, BN: gl.constexpr, HS: gl.constexpr):
+    """Mode 3: softmax partial of tokens t0 .. t0+tn (tn <= CH) of a calibrated visual span in one launch, reading
+    every code once. Phase 1 computes the raw scores of the item's keys into shared memory and folds their min and
+    max into the span's rendezvous slot; the span's items (mm_count of span_tab, consecutive tickets) wait there
+    for each other; phase 2 calibrates the kept scores and runs the values. Code tiles stream through a cp.async
+    ring (RING - 1 tiles in flight); the first value tiles land while the program waits."""
+    RB: gl.constexpr = D // 8
+    LS: gl.constexpr = SCORES
+    L: gl.constexpr = ROWS
+    srow = span_tab + span * SPAN_COLS
+    code_off = gl.multiple_of(gl.load(srow), 16)
+    tokens = gl.load(srow + 1)
+    sc_off = gl.multiple_of(gl.load(srow + 2), 16)
+    members = gl.load(srow + 4).to(gl.int32)
+    row0 = code_off + (kvh * tokens + t0) * RB
+    sc_base = sc_off + kvh * D
+    nk = gl.cdiv(tn, BN)
+    for j in gl.static_range(RING - 1):
+        _issue_tile(ring, j, nk, kcode, vcode, row0, tn, BN, D)
+    wb0, wb1, e2, bias = _key_weights(q, q_off, hq0, G, ksig, kalp, sc_base, sm_scale, D, HS)
+    mn = gl.full([BN, HS], float("inf"), gl.float32, layout=LS)
+    mx = gl.full([BN, HS], float("-inf"), gl.float32, layout=LS)
+    for i in range(nk):
+        async_copy.wait_group(RING - 2)
+        _barrier()  # every lane's copies of tile i have landed; every lane is done with the slot refilled below
+        _issue_tile(ring, i + RING - 1, nk, kcode, vcode, row0, tn, BN, D)
+        w = _ring_key_words(ring, i % RING, BN, D)
+        raw, rmask = _raw_scores(w, i * BN, tn, wb0, wb1, e2, bias, BN, D, HS)
+        scores.index(i).store(raw)
+        mn = gl.minimum(mn, gl.where(gl.expand_dims(rmask, 1), raw, float("inf")))
+        mx = gl.maximum(mx, gl.where(gl.expand_dims(rmask, 1), raw, float("-inf")))
+    # rendezvous of the span's items: max of the maxima and of the negated minima, as order-preserving keys
+    s = gl.arange(0, HS, layout=gl.SliceLayout(0, LS))
+    on = s < G
+    slot = slots + (span * KVH + kvh + 1) * SLOT_INTS
+    keys = slot.to(gl.pointer_type(gl.uint32))
+    gl.atomic_max(keys + 2 + s, _order_key(gl.max(mx, axis=0)), mask=on, sem="relaxed", scope="gpu")
+    gl.atomic_max(keys + 2 + HS + s, _order_key(-gl.min(mn, axis=0)), mask=on, sem="relaxed", scope="gpu")
+    _barrier()  # every lane's atomics before the release below
+    arrived = gl.atomic_add(slot, 1, sem="acq_rel", scope="gpu") + 1
+    while arrived < members:
+        arrived = gl.atomic_add(slot, 0, sem="acquire", scope="gpu")
+    dlt = gl.where(on, _of_order_key(gl.load(keys + 2 + s, mask=on, other=0, cache_modifier=".cg")), 0.0)
+    gam = gl.where(on, -_of_order_key(gl.load(keys + 2 + HS + s, mask=on, other=0, cache_modifier=".cg")), 0.0)
+    _barrier()  # every lane has read the slot before this program counts as gone
+    left = gl.atomic_add(slot + 1, 1, sem="acq_rel", scope="gpu") + 1
+    if left == members:
+        # the last to leave empties the slot for the next launch
+        z = gl.arange(0, SLOT_INTS, layout=gl.SliceLayout(0, LS))
+        gl.store(slot + z, gl.zeros([SLOT_INTS], gl.int32, layout=gl.SliceLayout(0, LS)))
+    m_i, a2, c2, ref = _calibration(gam, dlt, tau_min, tau_max, clamp)
+    l_acc = gl.zeros([BN, HS], gl.float32, layout=LS)
+    acc = gl.zeros([D, 2 * HS], gl.float32, layout=MMA)
+    rr = gl.arange(0, BN, layout=gl.SliceLayout(1, LS))
+    for i in range(nk):
+        async_copy.wait_group(RING - 2)
+        _barrier()
+        _issue_tile(ring, nk + i + RING - 1, nk, kcode, vcode, row0, tn, BN, D)
+        v = _ring_value_chunks(ring, (nk + i) % RING, BN, D)
+        raw = scores.index(i).load(LS)
+        p = gl.exp2((raw - gl.expand_dims(ref, 0)) * gl.expand_dims(a2, 0) + gl.expand_dims(c2, 0))
+        p = gl.where(gl.expand_dims(i * BN + rr < tn, 1), p, 0.0)
+        l_acc += p
+        pb = gl.convert_layout(_hilo_cols(p, BN, HS, P_SCALE), OP_B)
+        acc = mma_v2(_value_operand(v, BN, D), pb, acc)
+    async_copy.wait_group(0)
+    l_i = gl.sum(l_acc, axis=0)
+    r = gl.arange(0, D, layout=gl.SliceLayout(1, L))
+    dch = _value_channel(r, D)
+    undo = _pow2(24 - (r // 8) % 8)  # the subnormal code of bit p is 2^(p - 24)
+    o = _finish_rows(acc, l_i, undo, gl.load(vsig + sc_base + dch), gl.load(valp + sc_base + dch), D, HS)
     return gl.convert_layout(m_i, gl.SliceLayout(0, L)), gl.convert_layout(l_i, gl.SliceLayout(0, L)), o, dch
 
 
@@ -481,12 +621,28 @@ def calibquant_decode(q, kfp, vfp, kcode, vcode, ksig, kalp, vsig, valp,
                       seq_tab, span_tab, work_tab, mm_buf, part_ml, part_acc, counters, out,
                       KVH, G, sm_scale, tau_min, tau_max, clamp,
                       D: gl.constexpr, BITS: gl.constexpr, MM_MODE: gl.constexpr, BN: gl.constexpr,
-                      HS: gl.constexpr):
+                      HS: gl.constexpr, CH: gl.constexpr):
     """grid (num_work, KVH), one warp. MM_MODE 0: no calibration; 1: gamma/delta from mm_buf (calibquant_minmax
-    ran first); 2: each visual item is a whole span and finds gamma/delta itself."""
+    ran first); 2: each visual item is a whole span and finds gamma/delta itself; 3: one launch, the items of a
+    span meet at a rendezvous (visual items of at most CH tokens; mm_buf holds the int32 slots, see ptx/README.md)."""
     gl.static_assert(BITS == 1, "the Gluon kernels read 1-bit codes; attention.py has the others")
-    wi = gl.program_id(0)
-    kvh = gl.program_id(1)
+    if MM_MODE == 3:
+        gl.static_assert(CH % BN == 0, "CH is a whole number of tiles")
+        # Programs take their index from a ticket in the order they start, KV-head-major so that the items of a
+        # (span, KV head) hold consecutive tickets: only the newest group can wait on programs not yet started
+        slots = mm_buf.to(gl.pointer_type(gl.int32))
+        NW = gl.num_programs(0)
+        ticket = gl.atomic_add(slots, 1, sem="relaxed", scope="gpu")
+        if ticket == NW * KVH - 1:
+            gl.atomic_xchg(slots, 0, sem="relaxed", scope="gpu")  # every ticket is taken: ready for the next launch
+        wi = ticket % NW
+        kvh = ticket // NW
+        RB: gl.constexpr = D // 8
+        ring = gl.allocate_shared_memory(gl.uint8, [RING, BN, RB], PLAIN2)
+        scores = gl.allocate_shared_memory(gl.float32, [CH // BN, BN, HS], PLAIN2)
+    else:
+        wi = gl.program_id(0)
+        kvh = gl.program_id(1)
     Hq = KVH * G
     hq0 = kvh * G
     wrow = work_tab + wi * WORK_COLS
@@ -499,6 +655,10 @@ def calibquant_decode(q, kfp, vfp, kcode, vcode, ksig, kalp, vsig, valp,
     if span < 0:
         m_i, l_i, o, dch = _fp_item(q, q_off, kfp, vfp, gl.multiple_of(gl.load(srow), 16), gl.load(srow + 2), kvh,
                                     t0, tn, hq0, G, sm_scale, D, BN, HS)
+    elif MM_MODE == 3:
+        m_i, l_i, o, dch = _visual_item_fused(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab, slots, ring,
+                                              scores, span, kvh, t0, tn, hq0, G, KVH, sm_scale, tau_min, tau_max,
+                                              clamp, D, BN, HS)
     else:
         m_i, l_i, o, dch = _visual_item(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab, mm_buf, span, kvh,
                                         t0, tn, hq0, G, Hq, sm_scale, tau_min, tau_max, clamp, D, MM_MODE, BN, HS)

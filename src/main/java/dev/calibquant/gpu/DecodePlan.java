@@ -15,7 +15,9 @@ import java.util.List;
  * per KV head, and the last to finish for a (sequence, KV head) merges the partial softmaxes. Chunks are sized so a
  * step has about {@code targetPrograms} programs: small batches are split across many programs, large batches get
  * one item per segment. With calibration, a span cut into several items needs its min/max first (mode 1: the
- * {@code calibquant_minmax} pass over the same chunks); a span in one item finds them itself (mode 2).
+ * {@code calibquant_minmax} pass over the same chunks); a span in one item finds them itself (mode 2). Where the
+ * kernels ship it, mode 3 does it in one launch: every span is cut into items of at most the kernel's chunk, which
+ * meet at a rendezvous (their count in the span's {@code mm_count}, their rows consecutive).
  */
 record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long[] workTab, long[] mmTab) {
 
@@ -64,15 +66,42 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
     record Entry(long fullOffset, int fullLength, int fullCapacity, List<TokenSpan> spans, long[] codeOffsets,
             long[] scaleOffsets) {}
 
-    /**
-     * @param calibrate whether the visual scores are calibrated (modes 1/2) or not (mode 0)
-     * @param block the kernels' token block: chunk sizes are multiples of it
-     * @param maxChunk the largest visual chunk of one item (a multiple of block), or 0 for no limit
-     */
+    /** Bytes of the {@code mm_buf} a launch of this plan needs (mode 3: the rendezvous slots; else min/max pairs). */
+    long minmaxBufferBytes(int kvHeads, int queryHeads) {
+        return mmMode == CalibQuantKernels.ONE_LAUNCH_MODE ? CalibQuantKernels.rendezvousBytes(spans(), kvHeads)
+                : 4L * 2 * Math.max(1, minmaxChunks()) * queryHeads;
+    }
+
+    /** Mode 3 only where the kernels ship it: its largest item and the most items one span may have. */
+    record OneLaunch(int chunk, int maxItems) {
+        static final OneLaunch NONE = new OneLaunch(0, 0);
+
+        /** What these kernels ship for this group (the resident-program bound is read from the GPU once). */
+        static OneLaunch of(CalibQuantKernels kernels, int group) {
+            int chunk = kernels.oneLaunchChunk(group);
+            return chunk == 0 ? NONE : new OneLaunch(chunk, kernels.oneLaunchMaxItems(group));
+        }
+    }
+
     static DecodePlan build(List<Entry> batch, int queryHeads, int headDim, int kvHeads, boolean calibrate,
             int targetPrograms, int block, int maxChunk) {
+        return build(batch, queryHeads, headDim, kvHeads, calibrate, targetPrograms, block, maxChunk, OneLaunch.NONE);
+    }
+
+    /**
+     * @param calibrate whether the visual scores are calibrated (modes 1/2/3) or not (mode 0)
+     * @param block the kernels' token block: chunk sizes are multiples of it
+     * @param maxChunk the largest visual chunk of one item (a multiple of block), or 0 for no limit
+     * @param oneLaunch mode 3's limits, or {@link OneLaunch#NONE}: then modes 1 and 2 only
+     */
+    static DecodePlan build(List<Entry> batch, int queryHeads, int headDim, int kvHeads, boolean calibrate,
+            int targetPrograms, int block, int maxChunk, OneLaunch oneLaunch) {
         if (maxChunk < 0 || maxChunk % block != 0) {
             throw new IllegalArgumentException("maxChunk " + maxChunk + " is not 0 or a positive multiple of " + block);
+        }
+        if (oneLaunch.chunk() < 0 || oneLaunch.chunk() % block != 0 || (oneLaunch.chunk() > 0 && oneLaunch.maxItems() < 1)) {
+            throw new IllegalArgumentException("one-launch chunk " + oneLaunch.chunk() + " is not 0 or a positive "
+                    + "multiple of " + block + ", or allows no items (" + oneLaunch.maxItems() + ")");
         }
         long totalRows = 0;
         int longestSpan = 0;
@@ -95,6 +124,14 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
         // longest item at small B; a sequence kept wholly in full precision is cut like any other segment
         long shortFpChunk = Math.min(chunk, block);
         int mmMode = !calibrate ? 0 : (chunk >= longestSpan ? 2 : 1);
+        long visualChunk = chunk;
+        if (calibrate && oneLaunch.chunk() > 0) {
+            long c = Math.min(chunk, oneLaunch.chunk());
+            if (Math.ceilDiv(longestSpan, c) <= oneLaunch.maxItems()) {
+                mmMode = CalibQuantKernels.ONE_LAUNCH_MODE;
+                visualChunk = c;
+            }
+        }
 
         List<long[]> seq = new ArrayList<>();
         List<long[]> span = new ArrayList<>();
@@ -112,6 +149,12 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
                 int spanId = span.size();
                 int mmFirst = mm.size();
                 long itemChunk = mmMode == 2 ? tokens : chunk;
+                if (mmMode == CalibQuantKernels.ONE_LAUNCH_MODE) {
+                    // as many items as the chunk needs, evened out (whole blocks) so none is much the longest
+                    long items = Math.ceilDiv(tokens, visualChunk);
+                    itemChunk = Math.min(visualChunk, Math.ceilDiv(Math.ceilDiv(tokens, items), block) * block);
+                }
+                int itemsFirst = work.size();
                 for (long t0 = 0; t0 < tokens; t0 += itemChunk) {
                     long tn = Math.min(itemChunk, tokens - t0);
                     work.add(new long[] {b, spanId, t0, tn});
@@ -119,7 +162,9 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
                         mm.add(new long[] {b, spanId, t0, tn});
                     }
                 }
-                span.add(new long[] {e.codeOffsets()[i], tokens, e.scaleOffsets()[i], mmFirst, mm.size() - mmFirst});
+                span.add(mmMode == CalibQuantKernels.ONE_LAUNCH_MODE
+                        ? new long[] {e.codeOffsets()[i], tokens, e.scaleOffsets()[i], 0, work.size() - itemsFirst}
+                        : new long[] {e.codeOffsets()[i], tokens, e.scaleOffsets()[i], mmFirst, mm.size() - mmFirst});
             }
             seq.add(new long[] {e.fullOffset(), e.fullLength(), e.fullCapacity(), (long) b * queryHeads * headDim,
                 workFirst, work.size() - workFirst});

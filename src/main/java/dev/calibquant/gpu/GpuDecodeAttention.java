@@ -37,6 +37,16 @@ public final class GpuDecodeAttention implements AutoCloseable {
         this.scratch = new Staging(context);
     }
 
+    /**
+     * Whether calibrated steps may use the one-launch kernel (mode 3) where it ships; on by default. Off, they use
+     * modes 1 and 2 as before it existed (the regression suite checks those variants this way).
+     */
+    public void oneLaunchCalibration(boolean on) {
+        this.oneLaunch = on;
+    }
+
+    private boolean oneLaunch = true;
+
     /** Fill the device output with NaN before every launch, so a kernel that skips an element cannot go unseen. */
     public void poisonOutputs(boolean on) {
         this.poisonOutputs = on;
@@ -72,7 +82,10 @@ public final class GpuDecodeAttention implements AutoCloseable {
             return plan.workItems();
         }
 
-        /** 0: no calibration, 1: a min/max pass first, 2: min/max found inside each whole-span item. */
+        /**
+         * 0: no calibration, 1: a min/max pass first, 2: min/max found inside each whole-span item, 3: one launch,
+         * the items of a span meet at a rendezvous.
+         */
         public int calibrationMode() {
             return plan.mmMode();
         }
@@ -98,7 +111,9 @@ public final class GpuDecodeAttention implements AutoCloseable {
             DeviceBuffer partMl = scratch.device("partial m, l", 4L * 2 * plan.workItems() * g.queryHeads());
             DeviceBuffer partAcc = scratch.device("partial outputs", 4L * plan.workItems() * g.queryHeads() * g.headDim());
             DeviceBuffer counters = scratch.deviceZeroed("counters", 4L * plan.sequences() * kvh);
-            DeviceBuffer mmBuf = scratch.device("min/max", 4L * 2 * Math.max(1, plan.minmaxChunks()) * g.queryHeads());
+            DeviceBuffer mmBuf = plan.mmMode() == CalibQuantKernels.ONE_LAUNCH_MODE
+                    ? scratch.deviceZeroed("rendezvous", plan.minmaxBufferBytes(kvh, g.queryHeads()))
+                    : scratch.device("min/max", plan.minmaxBufferBytes(kvh, g.queryHeads()));
             if (poisonOutputs) {
                 out.fill32(Float.floatToRawIntBits(Float.NaN), 0, rows * g.headDim());
             }
@@ -148,7 +163,8 @@ public final class GpuDecodeAttention implements AutoCloseable {
             int perSm = quantized ? k.decodeProgramsPerSm(group) : CalibQuantKernels.FOUR_WARP_PROGRAMS_PER_SM;
             DecodePlan plan = DecodePlan.build(entries, g.queryHeads(), g.headDim(), g.kvHeads(),
                     quantized && c.calibrate(), perSm * multiprocessors, k.decodeBlock(),
-                    quantized ? k.decodeMaxChunk(group) : 0);
+                    quantized ? k.decodeMaxChunk(group) : 0,
+                    quantized && oneLaunch ? DecodePlan.OneLaunch.of(k, group) : DecodePlan.OneLaunch.NONE);
             DecodePlan.TableLayout at = plan.tableLayout();
             PinnedHostBuffer host = scratch.pinned("tables", at.bytes());
             plan.writeTables(host.segment(), at);

@@ -67,12 +67,16 @@ public final class GpuScenario {
     private GpuScenario() {}
 
     public static Result run(CudaContext ctx, KernelCatalog catalog, Case c, Random random) {
-        return run(ctx, catalog, c, random, o -> {});
+        return run(ctx, catalog, c, random, o -> {}, true);
     }
 
-    /** {@link #run(CudaContext, KernelCatalog, Case, Random)}, showing {@code observer} what the GPU produced. */
+    /**
+     * {@link #run(CudaContext, KernelCatalog, Case, Random)}, showing {@code observer} what the GPU produced;
+     * {@code oneLaunch} off keeps calibrated steps on modes 1 and 2 (see
+     * {@link GpuDecodeAttention#oneLaunchCalibration}).
+     */
     public static Result run(CudaContext ctx, KernelCatalog catalog, Case c, Random random,
-            java.util.function.Consumer<Observed> observer) {
+            java.util.function.Consumer<Observed> observer, boolean oneLaunch) {
         QuantConfig config = c.bits() == 0 ? null
                 : QuantConfig.defaults(c.bits()).withCalibrate(c.calibrate()).withPolicy(c.policy());
         ModelGeometry g = new ModelGeometry(1, c.kvHeads() * c.group(), c.kvHeads(), c.headDim());
@@ -91,6 +95,7 @@ public final class GpuScenario {
                 GpuKvCache cache = new GpuKvCache(ctx, catalog, g, config,
                         new GpuKvCache.Capacity(fullTokens + 64L * c.batch(), visualTokens + 64L * spans, spans));
                 GpuDecodeAttention attention = new GpuDecodeAttention(cache)) {
+            attention.oneLaunchCalibration(oneLaunch);
             List<GpuSequence> seqs = new ArrayList<>();
             try {
                 return check(arena, cache, attention, seqs, prompts, config, g, c, random, observer);

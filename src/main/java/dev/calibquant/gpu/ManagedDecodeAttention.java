@@ -232,7 +232,8 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
         }
         int perSm = quantized ? k.decodeProgramsPerSm(group) : CalibQuantKernels.FOUR_WARP_PROGRAMS_PER_SM;
         DecodePlan plan = DecodePlan.build(entries, queryHeads, d, kvh, quantized && calibration.enabled(),
-                perSm * multiprocessors, k.decodeBlock(), quantized ? k.decodeMaxChunk(group) : 0);
+                perSm * multiprocessors, k.decodeBlock(), quantized ? k.decodeMaxChunk(group) : 0,
+                quantized ? DecodePlan.OneLaunch.of(k, group) : DecodePlan.OneLaunch.NONE);
         CudaStream stream = storage.stream();
 
         DecodePlan.TableLayout at = plan.tableLayout();
@@ -258,7 +259,9 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
         long counterBytes = 4L * plan.sequences() * kvh;
         DeviceBuffer counters = scratch.device("counters", counterBytes);
         storage.zeroAsync(counters, 0, counterBytes); // the kernels need them zero, in stream order
-        DeviceBuffer mmBuf = scratch.device("min/max", 4L * 2 * Math.max(1, plan.minmaxChunks()) * queryHeads);
+        DeviceBuffer mmBuf = plan.mmMode() == CalibQuantKernels.ONE_LAUNCH_MODE
+                ? scratch.deviceZeroed("rendezvous", plan.minmaxBufferBytes(kvh, queryHeads))
+                : scratch.device("min/max", plan.minmaxBufferBytes(kvh, queryHeads));
 
         long scaleBytes = ManagedTables.scaleBytes(kvh, d);
         DevicePointer keys = new DevicePointer(storage.plane(0), 0);

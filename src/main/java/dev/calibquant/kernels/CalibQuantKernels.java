@@ -85,12 +85,17 @@ public final class CalibQuantKernels {
      * the common G = 4), else the one with 8.
      */
     static String variantFor(KernelManifest manifest, String function, Map<String, Integer> constexprs, int group) {
+        return shippedFor(manifest, function, constexprs, group)
+                .orElseThrow(() -> new UnsupportedDeviceException("no shipped " + function + " kernel for "
+                        + constexprs + " and a group of " + group));
+    }
+
+    private static Optional<String> shippedFor(KernelManifest manifest, String function,
+            Map<String, Integer> constexprs, int group) {
         Optional<String> narrow = group <= NARROW_SLOTS
                 ? KernelCatalog.shipped(manifest, function, withSlots(constexprs, NARROW_SLOTS))
                 : Optional.empty();
-        return narrow.or(() -> KernelCatalog.shipped(manifest, function, withSlots(constexprs, WIDE_SLOTS)))
-                .orElseThrow(() -> new UnsupportedDeviceException("no shipped " + function + " kernel for "
-                        + constexprs + " and a group of " + group));
+        return narrow.or(() -> KernelCatalog.shipped(manifest, function, withSlots(constexprs, WIDE_SLOTS)));
     }
 
     private static Map<String, Integer> withSlots(Map<String, Integer> constexprs, int slots) {
@@ -125,6 +130,40 @@ public final class CalibQuantKernels {
         return decode(1, group).target().numWarps() == 1;
     }
 
+    /** Calibration mode of the one-launch decode: the items of a span meet at a rendezvous inside the kernel. */
+    public static final int ONE_LAUNCH_MODE = 3;
+
+    /** int32 per rendezvous slot of mode 3's {@code mm_buf} (a header slot holds the ticket counter). */
+    public static final int RENDEZVOUS_SLOT_INTS = 32;
+
+    /** Bytes of mode 3's {@code mm_buf} for this many spans: zeroed once, left zero by every launch. */
+    public static long rendezvousBytes(int spans, int kvHeads) {
+        return 4L * RENDEZVOUS_SLOT_INTS * (1 + (long) spans * kvHeads);
+    }
+
+    /**
+     * Largest visual work item of the one-launch calibrated decode (mode 3) for this group, in tokens (its raw
+     * scores stay on chip), or 0 where no such kernel ships (2 and 4 bits).
+     */
+    public int oneLaunchChunk(int group) {
+        Optional<String> name = shippedFor(catalog.manifest(), "calibquant_decode",
+                Map.of("D", headDim, "BITS", bits, "MM_MODE", ONE_LAUNCH_MODE), group);
+        return name.isEmpty() ? 0 : decode(ONE_LAUNCH_MODE, group).constexpr("CH");
+    }
+
+    private final java.util.concurrent.ConcurrentHashMap<Integer, Integer> oneLaunchItems =
+            new java.util.concurrent.ConcurrentHashMap<>();
+
+    /**
+     * Most work items one span may have in mode 3: half the programs this GPU holds at once. The items of a span
+     * wait for each other; they hold consecutive tickets, so only the newest span can wait on programs not yet
+     * started, and this bound leaves them room to start.
+     */
+    public int oneLaunchMaxItems(int group) {
+        return oneLaunchItems.computeIfAbsent(group > NARROW_SLOTS ? WIDE_SLOTS : NARROW_SLOTS,
+                x -> Math.max(1, decode(ONE_LAUNCH_MODE, group).residentPrograms() / 2));
+    }
+
     private Kernel fp16Decode() {
         return resolve("fp16", "fp16_decode", Map.of("D", headDim));
     }
@@ -140,6 +179,9 @@ public final class CalibQuantKernels {
             minmax(group);
             for (int mm = 0; mm <= 2; mm++) {
                 decode(mm, group);
+            }
+            if (oneLaunchChunk(group) > 0) {
+                decode(ONE_LAUNCH_MODE, group);
             }
         }
         fp16Decode();

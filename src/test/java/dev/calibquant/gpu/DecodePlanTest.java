@@ -53,6 +53,96 @@ class DecodePlanTest {
         assertThat(p.minmaxChunks()).isZero();
     }
 
+    @Test
+    void whereTheOneLaunchKernelShipsACalibratedSpanIsCutIntoEvenItemsThatMeet() {
+        DecodePlan p = DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, true, 16 * 132, 64, 832,
+                new DecodePlan.OneLaunch(512, 1056));
+        assertThat(p.mmMode()).isEqualTo(CalibQuantKernels.ONE_LAUNCH_MODE);
+        assertThat(p.minmaxChunks()).isZero();
+        long[] span = p.spanTab();
+        assertThat(span[3]).isZero();
+        assertThat(span[4]).isEqualTo(26); // 3328 tokens in items of 128 (the chunk that fills 16 programs per SM)
+        assertThat(p.minmaxBufferBytes(8, 32)).isEqualTo(4L * 32 * (1 + 8));
+
+        List<DecodePlan.Entry> batch = new ArrayList<>();
+        for (int b = 0; b < 256; b++) {
+            batch.add(entry(105, 3328));
+        }
+        DecodePlan big = DecodePlan.build(batch, 32, 128, 8, true, 16 * 132, 64, 832, new DecodePlan.OneLaunch(512, 1056));
+        assertThat(big.mmMode()).isEqualTo(3);
+        // 3328 tokens need 7 items of at most 512; evened out to whole blocks: 512 (ceil(476 / 64) * 64)
+        for (int w = 0; w < big.workItems(); w++) {
+            assertThat(big.workTab()[w * CalibQuantKernels.WORK_COLS + 3]).isLessThanOrEqualTo(512);
+        }
+        assertThat(big.spanTab()[4]).isEqualTo(7);
+    }
+
+    @Test
+    void aSpanNeedingMoreItemsThanMayWaitAtOnceFallsBackToTheMinMaxPass() {
+        DecodePlan p = DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, true, 16 * 132, 64, 832,
+                new DecodePlan.OneLaunch(512, 6)); // 3328 tokens need 7 items of 512
+        assertThat(p.mmMode()).isEqualTo(1);
+        assertThat(p.minmaxChunks()).isPositive();
+        DecodePlan off = DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, false, 16 * 132, 64, 832,
+                new DecodePlan.OneLaunch(512, 1056));
+        assertThat(off.mmMode()).isZero(); // no calibration, no rendezvous
+    }
+
+    @Test
+    void aBadOneLaunchLimitIsRefused() {
+        assertThatThrownBy(() -> DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, true, SMS_X2, 64, 0,
+                new DecodePlan.OneLaunch(100, 10))).isInstanceOf(IllegalArgumentException.class)
+                .hasMessageContaining("one-launch chunk 100");
+        assertThatThrownBy(() -> DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, true, SMS_X2, 64, 0,
+                new DecodePlan.OneLaunch(512, 0))).isInstanceOf(IllegalArgumentException.class)
+                .hasMessageContaining("allows no items");
+    }
+
+    /** Mode 3: every span's items are consecutive rows, at most the kernel's chunk each, counted in mm_count. */
+    @Property(tries = 200)
+    void oneLaunchItemsAreConsecutiveBoundedAndCounted(
+            @ForAll @Size(min = 1, max = 12) List<@Size(max = 3) List<@IntRange(min = 1, max = 5000) Integer>> spans,
+            @ForAll @IntRange(min = 0, max = 300) int full, @ForAll @IntRange(min = 1, max = 8) int chunkBlocks,
+            @ForAll @IntRange(min = 1, max = 60) int maxItems, @ForAll @IntRange(min = 1, max = 3000) int programs) {
+        List<DecodePlan.Entry> batch = new ArrayList<>();
+        int longest = 0;
+        for (List<Integer> s : spans) {
+            batch.add(entry(s.isEmpty() ? Math.max(full, 1) : full, s.stream().mapToInt(Integer::intValue).toArray()));
+            longest = Math.max(longest, s.stream().mapToInt(Integer::intValue).max().orElse(0));
+        }
+        int chunk = 64 * chunkBlocks;
+        DecodePlan p = DecodePlan.build(batch, 8, 64, 2, true, programs, 64, 832, new DecodePlan.OneLaunch(chunk, maxItems));
+        if (longest > 0 && Math.ceilDiv(longest, chunk) > maxItems) {
+            assertThat(p.mmMode()).isNotEqualTo(3); // cannot fit even at the largest chunk
+        }
+        if (p.mmMode() != 3) {
+            return;
+        }
+        long[] work = p.workTab();
+        for (int sp = 0; sp < p.spans(); sp++) {
+            int first = -1;
+            int count = 0;
+            long covered = 0;
+            for (int w = 0; w < p.workItems(); w++) {
+                int w0 = w * CalibQuantKernels.WORK_COLS;
+                if (work[w0 + 1] == sp) {
+                    if (first < 0) {
+                        first = w;
+                    }
+                    assertThat(w).as("items of span %d are consecutive", sp).isEqualTo(first + count);
+                    assertThat(work[w0 + 3]).isBetween(1L, (long) chunk);
+                    assertThat(work[w0 + 2]).isEqualTo(covered);
+                    covered += work[w0 + 3];
+                    count++;
+                }
+            }
+            int r = sp * CalibQuantKernels.SPAN_COLS;
+            assertThat(covered).isEqualTo(p.spanTab()[r + 1]);
+            assertThat(p.spanTab()[r + 4]).isEqualTo(count);
+            assertThat(count).isLessThanOrEqualTo(maxItems);
+        }
+    }
+
     /** The four tables one after another, each from a multiple of 256 bytes, every value where the kernels read it. */
     @Test
     void tablesAreWrittenAtAlignedOffsetsOfOneBuffer() {
