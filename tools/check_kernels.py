@@ -878,7 +878,7 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     p.add_argument("--budget", type=float, default=240.0, help="seconds; optional parts are skipped past it")
-    p.add_argument("--parts", default="checks,timing", help="any of checks,timing,select,gluon,quantize")
+    p.add_argument("--parts", default="checks,timing", help="any of checks,timing,select,gluon,quantize,onelaunch")
     p.add_argument("--targets", default="sm_90a,sm_80", help="targets whose PTX is checked")
     p.add_argument("--batches", default="1,8,32,64,128,256", help="batch sizes of the decode timing table")
     a = p.parse_args()
@@ -937,6 +937,9 @@ def main():
     if a.exp and "gluon" in parts:
         xdev, exp_manifest = candidates()
         results["gluon"] = run_gluon(torch, xdev, report, a.seed + 2000, left, exp_manifest, save)
+    if a.exp and "onelaunch" in parts:
+        xdev, exp_manifest = candidates()
+        results["onelaunch"] = run_onelaunch(torch, xdev, report, a.seed + 4000, left, exp_manifest, save)
     if a.exp and "quantize" in parts:
         xdev, exp_manifest = candidates()
         results["quantize"] = run_quantize_candidates(torch, xdev, report, a.seed + 3000, left, exp_manifest, save)
@@ -1071,6 +1074,48 @@ def run_gluon(torch, xdev, report, seed, left, xmanifest, save):
             continue
         rows.append(row)
         print(f"gluon candidate {json.dumps(cfg, sort_keys=True)}: ok={row['ok']} "
+              f"{json.dumps({k: round(v, 1) for k, v in row.get('us', {}).items()})}", flush=True)
+        save()
+    return rows
+
+
+def run_onelaunch(torch, xdev, report, seed, left, xmanifest, save):
+    """Checks every candidate of the one-launch set (compile_ptx.py --set onelaunch) against the float64
+    reference in mode 3, then times it on the BENCHMARKS.md workload at the item sizes its CH allows."""
+    wl = Workload(torch)
+    rows = []
+    for k in xmanifest["kernels"]:
+        if k.get("group") != "onelaunch":
+            continue
+        if left() < 20:
+            print("onelaunch: time budget reached", flush=True)
+            break
+        name, cfg = k["name"], k["config"]
+        row = {"config": cfg, "name": name}
+        n0 = len(report.rows)
+        try:
+            check_decode(xdev, report, "sm_90a", name, None, 1, 3, seed, 6, 3, 4, [0, 1])
+            check_decode(xdev, report, "sm_90a", name, None, 1, 3, seed + 1, 256, 2, 4, [0], max_spans=1,
+                         fp_lengths=[105, 3, 200], vis_chunks=(None, 64, 512), span_lengths=[1, 7, 255, 600, 3328])
+            row["ok"] = all(r["ok"] for r in report.rows[n0:])
+            for r in report.rows[n0:]:
+                print(("PASS " if r["ok"] else "FAIL ") + json.dumps(r, default=str), flush=True)
+            if row["ok"]:
+                t = {}
+                for b, chunks in ((1, (128, 256)), (8, (256, 512)), (64, (512, 1024)), (256, (512, 1024))):
+                    for ch in chunks:
+                        if ch <= cfg["CH"]:
+                            t[f"B{b}_c{ch}"] = time_decode(torch, xdev, wl, b, name, None, 3, ch, 64)[0]
+                row["us"] = t
+        except Exception as e:
+            row["ok"], row["error"] = False, f"{type(e).__name__}: {e}"
+            rows.append(row)
+            print(f"onelaunch: {cfg} raised {row['error']}", flush=True)
+            if "illegal" in str(e).lower() or "launch failed" in str(e).lower():
+                break
+            continue
+        rows.append(row)
+        print(f"onelaunch candidate {json.dumps(cfg, sort_keys=True)}: ok={row['ok']} "
               f"{json.dumps({k: round(v, 1) for k, v in row.get('us', {}).items()})}", flush=True)
         save()
     return rows

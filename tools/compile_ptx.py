@@ -106,6 +106,20 @@ def candidate_variants():
     return out
 
 
+def onelaunch_candidates():
+    """The one-launch calibrated 1-bit decode (mode 3) at several tile sizes, item limits (CH) and register caps,
+    D 128, 4 head slots (check_kernels.py --parts onelaunch)."""
+    out = []
+    for bn, ch, reg in ((32, 512, 128), (32, 512, 112), (32, 512, 96), (32, 512, None), (32, 1024, 128),
+                        (64, 512, 128), (64, 512, 168)):
+        tag = f"bn{bn}_ch{ch}_r{reg or 0}"
+        v = variant(f"x_calibquant_decode_mm3_{tag}", "attention_gluon.py", "calibquant_decode",
+                    {"D": 128, "BITS": 1, "BN": bn, "HS": 4, "MM_MODE": 3, "CH": ch}, 1, 1, reg)
+        v["group"], v["config"] = "onelaunch", {"BN": bn, "CH": ch, "maxnreg": reg or 0}
+        out.append(v)
+    return out
+
+
 def quantize_candidates():
     """quantize_pack chunk sizes (tokens per program) and warps, 1 bit, D 128 (check_kernels.py --parts quantize)."""
     out = []
@@ -280,7 +294,8 @@ def build(variants, targets, out_dir, workers):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--set", choices=["production", "candidates", "gluon", "quantize"], default="production")
+    p.add_argument("--set", choices=["production", "candidates", "gluon", "quantize", "onelaunch"],
+                   default="production")
     p.add_argument("--selection", default=str(SELECTION))
     p.add_argument("--out", default=str(ROOT / "ptx"))
     p.add_argument("--targets", default=",".join(TARGETS))
@@ -292,6 +307,8 @@ def main():
         variants = gluon_candidates()
     elif a.set == "quantize":
         variants = quantize_candidates()
+    elif a.set == "onelaunch":
+        variants = onelaunch_candidates()
     else:
         variants = candidate_variants()
     targets = [t for t in a.targets.split(",") if t]

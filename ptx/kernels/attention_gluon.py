@@ -652,9 +652,10 @@ def calibquant_decode(q, kfp, vfp, kcode, vcode, ksig, kalp, vsig, valp,
     tn = gl.load(wrow + 3).to(gl.int32)
     srow = seq_tab + seq * SEQ_COLS
     q_off = gl.multiple_of(gl.load(srow + 3), 16)
+    FP_BN: gl.constexpr = BN if MM_MODE != 3 else 16  # mode 3: fp16 tiles of 16 rows hold half the registers
     if span < 0:
         m_i, l_i, o, dch = _fp_item(q, q_off, kfp, vfp, gl.multiple_of(gl.load(srow), 16), gl.load(srow + 2), kvh,
-                                    t0, tn, hq0, G, sm_scale, D, BN, HS)
+                                    t0, tn, hq0, G, sm_scale, D, FP_BN, HS)
     elif MM_MODE == 3:
         m_i, l_i, o, dch = _visual_item_fused(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab, slots, ring,
                                               scores, span, kvh, t0, tn, hq0, G, KVH, sm_scale, tau_min, tau_max,
