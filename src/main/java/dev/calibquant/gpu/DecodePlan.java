@@ -132,6 +132,11 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
                 visualChunk = c;
             }
         }
+        if (mmMode == CalibQuantKernels.ONE_LAUNCH_MODE) {
+            // mode 3 runs full-precision rows in tiles of 16: items of two blocks cost less than two items of one
+            // (measured on the H200: B = 256 206 against 223 us, B = 64 63 against 70; docs/benchmarks.md)
+            shortFpChunk = Math.min(chunk, 2L * block);
+        }
 
         List<long[]> seq = new ArrayList<>();
         List<long[]> span = new ArrayList<>();
