@@ -72,6 +72,12 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
                 : 4L * 2 * Math.max(1, minmaxChunks()) * queryHeads;
     }
 
+    /**
+     * Smallest visual item of mode 3, in blocks: 4 blocks (256 tokens) beat 2 on the H200 at B = 1 (15.7 against
+     * 18.7 µs) and B = 8 (19.1 against 25.2 µs; docs/gpu-runs/2026-11-29-s4/).
+     */
+    static final int ONE_LAUNCH_MIN_BLOCKS = 4;
+
     /** Mode 3 only where the kernels ship it: its largest item and the most items one span may have. */
     record OneLaunch(int chunk, int maxItems) {
         static final OneLaunch NONE = new OneLaunch(0, 0);
@@ -126,7 +132,8 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
         int mmMode = !calibrate ? 0 : (chunk >= longestSpan ? 2 : 1);
         long visualChunk = chunk;
         if (calibrate && oneLaunch.chunk() > 0) {
-            long c = Math.min(chunk, oneLaunch.chunk());
+            // at small B a span's items wait for each other and the last merges them all: fewer, longer items win
+            long c = Math.min(Math.max(chunk, ONE_LAUNCH_MIN_BLOCKS * (long) block), oneLaunch.chunk());
             if (Math.ceilDiv(longestSpan, c) <= oneLaunch.maxItems()) {
                 mmMode = CalibQuantKernels.ONE_LAUNCH_MODE;
                 visualChunk = c;
