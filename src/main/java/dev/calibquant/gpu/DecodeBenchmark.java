@@ -35,7 +35,8 @@ public final class DecodeBenchmark {
 
     /** One batch size's figures; times in microseconds, bandwidth in GB/s (bytes read + written). */
     public record Row(int batch, double calibQuantUs, double fp16Us, double quantizeUs, double quantizeGBs,
-            double fp16FloorUs, double oneBitFloorUs, int calibrationMode, int workItems, double calibQuantGraphUs) {
+            double fp16FloorUs, double oneBitFloorUs, int calibrationMode, int workItems, double calibQuantGraphUs,
+            double calibQuantHostUs) {
         public double speedupOverFp16() {
             return fp16Us / calibQuantUs;
         }
@@ -112,11 +113,15 @@ public final class DecodeBenchmark {
                     + 2.0 * batch * KV_HEADS * VISUAL * 16 + 4.0 * 4 * batch * KV_HEADS * HEAD_DIM; // codes, scales
             return new Row(batch, one[0], fp16[0], quant[0], bytesQuant / (quant[0] * 1e-6) / 1e9,
                     fp16FloorBytes(batch) / (copyGBs * 1e9) * 1e6, oneBitFloorBytes(batch) / (copyGBs * 1e9) * 1e6,
-                    (int) one[1], (int) one[2], one[3]);
+                    (int) one[1], (int) one[2], one[3], one[4]);
         }
     }
 
-    /** {median µs per step launched from Java, calibration mode, work items, median µs per step as a CUDA graph}. */
+    /**
+     * {median µs per step launched from Java, calibration mode, work items, median µs per step as a CUDA graph,
+     * median µs the host spends queueing one step (the launch calls alone; where it exceeds the GPU's time per step,
+     * launched steps are host-bound)}.
+     */
     private double[] timeCache(ModelGeometry g, QuantConfig config, int batch, List<TokenSpan> spans,
             List<MemorySegment[]> prompts, MemorySegment q) {
         long full = (long) batch * (config == null ? TOKENS : PREFIX + TEXT) + 64L * batch;
@@ -137,18 +142,23 @@ public final class DecodeBenchmark {
                 dq.copyFrom(q);
                 GpuDecodeAttention.PreparedStep step = attention.prepare(0, seqs);
                 double[] t = new double[reps];
+                double[] host = new double[reps];
                 for (int r = -1; r < reps; r++) {
                     e0.record(s);
+                    long h0 = System.nanoTime();
                     for (int i = 0; i < steps; i++) {
                         step.launch(dq, out, s);
                     }
+                    long h1 = System.nanoTime();
                     e1.record(s);
                     e1.synchronize();
                     if (r >= 0) {
                         t[r] = e1.elapsedMillisSince(e0) * 1e3 / steps;
+                        host[r] = (h1 - h0) / 1e3 / steps;
                     }
                 }
                 double launched = median(t);
+                double hostUs = median(host);
                 double graphed;
                 try (var graph = ctx.captureGraph(s, () -> step.launch(dq, out, s))) {
                     for (int r = -1; r < reps; r++) {
@@ -164,7 +174,7 @@ public final class DecodeBenchmark {
                     }
                     graphed = median(t);
                 }
-                return new double[] {launched, step.calibrationMode(), step.workItems(), graphed};
+                return new double[] {launched, step.calibrationMode(), step.workItems(), graphed, hostUs};
             } finally {
                 seqs.forEach(GpuSequence::close);
             }
