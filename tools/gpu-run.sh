@@ -57,6 +57,8 @@ step selftest
 "${cq[@]}" selftest 2>&1 | tee "$logs/selftest.txt" || status=1
 step selftest sm_80
 "${cq[@]}" selftest --target sm_80 2>&1 | tee "$logs/selftest-sm80.txt" || status=1
+step "selftest sm_90a from PTX (driver JIT, the path of GPUs without a shipped cubin)"
+"${cq[@]}" selftest --ptx 2>&1 | tee "$logs/selftest-ptx.txt" || status=1
 
 fi
 step "junit${GPU_TESTS_ONLY:+ (GPU-tagged tests only)}"

@@ -130,6 +130,7 @@ public final class BenchCommand implements Callable<Integer> {
             out.put("ptx_target", report.target());
             out.put("copy_gbs", report.copyGBs());
             out.put("kernel_load_ms", report.kernelLoadMs());
+            out.put("kernel_image", report.kernelImage());
             out.put("rows", report.rows());
             out.put("sdpa_us", sdpaUs);
             System.out.println(new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT).writeValueAsString(out));
@@ -199,8 +200,8 @@ public final class BenchCommand implements Callable<Integer> {
 
     private void printTable(DecodeBenchmark.Report r, Map<Integer, Double> sdpaUs) {
         System.out.printf("%s, PTX %s, %s%n", r.device(), r.target(), LocalDate.now());
-        System.out.printf("copy bandwidth %.0f GB/s (read + write); kernel load (cold, all variants of 1-bit D=128) %.0f ms%n",
-                r.copyGBs(), r.kernelLoadMs());
+        System.out.printf("copy bandwidth %.0f GB/s (read + write); kernel load (cold, all variants of 1-bit D=128, %s) %.0f ms%n",
+                r.copyGBs(), r.kernelImage().equals("?") ? "image not recorded" : "from " + r.kernelImage(), r.kernelLoadMs());
         System.out.printf("workload: 32 q heads, 8 KV heads, D=128, %d prefix + %d visual + %d text tokens, one layer%n%n",
                 DecodeBenchmark.PREFIX, DecodeBenchmark.VISUAL, DecodeBenchmark.TEXT);
         System.out.println("    B | 1-bit step | as graph | host/step | 1-bit floor | ×floor | fp16 step | fp16 floor | fp16/1-bit | SDPA (this run) | SDPA anchor | paper ref | ref/1-bit | quantize µs | quantize GB/s | %copy");
@@ -260,7 +261,7 @@ public final class BenchCommand implements Callable<Integer> {
             throw new IOException(file + ": no rows");
         }
         return new Replay(new DecodeBenchmark.Report(last[15], last[14], Double.parseDouble(last[10]),
-                Double.parseDouble(last[13]), rows), sdpaUs);
+                Double.parseDouble(last[13]), rows, "?"), sdpaUs);
     }
 
     private void writeChart(DecodeBenchmark.Report r, Map<Integer, Double> sdpaUs) throws IOException {

@@ -32,8 +32,14 @@ final class RegressionSelftest {
     private final int device;
     private final String target;
     private final PrintStream out;
+    private final KernelCatalog.Image image;
 
     RegressionSelftest(int device, String target, PrintStream out) {
+        this(device, target, KernelCatalog.Image.fromSystemProperty(), out);
+    }
+
+    RegressionSelftest(int device, String target, KernelCatalog.Image image, PrintStream out) {
+        this.image = image;
         this.device = device;
         this.target = target;
         this.out = out;
@@ -65,7 +71,7 @@ final class RegressionSelftest {
             RegressionSuite.Report report;
             KernelCatalog catalog;
             try {
-                catalog = KernelCatalog.open(ctx, t);
+                catalog = KernelCatalog.open(ctx, t, image);
             } catch (RuntimeException e) {
                 return finish(List.of(nothingLoadable(manifest, t, ctx.device().name(), e.getMessage())), junitXml);
             }
@@ -103,7 +109,7 @@ final class RegressionSelftest {
                         manifest.kernels().size());
                 KernelCatalog catalog;
                 try {
-                    catalog = KernelCatalog.open(ctx, t);
+                    catalog = KernelCatalog.open(ctx, t, image);
                 } catch (RuntimeException e) {
                     RegressionSuite.Report none = nothingLoadable(manifest, t, name, e.getMessage());
                     none.results().forEach(r -> out.println(r.line()));

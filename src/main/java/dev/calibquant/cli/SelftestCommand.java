@@ -37,6 +37,10 @@ public final class SelftestCommand implements Callable<Integer> {
     @Option(names = "--target", description = "PTX target to load instead of the best one for the device, e.g. sm_80.")
     String target;
 
+    @Option(names = "--ptx", description = "Load every kernel from its PTX (driver JIT) even where a cubin ships for "
+            + "this GPU: tests the path other GPUs take.")
+    boolean ptx;
+
     @Option(names = "--seed", description = "Random seed (default: fresh, printed).")
     Long seed;
 
@@ -54,6 +58,17 @@ public final class SelftestCommand implements Callable<Integer> {
     @Option(names = "--junit-xml", paramLabel = "FILE", description = "With --regression: also write a JUnit XML report.")
     Path junitXml;
 
+    private KernelCatalog.Image image() {
+        return ptx ? KernelCatalog.Image.PTX : KernelCatalog.Image.fromSystemProperty();
+    }
+
+    private static String bestTarget(CudaContext ctx) {
+        var p = ctx.device().properties();
+        return KernelCatalog.bestTarget(p.computeMajor(), p.computeMinor())
+                .orElseThrow(() -> new dev.calibquant.kernels.UnsupportedDeviceException(p.name() + " (compute capability "
+                        + p.computeMajor() + "." + p.computeMinor() + ") cannot run the shipped kernels"));
+    }
+
     @Override
     public Integer call() throws IOException {
         if (!regression && (record != null || expectations != null || junitXml != null)) {
@@ -66,7 +81,7 @@ public final class SelftestCommand implements Callable<Integer> {
                     : "--record writes expectations; --expectations reads them: give one");
         }
         if (regression) {
-            RegressionSelftest suite = new RegressionSelftest(device, target, System.out);
+            RegressionSelftest suite = new RegressionSelftest(device, target, image(), System.out);
             return record != null ? suite.record(record, junitXml) : suite.compare(expectations, junitXml);
         }
         CudaAvailability a = Cuda.availability();
@@ -81,9 +96,9 @@ public final class SelftestCommand implements Callable<Integer> {
         problems.forEach(p -> System.out.println("FAIL  manifest: " + p));
         int failed = problems.size();
         try (CudaContext ctx = Cuda.device(device).openContext();
-                KernelCatalog catalog = target == null ? KernelCatalog.open(ctx) : KernelCatalog.open(ctx, target)) {
-            System.out.printf("selftest: %s, PTX target %s, %d kernel variants%n", ctx.device().name(), catalog.target(),
-                    manifest.kernels().size());
+                KernelCatalog catalog = KernelCatalog.open(ctx, target != null ? target : bestTarget(ctx), image())) {
+            System.out.printf("selftest: %s, PTX target %s, %d kernel variants%s%n", ctx.device().name(), catalog.target(),
+                    manifest.kernels().size(), ptx ? ", every one JIT-compiled from its PTX" : "");
             Random random = new Random(s);
             for (KernelManifest.Kernel k : manifest.kernels()) {
                 if (!k.targets().containsKey(catalog.target())) {

@@ -120,6 +120,15 @@ public final class CudaContext implements AutoCloseable {
         return track(CudaModule.load(this, name, ptx));
     }
 
+    /** Loads a cubin built for exactly this device's compute capability (no JIT: milliseconds, not a JIT pass). */
+    public CudaModule loadCubin(String name, byte[] cubin) {
+        if (cubin.length == 0) {
+            throw new IllegalArgumentException("cubin " + name + " is empty");
+        }
+        bind();
+        return track(CudaModule.loadCubin(this, name, cubin));
+    }
+
     /**
      * Captures the work {@code work} queues on {@code stream} into a graph that replays it with one launch.
      * {@code work} must only queue work on {@code stream} (no synchronization, no allocation).

@@ -11,7 +11,10 @@ import java.util.concurrent.ConcurrentHashMap;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 
-/** A PTX module JIT-compiled by the driver for the context's device. Its functions live as long as it does. */
+/**
+ * A module on the context's device: PTX JIT-compiled by the driver, or a cubin loaded as is. Its functions live as
+ * long as it does.
+ */
 public final class CudaModule extends NativeResource {
     private static final int LOG_BYTES = 16 * 1024;
     private static final Pattern PTX_VERSION = Pattern.compile("^\\s*\\.version\\s+(\\d+)\\.(\\d+)", Pattern.MULTILINE);
@@ -29,7 +32,15 @@ public final class CudaModule extends NativeResource {
     }
 
     static CudaModule load(CudaContext owner, String name, String ptx) {
-        int ptxIsa = ptxIsaVersion(ptx);
+        return load(owner, name, ptx.getBytes(StandardCharsets.UTF_8), true, ptxIsaVersion(ptx));
+    }
+
+    /** A cubin (an ELF image for exactly this device's architecture): loaded as is, no JIT. */
+    static CudaModule loadCubin(CudaContext owner, String name, byte[] cubin) {
+        return load(owner, name, cubin, false, 0);
+    }
+
+    private static CudaModule load(CudaContext owner, String name, byte[] bytes, boolean text, int ptxIsa) {
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment errorLog = arena.allocate(LOG_BYTES);
             MemorySegment infoLog = arena.allocate(LOG_BYTES);
@@ -41,7 +52,9 @@ public final class CudaModule extends NativeResource {
             values.setAtIndex(C_POINTER, 1, MemorySegment.ofAddress(LOG_BYTES));
             values.setAtIndex(C_POINTER, 2, infoLog);
             values.setAtIndex(C_POINTER, 3, MemorySegment.ofAddress(LOG_BYTES));
-            MemorySegment image = arena.allocateFrom(ptx, StandardCharsets.UTF_8);
+            // PTX is text the driver reads up to its NUL; a cubin is an ELF image it reads by its own headers
+            MemorySegment image = arena.allocate(bytes.length + (text ? 1 : 0), 16);
+            MemorySegment.copy(bytes, 0, image, ValueLayout.JAVA_BYTE, 0, bytes.length);
             MemorySegment out = arena.allocate(C_POINTER);
             int rc = cuModuleLoadDataEx(out, image, keys.length, options, values);
             if (rc != Driver.CUDA_SUCCESS) {

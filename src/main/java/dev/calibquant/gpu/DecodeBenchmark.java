@@ -64,7 +64,9 @@ public final class DecodeBenchmark {
         }
     }
 
-    public record Report(String device, String target, double copyGBs, double kernelLoadMs, List<Row> rows) {}
+    /** @param kernelImage what the kernel load read: {@code cubin} or {@code ptx} (driver JIT), {@code ?} if unknown */
+    public record Report(String device, String target, double copyGBs, double kernelLoadMs, List<Row> rows,
+            String kernelImage) {}
 
     private final CudaContext ctx;
     private final KernelCatalog catalog;
@@ -252,7 +254,8 @@ public final class DecodeBenchmark {
             for (int b : batches) {
                 rows.add(bench.measure(b, copy));
             }
-            return new Report(ctx.device().name(), catalog.target(), copy, loadMs, rows);
+            return new Report(ctx.device().name(), catalog.target(), copy, loadMs, rows,
+                    catalog.imageOf("fp16_decode_d" + HEAD_DIM));
         } finally {
             catalog.close();
         }

@@ -11,22 +11,45 @@ import java.util.concurrent.ConcurrentHashMap;
 
 /**
  * The shipped kernels, for one CUDA context: picks the PTX target that suits the device, loads each kernel's module
- * on first use (the driver JIT-compiles it), and owns those modules until closed.
+ * on first use, and owns those modules until closed. Where the target ships a cubin for exactly this device (sm_90a
+ * on compute capability 9.0, sm_80 on 8.0) that is loaded as is; otherwise the driver JIT-compiles the PTX (about
+ * 0.4 s a variant on a machine whose driver cache is cold). {@code -Dcalibquant.kernels.image=ptx} always loads
+ * the PTX.
  */
 public final class KernelCatalog implements AutoCloseable {
     public static final String HOPPER = "sm_90a";
     public static final String AMPERE = "sm_80";
 
+    /** Which image of a variant the catalog loads. */
+    public enum Image {
+        /** The cubin where one ships for this device's exact compute capability, else the PTX. */
+        CUBIN_WHERE_SHIPPED,
+        /** Always the PTX, JIT-compiled by the driver: the path every other GPU takes, tested on this one. */
+        PTX;
+
+        /** The default: {@code -Dcalibquant.kernels.image=ptx} asks for PTX, anything else for cubins. */
+        public static Image fromSystemProperty() {
+            return "ptx".equalsIgnoreCase(System.getProperty("calibquant.kernels.image", "")) ? PTX : CUBIN_WHERE_SHIPPED;
+        }
+    }
+
     private final CudaContext context;
     private final KernelManifest manifest;
     private final String target;
+    private final Image image;
+    private final int computeMajor;
+    private final int computeMinor;
     private final Map<String, Kernel> loaded = new ConcurrentHashMap<>();
     private volatile boolean closed;
 
-    private KernelCatalog(CudaContext context, KernelManifest manifest, String target) {
+    private KernelCatalog(CudaContext context, KernelManifest manifest, String target, Image image) {
         this.context = context;
         this.manifest = manifest;
         this.target = target;
+        this.image = image;
+        DeviceProperties p = context.device().properties();
+        this.computeMajor = p.computeMajor();
+        this.computeMinor = p.computeMinor();
     }
 
     /** The catalog for {@code context}'s device, with the best target the shipped PTX offers for it. */
@@ -41,11 +64,16 @@ public final class KernelCatalog implements AutoCloseable {
 
     /** The catalog with an explicit target, e.g. {@code sm_80} PTX on a Hopper card to test its JIT path. */
     public static KernelCatalog open(CudaContext context, String target) {
+        return open(context, target, Image.fromSystemProperty());
+    }
+
+    /** The catalog with an explicit target and image choice. */
+    public static KernelCatalog open(CudaContext context, String target, Image image) {
         KernelManifest manifest = KernelManifest.loadShipped();
         if (manifest.kernels().stream().noneMatch(k -> k.targets().containsKey(target))) {
             throw new UnsupportedDeviceException("no shipped kernel is compiled for target " + target);
         }
-        return new KernelCatalog(context, manifest, target);
+        return new KernelCatalog(context, manifest, target, image);
     }
 
     /**
@@ -61,6 +89,15 @@ public final class KernelCatalog implements AutoCloseable {
 
     public String target() {
         return target;
+    }
+
+    /** What this catalog loads for {@code name}: {@code "cubin"} or {@code "ptx"}. */
+    public String imageOf(String name) {
+        return usesCubin(manifest.kernel(name).targets().get(target)) ? "cubin" : "ptx";
+    }
+
+    private boolean usesCubin(KernelManifest.Target t) {
+        return t != null && image == Image.CUBIN_WHERE_SHIPPED && t.hasCubinFor(computeMajor, computeMinor);
     }
 
     public KernelManifest manifest() {
@@ -108,7 +145,9 @@ public final class KernelCatalog implements AutoCloseable {
         if (t == null) {
             throw new UnsupportedDeviceException("kernel " + name + " is not compiled for target " + target);
         }
-        CudaModule module = context.loadPtx(name + "[" + target + "]", ShippedKernels.readText(t.ptx()));
+        String label = name + "[" + target + "]";
+        CudaModule module = usesCubin(t) ? context.loadCubin(label + " cubin", ShippedKernels.readBytes(t.cubin()))
+                : context.loadPtx(label, ShippedKernels.readText(t.ptx()));
         try {
             return new Kernel(context, spec, t, module, module.function(t.entry()));
         } catch (RuntimeException e) {

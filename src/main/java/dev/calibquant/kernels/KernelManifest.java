@@ -67,10 +67,21 @@ public record KernelManifest(
             @JsonProperty("global_scratch_align") long globalScratchAlign,
             @JsonProperty("profile_scratch_size") long profileScratchSize,
             @JsonProperty("ptx_version") String ptxVersion,
-            @JsonProperty("ptx_sha256") String ptxSha256) {
+            @JsonProperty("ptx_sha256") String ptxSha256,
+            @JsonProperty("cubin") String cubin,
+            @JsonProperty("cubin_sha256") String cubinSha256,
+            @JsonProperty("cubin_compute") int cubinCompute) {
 
         public int threadsPerBlock() {
             return 32 * numWarps;
+        }
+
+        /**
+         * Whether this target ships a cubin (the PTX assembled ahead of time) for a device of compute capability
+         * {@code major.minor}: a cubin runs only on the exact capability it was built for.
+         */
+        public boolean hasCubinFor(int major, int minor) {
+            return cubin != null && cubinCompute == major * 10 + minor;
         }
     }
 

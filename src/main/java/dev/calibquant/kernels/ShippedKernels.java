@@ -79,6 +79,17 @@ public final class ShippedKernels {
         if (!sha256(ptxBytes).equals(target.ptxSha256())) {
             problems.add(where + ": " + target.ptx() + " is not the file the manifest recorded (sha256 differs)");
         }
+        if (target.cubin() != null) {
+            // compile_ptx.py writes the cubin and the PTX from one compilation, with both hashes: a cubin that no
+            // longer matches its hash is not the one assembled from this PTX
+            try {
+                if (!sha256(readBytes(target.cubin())).equals(target.cubinSha256())) {
+                    problems.add(where + ": " + target.cubin() + " is not the file the manifest recorded (sha256 differs)");
+                }
+            } catch (KernelManifestException e) {
+                problems.add(where + ": " + e.getMessage());
+            }
+        }
         PtxEntry entry;
         try {
             entry = PtxEntry.parse(new String(ptxBytes, StandardCharsets.UTF_8));
