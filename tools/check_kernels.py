@@ -1029,6 +1029,31 @@ def run_timing(torch, dev, left, save, timing, batches):
     torch.cuda.empty_cache()
 
 
+def measure_candidate(label, cfg, rows, save, body):
+    """Runs body(row) for one candidate (its checks, then its timings, into row), keeps the row and prints it.
+    Returns False after a sticky CUDA error (an illegal access or a failed launch): no later candidate can run."""
+    row = {"config": cfg}
+    try:
+        body(row)
+    except Exception as e:
+        row["ok"], row["error"] = False, f"{type(e).__name__}: {e}"
+        rows.append(row)
+        print(f"{label}: {cfg} raised {row['error']}", flush=True)
+        return not ("illegal" in str(e).lower() or "launch failed" in str(e).lower())
+    rows.append(row)
+    print(f"{label} candidate {json.dumps(cfg, sort_keys=True)}: ok={row['ok']} "
+          f"{json.dumps({k: round(v, 1) for k, v in row.get('us', {}).items()})}", flush=True)
+    save()
+    return True
+
+
+def checks_passed(report, n0):
+    """Whether the report's rows from n0 on all passed; prints them."""
+    for r in report.rows[n0:]:
+        print(("PASS " if r["ok"] else "FAIL ") + json.dumps(r, default=str), flush=True)
+    return all(r["ok"] for r in report.rows[n0:])
+
+
 def run_gluon(torch, xdev, report, seed, left, xmanifest, save):
     """Checks every configuration of the gluon candidate set (compile_ptx.py --set gluon) against the float64
     reference in all three calibration modes, then times the D=128 ones on the BENCHMARKS.md workload at several
@@ -1048,15 +1073,13 @@ def run_gluon(torch, xdev, report, seed, left, xmanifest, save):
         hs = cfg.get("HS", 8)
         mmv = next(n for n in c["names"] if n.startswith("x_calibquant_minmax"))
         dec = {int(n.split("_mm")[1][0]): n for n in c["names"] if n.startswith("x_calibquant_decode")}
-        row = {"config": cfg}
-        n0 = len(report.rows)
-        try:
+
+        def body(row):
+            n0 = len(report.rows)
             check_decode(xdev, report, "sm_90a", dec[0], mmv, 1, 0, seed, 5, 2, min(4, hs), [0])
             check_decode(xdev, report, "sm_90a", dec[1], mmv, 1, 1, seed + 1, 3, 4 if hs == 8 else 3, hs, [0, 1])
             check_decode(xdev, report, "sm_90a", dec[2], mmv, 1, 2, seed + 2, 17, 2, 2, [0, 1])
-            row["ok"] = all(r["ok"] for r in report.rows[n0:])
-            for r in report.rows[n0:]:
-                print(("PASS " if r["ok"] else "FAIL ") + json.dumps(r, default=str), flush=True)
+            row["ok"] = checks_passed(report, n0)
             if row["ok"] and xdev.constexprs(dec[1])["D"] == 128:
                 t = {}
                 for b, chunks in ((1, (128,)), (64, (832,)), (256, (832,))):
@@ -1065,17 +1088,9 @@ def run_gluon(torch, xdev, report, seed, left, xmanifest, save):
                         t[f"B{b}_mm1_c{ch}_m{ch // 4}"] = time_decode(torch, xdev, wl, b, dec[1], mmv, 1, ch, 64,
                                                                       max(64, ch // 4))[0]
                 row["us"] = t
-        except Exception as e:
-            row["ok"], row["error"] = False, f"{type(e).__name__}: {e}"
-            rows.append(row)
-            print(f"gluon: {cfg} raised {row['error']}", flush=True)
-            if "illegal" in str(e).lower() or "launch failed" in str(e).lower():
-                break
-            continue
-        rows.append(row)
-        print(f"gluon candidate {json.dumps(cfg, sort_keys=True)}: ok={row['ok']} "
-              f"{json.dumps({k: round(v, 1) for k, v in row.get('us', {}).items()})}", flush=True)
-        save()
+
+        if not measure_candidate("gluon", cfg, rows, save, body):
+            break
     return rows
 
 
@@ -1091,15 +1106,14 @@ def run_onelaunch(torch, xdev, report, seed, left, xmanifest, save):
             print("onelaunch: time budget reached", flush=True)
             break
         name, cfg = k["name"], k["config"]
-        row = {"config": cfg, "name": name}
-        n0 = len(report.rows)
-        try:
+
+        def body(row):
+            row["name"] = name
+            n0 = len(report.rows)
             check_decode(xdev, report, "sm_90a", name, None, 1, 3, seed, 6, 3, 4, [0, 1])
             check_decode(xdev, report, "sm_90a", name, None, 1, 3, seed + 1, 256, 2, 4, [0], max_spans=1,
                          fp_lengths=[105, 3, 200], vis_chunks=(None, 64, 512), span_lengths=[1, 7, 255, 600, 3328])
-            row["ok"] = all(r["ok"] for r in report.rows[n0:])
-            for r in report.rows[n0:]:
-                print(("PASS " if r["ok"] else "FAIL ") + json.dumps(r, default=str), flush=True)
+            row["ok"] = checks_passed(report, n0)
             if row["ok"]:
                 t = {}
                 for b, chunks in ((1, (128, 256)), (8, (256, 512)), (64, (512, 1024)), (256, (512, 1024))):
@@ -1107,17 +1121,9 @@ def run_onelaunch(torch, xdev, report, seed, left, xmanifest, save):
                         if ch <= cfg["CH"]:
                             t[f"B{b}_c{ch}"] = time_decode(torch, xdev, wl, b, name, None, 3, ch, 64)[0]
                 row["us"] = t
-        except Exception as e:
-            row["ok"], row["error"] = False, f"{type(e).__name__}: {e}"
-            rows.append(row)
-            print(f"onelaunch: {cfg} raised {row['error']}", flush=True)
-            if "illegal" in str(e).lower() or "launch failed" in str(e).lower():
-                break
-            continue
-        rows.append(row)
-        print(f"onelaunch candidate {json.dumps(cfg, sort_keys=True)}: ok={row['ok']} "
-              f"{json.dumps({k: round(v, 1) for k, v in row.get('us', {}).items()})}", flush=True)
-        save()
+
+        if not measure_candidate("onelaunch", cfg, rows, save, body):
+            break
     return rows
 
 

@@ -80,8 +80,7 @@ SCORES = gl.constexpr(gl.BlockedLayout([1, 1], [8, 4], [1, 1], [1, 0]))
 ROWS = gl.constexpr(gl.BlockedLayout([1, 1], [32, 1], [1, 1], [1, 0]))
 # [BN, D] fp16 full-precision rows, 16 bytes per thread and load
 TILE16 = gl.constexpr(gl.BlockedLayout([1, 8], [4, 8], [1, 1], [1, 0]))
-# [BN, RB] code bytes of a tile, one token row (8 or 16 bytes) per lane: one cp.async per lane and tile
-CODE_ROWS = gl.constexpr(gl.BlockedLayout([1, 16], [32, 1], [1, 1], [1, 0]))
+# shared memory without swizzling: mode 3's code ring and kept scores are read back in the layouts that wrote them
 PLAIN2 = gl.constexpr(gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
 
 
