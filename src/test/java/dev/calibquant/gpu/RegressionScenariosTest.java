@@ -414,9 +414,10 @@ class RegressionScenariosTest {
                 64, 832).mmMode();
         assertThat(gluon).isEqualTo(triton);
         if (oneLaunch) {
-            // the one-launch kernels (Gluon, CH 512), with the fewest resident programs they may get: 8 per SM
+            // the one-launch kernels (Gluon, CH 512), with the fewest resident programs they may get (8 per SM), a
+            // quarter of which one span may use
             return DecodePlan.build(entries, c.kvHeads() * c.group(), c.headDim(), c.kvHeads(), c.calibrate(), 16 * sms,
-                    64, 832, new DecodePlan.OneLaunch(512, 4 * sms)).mmMode();
+                    64, 832, new DecodePlan.OneLaunch(512, 2 * sms)).mmMode();
         }
         return triton;
     }
