@@ -15,8 +15,9 @@ import java.util.List;
 
 /**
  * Decode attention over a {@link GpuKvCache} on the GPU: CalibQuant (post-scaling, calibration, one softmax over
- * all segments) for a quantized cache, flash-decoding for an fp16 cache. One step is one or two kernel launches
- * on the cache's stream, whatever the batch.
+ * all segments) for a quantized cache, flash-decoding for an fp16 cache. One step is one kernel launch on the
+ * cache's stream, whatever the batch (two where a calibrated step cannot use the one-launch kernel: 2 and 4 bits with
+ * spans longer than one work item, or {@link #oneLaunchCalibration} off).
  *
  * <p>{@link #decode} takes host queries and returns host outputs; {@link #prepare} builds a step whose tables stay
  * on the device, for callers that keep queries and outputs on the GPU (and for timing the kernels alone).
