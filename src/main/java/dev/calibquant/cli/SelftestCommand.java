@@ -62,13 +62,6 @@ public final class SelftestCommand implements Callable<Integer> {
         return ptx ? KernelCatalog.Image.PTX : KernelCatalog.Image.fromSystemProperty();
     }
 
-    private static String bestTarget(CudaContext ctx) {
-        var p = ctx.device().properties();
-        return KernelCatalog.bestTarget(p.computeMajor(), p.computeMinor())
-                .orElseThrow(() -> new dev.calibquant.kernels.UnsupportedDeviceException(p.name() + " (compute capability "
-                        + p.computeMajor() + "." + p.computeMinor() + ") cannot run the shipped kernels"));
-    }
-
     @Override
     public Integer call() throws IOException {
         if (!regression && (record != null || expectations != null || junitXml != null)) {
@@ -96,7 +89,8 @@ public final class SelftestCommand implements Callable<Integer> {
         problems.forEach(p -> System.out.println("FAIL  manifest: " + p));
         int failed = problems.size();
         try (CudaContext ctx = Cuda.device(device).openContext();
-                KernelCatalog catalog = KernelCatalog.open(ctx, target != null ? target : bestTarget(ctx), image())) {
+                KernelCatalog catalog = target == null ? KernelCatalog.open(ctx, image())
+                        : KernelCatalog.open(ctx, target, image())) {
             System.out.printf("selftest: %s, PTX target %s, %d kernel variants%s%n", ctx.device().name(), catalog.target(),
                     manifest.kernels().size(), ptx ? ", every one JIT-compiled from its PTX" : "");
             Random random = new Random(s);

@@ -54,12 +54,17 @@ public final class KernelCatalog implements AutoCloseable {
 
     /** The catalog for {@code context}'s device, with the best target the shipped PTX offers for it. */
     public static KernelCatalog open(CudaContext context) {
+        return open(context, Image.fromSystemProperty());
+    }
+
+    /** {@link #open(CudaContext)} with an explicit image choice. */
+    public static KernelCatalog open(CudaContext context, Image image) {
         DeviceProperties p = context.device().properties();
         String target = bestTarget(p.computeMajor(), p.computeMinor())
                 .orElseThrow(() -> new UnsupportedDeviceException(p.name() + " (compute capability " + p.computeMajor()
                         + "." + p.computeMinor() + ") cannot run the shipped kernels: they need compute capability 8.0 "
                         + "or newer (Ampere, Ada, Hopper, Blackwell)"));
-        return open(context, target);
+        return open(context, target, image);
     }
 
     /** The catalog with an explicit target, e.g. {@code sm_80} PTX on a Hopper card to test its JIT path. */
