@@ -192,8 +192,9 @@ class DecodeBatch:
                 n_items[sp["index"]] = len(parts)
                 blocks.append([[si, sp["index"], t0, tn] for t0, tn in parts])
             if mode == 3:
-                items = [b[i] for j in rng.permutation(len(blocks)) for b in [blocks[j]]
-                         for i in rng.permutation(len(b))]
+                items = []
+                for j in rng.permutation(len(blocks)):
+                    items += [blocks[j][i] for i in rng.permutation(len(blocks[j]))]
             else:
                 flat = [it for b in blocks for it in b]
                 items = [flat[i] for i in rng.permutation(len(flat))]

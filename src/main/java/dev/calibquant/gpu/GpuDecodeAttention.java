@@ -112,9 +112,7 @@ public final class GpuDecodeAttention implements AutoCloseable {
             DeviceBuffer partMl = scratch.device("partial m, l", 4L * 2 * plan.workItems() * g.queryHeads());
             DeviceBuffer partAcc = scratch.device("partial outputs", 4L * plan.workItems() * g.queryHeads() * g.headDim());
             DeviceBuffer counters = scratch.deviceZeroed("counters", 4L * plan.sequences() * kvh);
-            DeviceBuffer mmBuf = plan.mmMode() == CalibQuantKernels.ONE_LAUNCH_MODE
-                    ? scratch.deviceZeroed("rendezvous", plan.minmaxBufferBytes(kvh, g.queryHeads()))
-                    : scratch.device("min/max", plan.minmaxBufferBytes(kvh, g.queryHeads()));
+            DeviceBuffer mmBuf = scratch.minmax(plan, kvh, g.queryHeads());
             if (poisonOutputs) {
                 out.fill32(Float.floatToRawIntBits(Float.NaN), 0, rows * g.headDim());
             }

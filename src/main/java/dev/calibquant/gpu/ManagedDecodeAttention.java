@@ -259,9 +259,7 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
         long counterBytes = 4L * plan.sequences() * kvh;
         DeviceBuffer counters = scratch.device("counters", counterBytes);
         storage.zeroAsync(counters, 0, counterBytes); // the kernels need them zero, in stream order
-        DeviceBuffer mmBuf = plan.mmMode() == CalibQuantKernels.ONE_LAUNCH_MODE
-                ? scratch.deviceZeroed("rendezvous", plan.minmaxBufferBytes(kvh, queryHeads))
-                : scratch.device("min/max", plan.minmaxBufferBytes(kvh, queryHeads));
+        DeviceBuffer mmBuf = scratch.minmax(plan, kvh, queryHeads);
 
         long scaleBytes = ManagedTables.scaleBytes(kvh, d);
         DevicePointer keys = new DevicePointer(storage.plane(0), 0);

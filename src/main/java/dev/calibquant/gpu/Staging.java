@@ -26,6 +26,16 @@ final class Staging implements AutoCloseable {
         return device(name, bytes, false);
     }
 
+    /**
+     * The {@code mm_buf} of a decode step planned as {@code plan}: mode 3's rendezvous slots (zeroed when allocated;
+     * every launch leaves them zero) or the min/max pairs of mode 1 (contents undefined).
+     */
+    DeviceBuffer minmax(DecodePlan plan, int kvHeads, int queryHeads) {
+        long bytes = plan.minmaxBufferBytes(kvHeads, queryHeads);
+        return plan.mmMode() == dev.calibquant.kernels.CalibQuantKernels.ONE_LAUNCH_MODE
+                ? deviceZeroed("rendezvous", bytes) : device("min/max", bytes);
+    }
+
     /** A device buffer of at least {@code bytes}, zero-filled whenever it is (re)allocated. */
     DeviceBuffer deviceZeroed(String name, long bytes) {
         return device(name, bytes, true);

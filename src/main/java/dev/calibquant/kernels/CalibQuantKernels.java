@@ -146,11 +146,18 @@ public final class CalibQuantKernels {
      * scores stay on chip), or 0 where no such kernel ships (2 and 4 bits).
      */
     public int oneLaunchChunk(int group) {
-        Optional<String> name = shippedFor(catalog.manifest(), "calibquant_decode",
-                Map.of("D", headDim, "BITS", bits, "MM_MODE", ONE_LAUNCH_MODE), group);
-        return name.isEmpty() ? 0 : decode(ONE_LAUNCH_MODE, group).constexpr("CH");
+        // asked on every planned step: the manifest is searched once per slot count
+        return oneLaunchChunks.computeIfAbsent(slots(group), x -> shippedFor(catalog.manifest(), "calibquant_decode",
+                Map.of("D", headDim, "BITS", bits, "MM_MODE", ONE_LAUNCH_MODE), group).isEmpty()
+                        ? 0 : decode(ONE_LAUNCH_MODE, group).constexpr("CH"));
     }
 
+    private static int slots(int group) {
+        return group > NARROW_SLOTS ? WIDE_SLOTS : NARROW_SLOTS;
+    }
+
+    private final java.util.concurrent.ConcurrentHashMap<Integer, Integer> oneLaunchChunks =
+            new java.util.concurrent.ConcurrentHashMap<>();
     private final java.util.concurrent.ConcurrentHashMap<Integer, Integer> oneLaunchItems =
             new java.util.concurrent.ConcurrentHashMap<>();
 
@@ -162,7 +169,7 @@ public final class CalibQuantKernels {
      * 3,328 tokens at B = 1, 7 at large B, against 528 on an H200).
      */
     public int oneLaunchMaxItems(int group) {
-        return oneLaunchItems.computeIfAbsent(group > NARROW_SLOTS ? WIDE_SLOTS : NARROW_SLOTS,
+        return oneLaunchItems.computeIfAbsent(slots(group),
                 x -> Math.max(1, decode(ONE_LAUNCH_MODE, group).residentPrograms() / 4));
     }
 
