@@ -135,8 +135,9 @@ def _store_codes(x, ok, t, code, code_base, th0, th1, th2, D: tl.constexpr, BITS
 
 
 @triton.jit
-def _publish_scales(stats_g, thr_g, sig, alp, sc_base, clip, D: tl.constexpr, BITS: tl.constexpr):
-    """The group's statistics are complete: sigma and alpha to the output, the code thresholds to thr_g."""
+def _derive_scales(stats_g, clip, D: tl.constexpr, BITS: tl.constexpr):
+    """From the group's complete statistics: the sigma and alpha to store, and the code thresholds (see
+    _store_codes)."""
     LEVELS: tl.constexpr = (1 << BITS) - 1
     dd = tl.arange(0, D)
     mx = _fp16_of_key(tl.load(stats_g + dd, cache_modifier=".cg") - 1)
@@ -148,58 +149,76 @@ def _publish_scales(stats_g, thr_g, sig, alp, sc_base, clip, D: tl.constexpr, BI
     sigma = tl.div_rn(beta - alpha, tl.full([D], LEVELS, tl.float32))
     safe = tl.where(degenerate, 1.0, sigma)
     zero_point = tl.div_rn(-alpha, safe)
-    tl.store(sig + sc_base + dd, tl.where(degenerate, 0.0, sigma))
-    tl.store(alp + sc_base + dd, alpha)
     if BITS <= 2:
-        tl.store(thr_g + dd, _threshold(mn, mx, safe, zero_point, 1, LEVELS))
+        th0 = _threshold(mn, mx, safe, zero_point, 1, LEVELS)
+        th1 = th0
+        th2 = th0
         if BITS == 2:
-            tl.store(thr_g + D + dd, _threshold(mn, mx, safe, zero_point, 2, LEVELS))
-            tl.store(thr_g + 2 * D + dd, _threshold(mn, mx, safe, zero_point, 3, LEVELS))
+            th1 = _threshold(mn, mx, safe, zero_point, 2, LEVELS)
+            th2 = _threshold(mn, mx, safe, zero_point, 3, LEVELS)
     else:
-        tl.store(thr_g + dd, safe)
-        tl.store(thr_g + D + dd, zero_point)
-        tl.store(thr_g + 2 * D + dd, degenerate.to(tl.float32))
+        th0 = safe
+        th1 = zero_point
+        th2 = degenerate.to(tl.float32)
+    return tl.where(degenerate, 0.0, sigma), alpha, th0, th1, th2
 
 
 @triton.jit
-def _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, thr_g, sync_g, n_members, D: tl.constexpr,
-                      BITS: tl.constexpr):
+def _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, thr_g, sync_g, n_members, first,
+                      D: tl.constexpr, BITS: tl.constexpr, DERIVE: tl.constexpr):
     """Folds this chunk's per-channel min/max into the group's, waits for every member, and returns the group's
-    code thresholds (see _store_codes). The last member to arrive derives them, once for the group."""
+    code thresholds (see _store_codes). DERIVE 0: the last member to arrive derives them once and publishes them
+    in thr_g; DERIVE 1: every member derives them itself once all have arrived (no second round trip through
+    thr_g), and the group's first chunk stores sigma and alpha."""
     dd = tl.arange(0, D)
     # order-preserving fp16 keys, both as an atomic max (the statistics start at 0)
     tl.atomic_max(stats_g + dd, _fp16_key(mx) + 1, sem="relaxed", scope="gpu")
     tl.atomic_max(stats_g + D + dd, 65536 - _fp16_key(mn), sem="relaxed", scope="gpu")
     tl.debug_barrier()  # every thread's atomics before the release below
     arrived = tl.atomic_add(sync_g, 1, sem="acq_rel", scope="gpu")
-    if arrived == n_members - 1:
+    if DERIVE == 1:
+        while arrived < n_members - 1:
+            arrived = tl.atomic_add(sync_g, 0, sem="acquire", scope="gpu") - 1
         tl.debug_barrier()
-        _publish_scales(stats_g, thr_g, sig, alp, sc_base, clip, D, BITS)
-        tl.debug_barrier()
-        tl.atomic_xchg(sync_g + 1, 1, sem="release", scope="gpu")
+        sigma, alpha, th0, th1, th2 = _derive_scales(stats_g, clip, D, BITS)
+        if first:
+            tl.store(sig + sc_base + dd, sigma)
+            tl.store(alp + sc_base + dd, alpha)
     else:
-        ready = tl.atomic_add(sync_g + 1, 0, sem="acquire", scope="gpu")
-        while ready == 0:
+        if arrived == n_members - 1:
+            tl.debug_barrier()
+            sigma, alpha, th0, th1, th2 = _derive_scales(stats_g, clip, D, BITS)
+            tl.store(sig + sc_base + dd, sigma)
+            tl.store(alp + sc_base + dd, alpha)
+            tl.store(thr_g + dd, th0)
+            if BITS != 1:
+                tl.store(thr_g + D + dd, th1)
+                tl.store(thr_g + 2 * D + dd, th2)
+            tl.debug_barrier()
+            tl.atomic_xchg(sync_g + 1, 1, sem="release", scope="gpu")
+        else:
             ready = tl.atomic_add(sync_g + 1, 0, sem="acquire", scope="gpu")
-    tl.debug_barrier()
-    th0 = tl.load(thr_g + dd, cache_modifier=".cg")
-    th1 = th0
-    th2 = th0
-    if BITS != 1:
-        th1 = tl.load(thr_g + D + dd, cache_modifier=".cg")
-        th2 = tl.load(thr_g + 2 * D + dd, cache_modifier=".cg")
+            while ready == 0:
+                ready = tl.atomic_add(sync_g + 1, 0, sem="acquire", scope="gpu")
+        tl.debug_barrier()
+        th0 = tl.load(thr_g + dd, cache_modifier=".cg")
+        th1 = th0
+        th2 = th0
+        if BITS != 1:
+            th1 = tl.load(thr_g + D + dd, cache_modifier=".cg")
+            th2 = tl.load(thr_g + 2 * D + dd, cache_modifier=".cg")
     return th0, th1, th2
 
 
 @triton.jit
 def _quantize_chunk(src, code, sig, alp, clip, stats_g, thr_g, sync_g, src_base, T, t_begin, t_end, code_base,
-                    sc_base, n_members, D: tl.constexpr, BITS: tl.constexpr, BT: tl.constexpr):
+                    sc_base, n_members, D: tl.constexpr, BITS: tl.constexpr, BT: tl.constexpr, DERIVE: tl.constexpr):
     if t_end - t_begin <= BT:
         # one tile (TPP = 1, the usual case): read once, held in registers across the group barrier
         x, ok = _load_tile(src, src_base, t_begin, T, D, BT)
         mn, mx = _tile_minmax(x)
-        th0, th1, th2 = _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, thr_g, sync_g, n_members, D,
-                                          BITS)
+        th0, th1, th2 = _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, thr_g, sync_g, n_members,
+                                          t_begin == 0, D, BITS, DERIVE)
         _store_codes(x, ok, t_begin, code, code_base, th0, th1, th2, D, BITS, BT)
     else:
         # several tiles (very long spans): the packing pass re-reads them, from L2 (read moments ago)
@@ -210,8 +229,8 @@ def _quantize_chunk(src, code, sig, alp, clip, stats_g, thr_g, sync_g, src_base,
             ymn, ymx = _tile_minmax(y)
             mn = tl.minimum(mn, ymn)
             mx = tl.maximum(mx, ymx)
-        th0, th1, th2 = _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, thr_g, sync_g, n_members, D,
-                                          BITS)
+        th0, th1, th2 = _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, thr_g, sync_g, n_members,
+                                          t_begin == 0, D, BITS, DERIVE)
         for t in range(t_begin, t_end, BT):
             y, yok = _load_tile(src, src_base, t, T, D, BT)
             _store_codes(y, yok, t, code, code_base, th0, th1, th2, D, BITS, BT)
@@ -219,7 +238,8 @@ def _quantize_chunk(src, code, sig, alp, clip, stats_g, thr_g, sync_g, src_base,
 
 @triton.jit
 def quantize_pack(kin, vin, kcode, vcode, ksig, kalp, vsig, valp, qs_tab, qc_tab, stats, thr, sync,
-                  clip_k, clip_v, KVH, TPP, D: tl.constexpr, BITS: tl.constexpr, BT: tl.constexpr):
+                  clip_k, clip_v, KVH, TPP, D: tl.constexpr, BITS: tl.constexpr, BT: tl.constexpr,
+                  DERIVE: tl.constexpr):
     """1-D grid of (chunk row, KV head, K or V) programs, one chunk of TPP*BT tokens each; see the module doc."""
     RB: tl.constexpr = D * BITS // 8
     # Programs take their index from a ticket, in the order they actually start, and the members of a group hold
@@ -253,7 +273,7 @@ def quantize_pack(kin, vin, kcode, vcode, ksig, kalp, vsig, valp, qs_tab, qc_tab
     sync_g = sync + SYNC_HEAD + g * SYNC_COLS
     if kind == 0:
         _quantize_chunk(kin, kcode, ksig, kalp, clip_k, stats_g, thr_g, sync_g, src_base, T, t_begin, t_end,
-                        code_base, sc_base, n_members, D, BITS, BT)
+                        code_base, sc_base, n_members, D, BITS, BT, DERIVE)
     else:
         _quantize_chunk(vin, vcode, vsig, valp, clip_v, stats_g, thr_g, sync_g, src_base, T, t_begin, t_end,
-                        code_base, sc_base, n_members, D, BITS, BT)
+                        code_base, sc_base, n_members, D, BITS, BT, DERIVE)
