@@ -287,8 +287,9 @@ class Report:
 
 def quantize_launch(dev, name, spans, kvh, bufs, clip_k, clip_v, tpp=1, scratch=None):
     """Launches quantize_pack over spans = [(src_off, src_cap, src_t0, tokens, code_off, scale_off)]: builds qs_tab
-    (with chunk_first, chunk_count) and qc_tab as the Java QuantizePlan does. Returns the scratch (stats, thr, sync)
-    so a caller can reuse it and check that the kernel left it at zero."""
+    (with chunk_first, chunk_count) and qc_tab as the Java QuantizePlan does. Returns the scratch (one int32 buffer:
+    the counters sync, then the statistics, zeroed together before each launch as the Java side does) so a caller
+    can reuse it."""
     cx = dev.constexprs(name)
     d, bt = cx["D"], cx["BT"]
     rows, qc = [], []
@@ -298,15 +299,14 @@ def quantize_launch(dev, name, spans, kvh, bufs, clip_k, clip_v, tpp=1, scratch=
         qc += [i] * n
     groups = len(spans) * 2 * kvh
     if scratch is None:
-        scratch = (dev.upload(np.zeros(groups * 2 * d, np.int32)), dev.upload(np.zeros(groups * 3 * d, np.float32)),
-                   dev.upload(np.zeros(4 + 4 * groups, np.int32)))
-    scratch[0].zero_()  # the host zeroes statistics and counters before each launch, as the Java side does
-    scratch[2].zero_()
+        scratch = dev.upload(np.zeros(4 + 4 * groups + groups * 2 * d, np.int32))
+    scratch.zero_()
+    sync, stats = scratch[:4 + 4 * groups], scratch[4 + 4 * groups:]
     tab = dev.upload(np.array(rows, np.int64).reshape(-1, 8))
     qct = dev.upload(np.array(qc, np.int32))
     dev.launch(name, (2 * kvh * len(qc), 1, 1),
                [bufs["kin"], bufs["vin"], bufs["kcode"], bufs["vcode"], bufs["ksig"], bufs["kalp"], bufs["vsig"],
-                bufs["valp"], tab, qct, scratch[0], scratch[1], scratch[2], clip_k, clip_v, kvh, tpp])
+                bufs["valp"], tab, qct, stats, sync, clip_k, clip_v, kvh, tpp])
     return scratch, (tab, qct)
 
 
@@ -837,12 +837,12 @@ def time_quantize(torch, dev, variant, n_spans, b, kvh=8, d=128, t=3328, bits=1,
     def step(tabs):
         tab, qct = tabs
         programs = 2 * kvh * qct.numel()
+        n_sync = 4 + 4 * b * 2 * kvh
 
         def launch():
-            scratch[0].zero_()
-            scratch[2].zero_()
+            scratch.zero_()
             dev.launch(variant, (programs, 1, 1), [kin, vin, kc, vc, sc[0], sc[1], sc[2], sc[3], tab, qct,
-                                                   scratch[0], scratch[1], scratch[2], ck, cv, kvh, tpp])
+                                                   scratch[n_sync:], scratch[:n_sync], ck, cv, kvh, tpp])
         return launch
     us = bench(torch, [step(s) for s in sets])
     moved = 2 * b * kvh * t * d * 2 + 2 * b * kvh * t * rb + 4 * b * kvh * d * 4

@@ -53,7 +53,7 @@ def production_variants(selection=None):
     for d in (64, 128):
         for bits in (1, 2, 4, 8):
             out.append(variant(f"quantize_pack_b{bits}_d{d}", "quantize.py", "quantize_pack",
-                               {"D": d, "BITS": bits, "BT": qz["BT"], "DERIVE": qz.get("DERIVE", 0)},
+                               {"D": d, "BITS": bits, "BT": qz["BT"]},
                                qz["num_warps"], qz["num_stages"]))
         glu = sel["gluon"]
         for hs in (8, 4):  # 1 bit: the Gluon kernels; HS=4 (suffix _hs4) for groups of up to 4 query heads
@@ -122,16 +122,13 @@ def onelaunch_candidates():
 
 
 def quantize_candidates():
-    """quantize_pack chunk sizes (tokens per program), warps and who derives the thresholds (DERIVE 0: the group's
-    last member, published through memory; 1: every member), 1 bit, D 128 (check_kernels.py --parts quantize)."""
+    """quantize_pack chunk sizes (tokens per program), warps and register caps, 1 bit, D 128
+    (check_kernels.py --parts quantize)."""
     out = []
-    shapes = [(bt, nw, derive, None) for derive in (0, 1) for bt, nw in ((64, 2), (128, 4), (256, 4))]
-    shapes += [(64, 2, 1, 96), (64, 2, 1, 112), (64, 4, 1, None), (128, 4, 1, 96)]  # more programs resident
-    for bt, nw, derive, reg in shapes:
-        v = variant(f"x_quantize_pack_bt{bt}_w{nw}_d{derive}_r{reg or 0}", "quantize.py", "quantize_pack",
-                    {"D": 128, "BITS": 1, "BT": bt, "DERIVE": derive}, nw, 1, reg)
-        v["group"], v["config"] = "quantize_pack", {"BT": bt, "num_warps": nw, "num_stages": 1, "DERIVE": derive,
-                                                    "maxnreg": reg or 0}
+    for bt, nw, reg in ((64, 2, None), (64, 2, 112), (64, 4, None), (128, 4, None), (256, 4, None)):
+        v = variant(f"x_quantize_pack_bt{bt}_w{nw}_r{reg or 0}", "quantize.py", "quantize_pack",
+                    {"D": 128, "BITS": 1, "BT": bt}, nw, 1, reg)
+        v["group"], v["config"] = "quantize_pack", {"BT": bt, "num_warps": nw, "num_stages": 1, "maxnreg": reg or 0}
         out.append(v)
     return out
 

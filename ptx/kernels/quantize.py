@@ -3,11 +3,12 @@
 One launch quantizes every span of the table, keys and values, in one read of the input. The tokens of a
 (span, KV head, K or V) group are cut into chunks of TPP*BT rows, one program each (all D channels, so rows are
 read whole). A program loads its chunk, folds its per-channel min/max into the group's statistics with atomic max
-on order-preserving keys, and waits at a group barrier; the last member to arrive derives the scales and the code
-thresholds once for the group; then every member packs the chunk it still holds in registers. The host keeps each
-span's programs below the number the GPU holds at once, and programs take their index from a ticket in the order
-they start, so a waiting program never blocks one that has not started (see quantize_pack). The host zeroes the
-statistics and counters (stats, sync) on the launch's stream before each launch.
+on order-preserving keys, and waits at a group barrier until every member has arrived; then each member derives the
+scales and the code thresholds from the complete statistics itself (one round trip fewer than having one member
+publish them: 7 % faster at B = 256 on the H200) and packs its chunk. The host keeps each span's programs below the
+number the GPU holds at once, and programs take their index from a ticket in the order they start, so a waiting
+program never blocks one that has not started (see quantize_pack). The host zeroes the statistics and counters
+(stats, sync: one scratch buffer) on the launch's stream before each launch.
 
 The arithmetic is exactly the spec's, in fp32 with IEEE rounding (no fused multiply-add, IEEE division,
 round-half-to-even), so a CPU implementation of the same formulas gives the same bytes:
@@ -25,14 +26,14 @@ from triton.language.extra import libdevice
 QUANTIZE_PACK_ARGS = [
     ("kin", "*fp16"), ("vin", "*fp16"), ("kcode", "*u8"), ("vcode", "*u8"),
     ("ksig", "*fp32"), ("kalp", "*fp32"), ("vsig", "*fp32"), ("valp", "*fp32"),
-    ("qs_tab", "*i64"), ("qc_tab", "*i32"), ("stats", "*i32"), ("thr", "*fp32"), ("sync", "*i32"),
+    ("qs_tab", "*i64"), ("qc_tab", "*i32"), ("stats", "*i32"), ("sync", "*i32"),
     ("clip_k", "fp32"), ("clip_v", "fp32"), ("KVH", "i32"), ("TPP", "i32"),
 ]
 
 # qs_tab row: src_off, src_cap, src_t0, tokens, code_off, scale_off, chunk_first, chunk_count
 QS_COLS = tl.constexpr(8)
 SYNC_HEAD = tl.constexpr(4)  # sync[0]: the ticket counter; then per group:
-SYNC_COLS = tl.constexpr(4)  # arrived, ready, two unused
+SYNC_COLS = tl.constexpr(4)  # arrived, three unused (a group's counter alone in its 16 bytes)
 
 
 @triton.jit
@@ -164,64 +165,40 @@ def _derive_scales(stats_g, clip, D: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
-def _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, thr_g, sync_g, n_members, first,
-                      D: tl.constexpr, BITS: tl.constexpr, DERIVE: tl.constexpr):
-    """Folds this chunk's per-channel min/max into the group's, waits for every member, and returns the group's
-    code thresholds (see _store_codes). DERIVE 0: the last member to arrive derives them once and publishes them
-    in thr_g; DERIVE 1: every member derives them itself once all have arrived (no second round trip through
-    thr_g), and the group's first chunk stores sigma and alpha."""
+def _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, sync_g, n_members, first, D: tl.constexpr,
+                      BITS: tl.constexpr):
+    """Folds this chunk's per-channel min/max into the group's, waits until every member has, and returns the group's
+    code thresholds (see _store_codes), derived by each member from the complete statistics; the group's first
+    chunk stores sigma and alpha."""
     dd = tl.arange(0, D)
     # order-preserving fp16 keys, both as an atomic max (the statistics start at 0)
     tl.atomic_max(stats_g + dd, _fp16_key(mx) + 1, sem="relaxed", scope="gpu")
     tl.atomic_max(stats_g + D + dd, 65536 - _fp16_key(mn), sem="relaxed", scope="gpu")
     tl.debug_barrier()  # every thread's atomics before the release below
-    arrived = tl.atomic_add(sync_g, 1, sem="acq_rel", scope="gpu")
-    if DERIVE == 1:
-        while arrived < n_members - 1:
-            arrived = tl.atomic_add(sync_g, 0, sem="acquire", scope="gpu") - 1
-        tl.debug_barrier()
-        sigma, alpha, th0, th1, th2 = _derive_scales(stats_g, clip, D, BITS)
-        if first:
-            tl.store(sig + sc_base + dd, sigma)
-            tl.store(alp + sc_base + dd, alpha)
-    else:
-        if arrived == n_members - 1:
-            tl.debug_barrier()
-            sigma, alpha, th0, th1, th2 = _derive_scales(stats_g, clip, D, BITS)
-            tl.store(sig + sc_base + dd, sigma)
-            tl.store(alp + sc_base + dd, alpha)
-            tl.store(thr_g + dd, th0)
-            if BITS != 1:
-                tl.store(thr_g + D + dd, th1)
-                tl.store(thr_g + 2 * D + dd, th2)
-            tl.debug_barrier()
-            tl.atomic_xchg(sync_g + 1, 1, sem="release", scope="gpu")
-        else:
-            ready = tl.atomic_add(sync_g + 1, 0, sem="acquire", scope="gpu")
-            while ready == 0:
-                ready = tl.atomic_add(sync_g + 1, 0, sem="acquire", scope="gpu")
-        tl.debug_barrier()
-        th0 = tl.load(thr_g + dd, cache_modifier=".cg")
-        th1 = th0
-        th2 = th0
-        if BITS != 1:
-            th1 = tl.load(thr_g + D + dd, cache_modifier=".cg")
-            th2 = tl.load(thr_g + 2 * D + dd, cache_modifier=".cg")
+    arrived = tl.atomic_add(sync_g, 1, sem="acq_rel", scope="gpu") + 1
+    while arrived < n_members:
+        arrived = tl.atomic_add(sync_g, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()  # the statistics are read after the acquire that saw every member
+    sigma, alpha, th0, th1, th2 = _derive_scales(stats_g, clip, D, BITS)
+    if first:
+        tl.store(sig + sc_base + dd, sigma)
+        tl.store(alp + sc_base + dd, alpha)
     return th0, th1, th2
 
 
 @triton.jit
-def _quantize_chunk(src, code, sig, alp, clip, stats_g, thr_g, sync_g, src_base, T, t_begin, t_end, code_base,
-                    sc_base, n_members, D: tl.constexpr, BITS: tl.constexpr, BT: tl.constexpr, DERIVE: tl.constexpr):
+def _quantize_chunk(src, code, sig, alp, clip, stats_g, sync_g, src_base, T, t_begin, t_end, code_base, sc_base,
+                    n_members, D: tl.constexpr, BITS: tl.constexpr, BT: tl.constexpr):
     if t_end - t_begin <= BT:
-        # one tile (TPP = 1, the usual case): read once, held in registers across the group barrier
+        # one tile: read once, held in registers across the group barrier
         x, ok = _load_tile(src, src_base, t_begin, T, D, BT)
         mn, mx = _tile_minmax(x)
-        th0, th1, th2 = _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, thr_g, sync_g, n_members,
-                                          t_begin == 0, D, BITS, DERIVE)
+        th0, th1, th2 = _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, sync_g, n_members,
+                                          t_begin == 0, D, BITS)
         _store_codes(x, ok, t_begin, code, code_base, th0, th1, th2, D, BITS, BT)
     else:
-        # several tiles (very long spans): the packing pass re-reads them, from L2 (read moments ago)
+        # several tiles (TPP > 1, as shipped: fewer registers, so more programs resident): the packing pass
+        # re-reads them, from L2 (read moments ago)
         mn = tl.full([D], float("inf"), tl.float16)
         mx = tl.full([D], float("-inf"), tl.float16)
         for t in range(t_begin, t_end, BT):
@@ -229,17 +206,16 @@ def _quantize_chunk(src, code, sig, alp, clip, stats_g, thr_g, sync_g, src_base,
             ymn, ymx = _tile_minmax(y)
             mn = tl.minimum(mn, ymn)
             mx = tl.maximum(mx, ymx)
-        th0, th1, th2 = _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, thr_g, sync_g, n_members,
-                                          t_begin == 0, D, BITS, DERIVE)
+        th0, th1, th2 = _group_thresholds(mn, mx, clip, sig, alp, sc_base, stats_g, sync_g, n_members,
+                                          t_begin == 0, D, BITS)
         for t in range(t_begin, t_end, BT):
             y, yok = _load_tile(src, src_base, t, T, D, BT)
             _store_codes(y, yok, t, code, code_base, th0, th1, th2, D, BITS, BT)
 
 
 @triton.jit
-def quantize_pack(kin, vin, kcode, vcode, ksig, kalp, vsig, valp, qs_tab, qc_tab, stats, thr, sync,
-                  clip_k, clip_v, KVH, TPP, D: tl.constexpr, BITS: tl.constexpr, BT: tl.constexpr,
-                  DERIVE: tl.constexpr):
+def quantize_pack(kin, vin, kcode, vcode, ksig, kalp, vsig, valp, qs_tab, qc_tab, stats, sync,
+                  clip_k, clip_v, KVH, TPP, D: tl.constexpr, BITS: tl.constexpr, BT: tl.constexpr):
     """1-D grid of (chunk row, KV head, K or V) programs, one chunk of TPP*BT tokens each; see the module doc."""
     RB: tl.constexpr = D * BITS // 8
     # Programs take their index from a ticket, in the order they actually start, and the members of a group hold
@@ -269,11 +245,10 @@ def quantize_pack(kin, vin, kcode, vcode, ksig, kalp, vsig, valp, qs_tab, qc_tab
     sc_base = sc_off + kvh * D
     g = sp * (2 * KVH) + hk
     stats_g = stats + g * (2 * D)
-    thr_g = thr + g * (3 * D)
     sync_g = sync + SYNC_HEAD + g * SYNC_COLS
     if kind == 0:
-        _quantize_chunk(kin, kcode, ksig, kalp, clip_k, stats_g, thr_g, sync_g, src_base, T, t_begin, t_end,
-                        code_base, sc_base, n_members, D, BITS, BT, DERIVE)
+        _quantize_chunk(kin, kcode, ksig, kalp, clip_k, stats_g, sync_g, src_base, T, t_begin, t_end,
+                        code_base, sc_base, n_members, D, BITS, BT)
     else:
-        _quantize_chunk(vin, vcode, vsig, valp, clip_v, stats_g, thr_g, sync_g, src_base, T, t_begin, t_end,
-                        code_base, sc_base, n_members, D, BITS, BT, DERIVE)
+        _quantize_chunk(vin, vcode, vsig, valp, clip_v, stats_g, sync_g, src_base, T, t_begin, t_end,
+                        code_base, sc_base, n_members, D, BITS, BT)

@@ -296,9 +296,8 @@ public final class GpuKvCache implements AutoCloseable {
             DeviceBuffer devTab = staging.device("quantize tables", plan.tableBytes());
             devTab.copyFromAsync(tab, 0, 0, plan.tableBytes(), stream);
             kernels.quantizePack(plan, kin, vin, codes.buffer(0), codes.buffer(1), scales.buffer(0), scales.buffer(1),
-                    scales.buffer(2), scales.buffer(3), devTab, 0, staging.device("quantize statistics",
-                            plan.statsBytes()), staging.device("quantize thresholds", plan.thresholdBytes()),
-                    staging.device("quantize counters", plan.syncBytes()), config.keyClip(), config.valueClip(), stream);
+                    scales.buffer(2), scales.buffer(3), devTab, 0, staging.device("quantize scratch",
+                            plan.scratchBytes()), config.keyClip(), config.valueClip(), stream);
         }
         stream.synchronize();
         s.fullLength[layer] = dst;

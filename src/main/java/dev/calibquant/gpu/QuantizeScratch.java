@@ -15,18 +15,14 @@ import java.lang.foreign.MemorySegment;
 final class QuantizeScratch implements AutoCloseable {
     private final QuantizePlan plan;
     private final DeviceBuffer tables;
-    private final DeviceBuffer stats;
-    private final DeviceBuffer thresholds;
-    private final DeviceBuffer sync;
+    private final DeviceBuffer scratch;
 
     QuantizeScratch(CudaContext ctx, QuantizePlan plan) {
         this.plan = plan;
-        DeviceBuffer[] owned = new DeviceBuffer[4];
+        DeviceBuffer[] owned = new DeviceBuffer[2];
         try (Arena arena = Arena.ofConfined()) {
             owned[0] = ctx.allocate(plan.tableBytes());
-            owned[1] = ctx.allocate(plan.statsBytes());
-            owned[2] = ctx.allocate(plan.thresholdBytes());
-            owned[3] = ctx.allocate(plan.syncBytes());
+            owned[1] = ctx.allocate(plan.scratchBytes());
             MemorySegment host = arena.allocate(plan.tableBytes(), 16);
             plan.writeTables(host);
             owned[0].copyFrom(host);
@@ -39,9 +35,7 @@ final class QuantizeScratch implements AutoCloseable {
             throw e;
         }
         this.tables = owned[0];
-        this.stats = owned[1];
-        this.thresholds = owned[2];
-        this.sync = owned[3];
+        this.scratch = owned[1];
     }
 
     QuantizePlan plan() {
@@ -52,15 +46,13 @@ final class QuantizeScratch implements AutoCloseable {
     void launch(CalibQuantKernels kernels, DeviceBuffer kin, DeviceBuffer vin, DeviceBuffer kcode, DeviceBuffer vcode,
             DeviceBuffer ksig, DeviceBuffer kalp, DeviceBuffer vsig, DeviceBuffer valp, float clipK, float clipV,
             CudaStream stream) {
-        kernels.quantizePack(plan, kin, vin, kcode, vcode, ksig, kalp, vsig, valp, tables, 0, stats, thresholds, sync,
-                clipK, clipV, stream);
+        kernels.quantizePack(plan, kin, vin, kcode, vcode, ksig, kalp, vsig, valp, tables, 0, scratch, clipK, clipV,
+                stream);
     }
 
     @Override
     public void close() {
         tables.close();
-        stats.close();
-        thresholds.close();
-        sync.close();
+        scratch.close();
     }
 }

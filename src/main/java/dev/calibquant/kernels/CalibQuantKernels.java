@@ -211,31 +211,27 @@ public final class CalibQuantKernels {
 
     /**
      * End-of-prefill quantization of every span of {@code plan}, keys and values, in one launch. {@code tables} holds
-     * the plan's tables ({@link QuantizePlan#writeTables}) from byte {@code tableOffset}; {@code stats},
-     * {@code thresholds} and {@code sync} are scratch of at least the plan's sizes, the first and last zeroed here on
-     * {@code stream} before the launch. Every buffer size is checked first.
+     * the plan's tables ({@link QuantizePlan#writeTables}) from byte {@code tableOffset}; {@code scratch} holds at
+     * least {@link QuantizePlan#scratchBytes()}, zeroed here on {@code stream} (one memset) before the launch. Every
+     * buffer size is checked first.
      */
     public void quantizePack(QuantizePlan plan, DeviceBuffer kin, DeviceBuffer vin, DeviceBuffer kcode,
             DeviceBuffer vcode, DeviceBuffer ksig, DeviceBuffer kalp, DeviceBuffer vsig, DeviceBuffer valp,
-            DeviceBuffer tables, long tableOffset, DeviceBuffer stats, DeviceBuffer thresholds, DeviceBuffer sync,
-            float clipK, float clipV, CudaStream stream) {
+            DeviceBuffer tables, long tableOffset, DeviceBuffer scratch, float clipK, float clipV, CudaStream stream) {
         Kernel k = quantizePack();
         plan.requireGeometry(headDim, bits);
         plan.requireWithin(Math.min(kin.byteSize(), vin.byteSize()) / 2, Math.min(kcode.byteSize(), vcode.byteSize()),
                 Math.min(Math.min(ksig.byteSize(), kalp.byteSize()), Math.min(vsig.byteSize(), valp.byteSize())) / 4);
         requireBytes("quantize tables", tables, tableOffset, plan.tableBytes());
-        requireBytes("quantize statistics", stats, 0, plan.statsBytes());
-        requireBytes("quantize thresholds", thresholds, 0, plan.thresholdBytes());
-        requireBytes("quantize counters", sync, 0, plan.syncBytes());
+        requireBytes("quantize scratch", scratch, 0, plan.scratchBytes());
         if (tableOffset % 16 != 0) {
             throw new IllegalArgumentException("quantize table offset " + tableOffset + " is not 16-byte aligned");
         }
-        stats.fillAsync((byte) 0, 0, plan.statsBytes(), stream);
-        sync.fillAsync((byte) 0, 0, plan.syncBytes(), stream);
+        scratch.fillAsync((byte) 0, 0, plan.scratchBytes(), stream);
         k.args().pointer(kin).pointer(vin).pointer(kcode).pointer(vcode)
                 .pointer(ksig).pointer(kalp).pointer(vsig).pointer(valp)
                 .pointer(tables, tableOffset).pointer(tables, tableOffset + plan.chunkTableOffset())
-                .pointer(stats).pointer(thresholds).pointer(sync).f32(clipK).f32(clipV)
+                .pointer(scratch, plan.statsOffset()).pointer(scratch).f32(clipK).f32(clipV)
                 .i32(plan.kvHeads()).i32(plan.tilesPerProgram())
                 .launch(plan.programs(), 1, 1, stream);
     }

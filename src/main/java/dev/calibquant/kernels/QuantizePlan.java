@@ -14,9 +14,9 @@ import java.util.List;
  *
  * <p>Tables: {@code qs_tab} rows of {@link CalibQuantKernels#QS_COLS} int64 (src_off, src_cap, src_t0, tokens,
  * code_off, scale_off, chunk_first, chunk_count) and {@code qc_tab}, the span of each chunk row (int32). The launch
- * is a 1-D grid of {@code 2 * kvHeads} programs per chunk row. Scratch: per group {@code 2 * headDim} int32
- * statistics and {@code 3 * headDim} fp32 thresholds, and {@code 4 + 4 * groups} int32 counters; the statistics
- * and counters must be zero when the launch starts.
+ * is a 1-D grid of {@code 2 * kvHeads} programs per chunk row. Scratch, one buffer of {@link #scratchBytes()} that
+ * must be zero when the launch starts: {@code 4 + 4 * groups} int32 counters, then from {@link #statsOffset()} per
+ * group {@code 2 * headDim} int32 statistics.
  */
 public final class QuantizePlan {
 
@@ -77,8 +77,9 @@ public final class QuantizePlan {
 
     /**
      * @param tileTokens the variant's {@code BT}
-     * @param residentPrograms programs of the variant the GPU holds at once; a group gets at most half of them, so the
-     *     barrier never waits on a program that cannot start even with other work on the GPU
+     * @param residentPrograms programs of the variant the GPU holds at once; a group gets at most a quarter of them,
+     *     so the barrier never waits on a program that cannot start, even with up to four such launches running at
+     *     once on any streams (the rule of the one-launch decode too)
      */
     public static QuantizePlan of(List<Span> spans, int kvHeads, int headDim, int bits, int tileTokens,
             int residentPrograms) {
@@ -92,15 +93,15 @@ public final class QuantizePlan {
         if (bits != 1 && bits != 2 && bits != 4 && bits != 8) {
             throw new IllegalArgumentException("bits must be 1, 2, 4 or 8, got " + bits);
         }
-        if (residentPrograms < 2) {
+        if (residentPrograms < 4) {
             throw new IllegalArgumentException("the GPU holds " + residentPrograms + " quantize programs at once; "
-                    + "the group barrier needs at least 2");
+                    + "the group barrier needs at least 4");
         }
         int maxTiles = 0;
         for (Span s : spans) {
             maxTiles = Math.max(maxTiles, Math.ceilDiv(s.tokens(), tileTokens));
         }
-        int members = residentPrograms / 2;
+        int members = residentPrograms / 4;
         int tiles = Math.max(Math.ceilDiv(MIN_CHUNK_TOKENS, tileTokens), Math.ceilDiv(maxTiles, members));
         long chunkTokens = (long) tiles * tileTokens;
         long[] table = new long[spans.size() * CalibQuantKernels.QS_COLS];
@@ -174,7 +175,7 @@ public final class QuantizePlan {
         return chunkTable.length * 2 * kvHeads;
     }
 
-    /** (span, KV head, K or V) groups, each with its own statistics, thresholds and counters. */
+    /** (span, KV head, K or V) groups, each with its own statistics and counter. */
     public int groups() {
         return spans.size() * 2 * kvHeads;
     }
@@ -200,15 +201,13 @@ public final class QuantizePlan {
                 chunkTableOffset(), chunkTable.length);
     }
 
-    public long statsBytes() {
-        return 4L * groups() * 2 * headDim;
+    /** Bytes of the launch's scratch: the counters, then the statistics; zeroed on the stream before each launch. */
+    public long scratchBytes() {
+        return statsOffset() + 4L * groups() * 2 * headDim;
     }
 
-    public long thresholdBytes() {
-        return 4L * groups() * 3 * headDim;
-    }
-
-    public long syncBytes() {
+    /** Byte offset of the statistics in the scratch, after the counters (a multiple of 16). */
+    public long statsOffset() {
         return 4L * (SYNC_HEAD + (long) SYNC_PER_GROUP * groups());
     }
 
