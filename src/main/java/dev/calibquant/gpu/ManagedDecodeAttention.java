@@ -258,7 +258,7 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
         DeviceBuffer partAcc = scratch.device("partial outputs", 4L * items * queryHeads * d);
         long counterBytes = 4L * plan.sequences() * kvh;
         DeviceBuffer counters = scratch.device("counters", counterBytes);
-        storage.zeroAsync(counters, 0, counterBytes); // the kernels need them zero, in stream order
+        counters.fillAsync((byte) 0, 0, counterBytes, stream); // the kernels need them zero, in stream order
         DeviceBuffer mmBuf = scratch.minmax(plan, kvh, queryHeads);
 
         long scaleBytes = ManagedTables.scaleBytes(kvh, d);
