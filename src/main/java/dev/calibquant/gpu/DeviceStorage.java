@@ -38,8 +38,8 @@ import java.util.OptionalLong;
  * cache frees a block at every growth of a layer, and {@code cuMemFree} waits for the whole device; and the device
  * memory a cache may take is fixed and taken up front, so another user of the GPU cannot starve it half-way.
  *
- * <p><b>Streams.</b> All device work (zero-fill, uploads, device copies, downloads, the decode launches of
- * {@link ManagedDecodeAttention}) is queued on the storage's own stream, so it runs in order, and a freed range is
+ * <p><b>Streams.</b> All device work (zero-fill by memset, uploads, device copies, downloads, the decode launches
+ * of {@link ManagedDecodeAttention}) is queued on the storage's own stream, so it runs in order, and a freed range is
  * reused only by work queued after whatever read it. {@link #write} stages host rows in pinned memory and waits for
  * its copies (the source is reusable, and the staging buffer reused, once it returns); {@link #copy} and allocation
  * (its zero-fill) return once queued.
@@ -59,7 +59,6 @@ public final class DeviceStorage implements KvStorage {
     static final long ALIGNMENT = 64;
     /** Extra room per plane beyond half a manager's byte limit, as a fraction: see {@link #planeBytesFor}. */
     static final int HEADROOM_DIVISOR = 16;
-    private static final long ZERO_BYTES = 1L << 20;
     private static final long MIN_STAGING_BYTES = 1L << 16;
     /** Alignment of the host segments {@link #download} makes, as {@link dev.calibquant.cache.HostStorage}'s. */
     private static final long HOST_ALIGNMENT = 64;
@@ -71,7 +70,6 @@ public final class DeviceStorage implements KvStorage {
     private final String name;
     private final CudaStream stream;
     private final DeviceBuffer[] planes;
-    private final DeviceBuffer zeros;
     private final RangeAllocator ranges;
     private final Map<MemorySegment.Scope, DeviceBlock> live = new HashMap<>();
     private PinnedHostBuffer staging;
@@ -99,11 +97,6 @@ public final class DeviceStorage implements KvStorage {
             DeviceBuffer values = context.allocate(plane);
             made.add(values);
             planes = new DeviceBuffer[] {keys, values};
-            zeros = context.allocate(ZERO_BYTES);
-            made.add(zeros);
-            zeros.fill((byte) 0);
-            // fill runs on the legacy stream, which the storage's non-blocking stream does not wait for
-            context.synchronize();
         } catch (RuntimeException | Error e) {
             for (AutoCloseable c : made.reversed()) {
                 try {
@@ -186,9 +179,9 @@ public final class DeviceStorage implements KvStorage {
         return ranges.used();
     }
 
-    /** Device memory this storage holds, used or not: both planes and its zero source. */
+    /** Device memory this storage holds, used or not: its two planes. */
     public long deviceBytes() {
-        return 2 * ranges.capacity() + ZERO_BYTES;
+        return 2 * ranges.capacity();
     }
 
     @Override
@@ -260,15 +253,9 @@ public final class DeviceStorage implements KvStorage {
         return offset.getAsLong();
     }
 
+    /** Queues zeros over the block on the stream, after whatever earlier work read its range. */
     private void zero(DeviceBlock block) {
-        zeroAsync(planes[block.plane], block.range.offset, block.bytes);
-    }
-
-    /** Queues zeros over {@code bytes} of {@code target} from {@code offset}; caller holds the lock. */
-    void zeroAsync(DeviceBuffer target, long offset, long bytes) {
-        for (long done = 0; done < bytes; done += ZERO_BYTES) {
-            target.copyFromAsync(zeros, 0, offset + done, Math.min(ZERO_BYTES, bytes - done), stream);
-        }
+        planes[block.plane].fillAsync((byte) 0, block.range.offset, block.bytes, stream);
     }
 
     private void register(DeviceBlock block) {
@@ -474,7 +461,7 @@ public final class DeviceStorage implements KvStorage {
         if (staging != null) {
             owned.add(staging);
         }
-        owned.addAll(List.of(zeros, planes[1], planes[0], stream));
+        owned.addAll(List.of(planes[1], planes[0], stream));
         for (AutoCloseable c : owned) {
             try {
                 c.close();

@@ -6,6 +6,7 @@ import dev.calibquant.cuda.CudaStream;
 import dev.calibquant.cuda.DeviceBuffer;
 import dev.calibquant.cuda.PinnedHostBuffer;
 import dev.calibquant.kernels.CalibQuantKernels;
+import dev.calibquant.kernels.CalibQuantKernels.CachePointers;
 import dev.calibquant.profiling.Nvtx;
 import dev.calibquant.quant.InvalidShapeException;
 import dev.calibquant.quant.QuantConfig;
@@ -117,22 +118,23 @@ public final class GpuDecodeAttention implements AutoCloseable {
                 out.fill32(Float.floatToRawIntBits(Float.NaN), 0, rows * g.headDim());
             }
             ParallelPool full = cache.fullPool();
-            QuantConfig c = cache.config();
-            if (c == null) {
-                k.fp16Decode(q, full.buffer(0), full.buffer(1), tables, seqOff, workOff, partMl, partAcc, counters, out,
-                        plan.workItems(), kvh, group, smScale, stream);
-                return;
-            }
             ParallelPool codes = cache.codePool();
             ParallelPool scales = cache.scalePool();
-            if (plan.mmMode() == 1) {
-                k.minmax(q, codes.buffer(0), scales.buffer(0), scales.buffer(1), tables, seqOff, spanOff, mmOff, mmBuf,
-                        plan.minmaxChunks(), kvh, group, smScale, stream);
+            CachePointers pointers = CachePointers.atStart(full.buffer(0), full.buffer(1), codes.buffer(0),
+                    codes.buffer(1), scales.buffer(0), scales.buffer(1), scales.buffer(2), scales.buffer(3));
+            QuantConfig c = cache.config();
+            if (c == null) {
+                k.fp16Decode(q, pointers, tables, seqOff, workOff, partMl, partAcc, counters, out, plan.workItems(),
+                        kvh, group, smScale, stream);
+                return;
             }
-            k.decode(plan.mmMode(), q, full.buffer(0), full.buffer(1), codes.buffer(0), codes.buffer(1),
-                    scales.buffer(0), scales.buffer(1), scales.buffer(2), scales.buffer(3), tables, seqOff, spanOff,
-                    workOff, mmBuf, partMl, partAcc, counters, out, plan.workItems(), kvh, group, smScale,
-                    c.tauMin(), c.tauMax(), c.policy() == dev.calibquant.quant.CalibrationPolicy.CLAMP_AT_ZERO, stream);
+            if (plan.mmMode() == 1) {
+                k.minmax(q, pointers, tables, seqOff, spanOff, mmOff, mmBuf, plan.minmaxChunks(), kvh, group, smScale,
+                        stream);
+            }
+            k.decode(plan.mmMode(), q, pointers, tables, seqOff, spanOff, workOff, mmBuf, partMl, partAcc, counters,
+                    out, plan.workItems(), kvh, group, smScale, c.tauMin(), c.tauMax(),
+                    c.policy() == dev.calibquant.quant.CalibrationPolicy.CLAMP_AT_ZERO, stream);
         }
     }
 

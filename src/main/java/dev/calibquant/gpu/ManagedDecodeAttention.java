@@ -235,54 +235,62 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
                 perSm * multiprocessors, k.decodeBlock(), quantized ? k.decodeMaxChunk(group) : 0,
                 quantized ? DecodePlan.OneLaunch.of(k, group) : DecodePlan.OneLaunch.NONE);
         CudaStream stream = storage.stream();
+        PinnedHostBuffer hostOut;
+        try {
+            DecodePlan.TableLayout at = plan.tableLayout();
+            PinnedHostBuffer hostTables = scratch.pinned("tables", at.bytes());
+            plan.writeTables(hostTables.segment(), at);
+            DeviceBuffer tables = scratch.device("tables", at.bytes());
+            tables.copyFromAsync(hostTables, 0, 0, at.bytes(), stream);
 
-        DecodePlan.TableLayout at = plan.tableLayout();
-        PinnedHostBuffer hostTables = scratch.pinned("tables", at.bytes());
-        plan.writeTables(hostTables.segment(), at);
-        DeviceBuffer tables = scratch.device("tables", at.bytes());
-        tables.copyFromAsync(hostTables, 0, 0, at.bytes(), stream);
+            PinnedHostBuffer hostQ = scratch.pinned("queries", q16.byteSize());
+            MemorySegment.copy(q16, 0, hostQ.segment(), 0, q16.byteSize());
+            DeviceBuffer q = scratch.device("queries", q16.byteSize());
+            q.copyFromAsync(hostQ, 0, 0, q16.byteSize(), stream);
 
-        PinnedHostBuffer hostQ = scratch.pinned("queries", q16.byteSize());
-        MemorySegment.copy(q16, 0, hostQ.segment(), 0, q16.byteSize());
-        DeviceBuffer q = scratch.device("queries", q16.byteSize());
-        q.copyFromAsync(hostQ, 0, 0, q16.byteSize(), stream);
-
-        DeviceBuffer o = scratch.device("outputs", out.byteSize());
-        if (poisonOutputs) {
-            PinnedHostBuffer nan = scratch.pinned("poison", out.byteSize());
-            nan.segment().asSlice(0, out.byteSize()).fill((byte) 0xff); // 0xffffffff is a NaN
-            o.copyFromAsync(nan, 0, 0, out.byteSize(), stream);
-        }
-        int items = plan.workItems();
-        DeviceBuffer partMl = scratch.device("partial m, l", 4L * 2 * items * queryHeads);
-        DeviceBuffer partAcc = scratch.device("partial outputs", 4L * items * queryHeads * d);
-        long counterBytes = 4L * plan.sequences() * kvh;
-        DeviceBuffer counters = scratch.device("counters", counterBytes);
-        storage.zeroAsync(counters, 0, counterBytes); // the kernels need them zero, in stream order
-        DeviceBuffer mmBuf = scratch.minmax(plan, kvh, queryHeads);
-
-        long scaleBytes = ManagedTables.scaleBytes(kvh, d);
-        DevicePointer keys = new DevicePointer(storage.plane(0), 0);
-        DevicePointer values = new DevicePointer(storage.plane(1), 0);
-        CachePointers cache = new CachePointers(keys, values, keys, values, keys,
-                new DevicePointer(storage.plane(0), scaleBytes), values, new DevicePointer(storage.plane(1), scaleBytes));
-        float smScale = (float) (1.0 / Math.sqrt(d));
-        try (Nvtx.Range r = Nvtx.range(stepRange)) {
-            if (!quantized) {
-                k.fp16Decode(q, cache, tables, at.seqOffset(), at.workOffset(), partMl, partAcc, counters, o, items,
-                        kvh, group, smScale, stream);
-            } else {
-                if (plan.mmMode() == 1) {
-                    k.minmax(q, cache, tables, at.seqOffset(), at.spanOffset(), at.mmOffset(), mmBuf,
-                            plan.minmaxChunks(), kvh, group, smScale, stream);
-                }
-                k.decode(plan.mmMode(), q, cache, tables, at.seqOffset(), at.spanOffset(), at.workOffset(), mmBuf,
-                        partMl, partAcc, counters, o, items, kvh, group, smScale, calibration.tauMin(),
-                        calibration.tauMax(), calibration.policy() == CalibrationPolicy.CLAMP_AT_ZERO, stream);
+            DeviceBuffer o = scratch.device("outputs", out.byteSize());
+            if (poisonOutputs) {
+                PinnedHostBuffer nan = scratch.pinned("poison", out.byteSize());
+                nan.segment().asSlice(0, out.byteSize()).fill((byte) 0xff); // 0xffffffff is a NaN
+                o.copyFromAsync(nan, 0, 0, out.byteSize(), stream);
             }
+            int items = plan.workItems();
+            DeviceBuffer partMl = scratch.device("partial m, l", 4L * 2 * items * queryHeads);
+            DeviceBuffer partAcc = scratch.device("partial outputs", 4L * items * queryHeads * d);
+            long counterBytes = 4L * plan.sequences() * kvh;
+            DeviceBuffer counters = scratch.device("counters", counterBytes);
+            counters.fillAsync((byte) 0, 0, counterBytes, stream); // the kernels need them zero, in stream order
+            DeviceBuffer mmBuf = scratch.minmax(plan, kvh, queryHeads);
+
+            long scaleBytes = ManagedTables.scaleBytes(kvh, d);
+            DevicePointer keys = new DevicePointer(storage.plane(0), 0);
+            DevicePointer values = new DevicePointer(storage.plane(1), 0);
+            CachePointers cache = new CachePointers(keys, values, keys, values, keys,
+                    new DevicePointer(storage.plane(0), scaleBytes), values,
+                    new DevicePointer(storage.plane(1), scaleBytes));
+            float smScale = (float) (1.0 / Math.sqrt(d));
+            try (Nvtx.Range r = Nvtx.range(stepRange)) {
+                if (!quantized) {
+                    k.fp16Decode(q, cache, tables, at.seqOffset(), at.workOffset(), partMl, partAcc, counters, o, items,
+                            kvh, group, smScale, stream);
+                } else {
+                    if (plan.mmMode() == 1) {
+                        k.minmax(q, cache, tables, at.seqOffset(), at.spanOffset(), at.mmOffset(), mmBuf,
+                                plan.minmaxChunks(), kvh, group, smScale, stream);
+                    }
+                    k.decode(plan.mmMode(), q, cache, tables, at.seqOffset(), at.spanOffset(), at.workOffset(), mmBuf,
+                            partMl, partAcc, counters, o, items, kvh, group, smScale, calibration.tauMin(),
+                            calibration.tauMax(), calibration.policy() == CalibrationPolicy.CLAMP_AT_ZERO, stream);
+                }
+            }
+            hostOut = scratch.pinned("outputs", out.byteSize());
+            o.copyToAsync(0, hostOut, 0, out.byteSize(), stream);
+        } catch (RuntimeException | Error e) {
+            // Copies queued before the failure may still read the pinned tables, queries and poison (or write the
+            // pinned outputs): the next step rewrites those buffers, and growing or closing the scratch frees them.
+            awaitAfterFailure(stream, e);
+            throw e;
         }
-        PinnedHostBuffer hostOut = scratch.pinned("outputs", out.byteSize());
-        o.copyToAsync(0, hostOut, 0, out.byteSize(), stream);
         stream.synchronize();
         lastPlan = plan;
         MemorySegment result = hostOut.segment();
@@ -295,6 +303,18 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
             }
         }
         MemorySegment.copy(result, 0, out, 0, out.byteSize());
+    }
+
+    /**
+     * Waits for {@code stream} after {@code failure}, so that no copy queued before it still touches pinned memory;
+     * a failure to wait (a sticky CUDA error: the context runs nothing more) is added to it as suppressed.
+     */
+    private static void awaitAfterFailure(CudaStream stream, Throwable failure) {
+        try {
+            stream.synchronize();
+        } catch (RuntimeException e) {
+            failure.addSuppressed(e);
+        }
     }
 
     private CalibQuantKernels kernelsFor(int headDim, int bits) {

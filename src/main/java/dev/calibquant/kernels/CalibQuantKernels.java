@@ -243,40 +243,6 @@ public final class CalibQuantKernels {
         }
     }
 
-    /** Min and max of the raw visual scores of each {@code mm_tab} chunk, per query head, into {@code mmBuf}. */
-    public void minmax(DeviceBuffer q, DeviceBuffer kcode, DeviceBuffer ksig, DeviceBuffer kalp, DeviceBuffer tables,
-            long seqOffset, long spanOffset, long mmOffset, DeviceBuffer mmBuf, int chunks, int kvHeads, int group,
-            float smScale, CudaStream stream) {
-        minmax(group).args().pointer(q).pointer(kcode).pointer(ksig).pointer(kalp)
-                .pointer(tables, seqOffset).pointer(tables, spanOffset).pointer(tables, mmOffset).pointer(mmBuf)
-                .i32(kvHeads).i32(group).f32(smScale)
-                .launch(chunks, kvHeads, 1, stream);
-    }
-
-    /** One CalibQuant decode step over {@code workItems} rows of {@code work_tab}; the output is fp32. */
-    public void decode(int mmMode, DeviceBuffer q, DeviceBuffer kfp, DeviceBuffer vfp, DeviceBuffer kcode,
-            DeviceBuffer vcode, DeviceBuffer ksig, DeviceBuffer kalp, DeviceBuffer vsig, DeviceBuffer valp,
-            DeviceBuffer tables, long seqOffset, long spanOffset, long workOffset, DeviceBuffer mmBuf,
-            DeviceBuffer partMl, DeviceBuffer partAcc, DeviceBuffer counters, DeviceBuffer out, int workItems,
-            int kvHeads, int group, float smScale, float tauMin, float tauMax, boolean clamp, CudaStream stream) {
-        decode(mmMode, group).args().pointer(q).pointer(kfp).pointer(vfp).pointer(kcode).pointer(vcode)
-                .pointer(ksig).pointer(kalp).pointer(vsig).pointer(valp)
-                .pointer(tables, seqOffset).pointer(tables, spanOffset).pointer(tables, workOffset).pointer(mmBuf)
-                .pointer(partMl).pointer(partAcc).pointer(counters).pointer(out)
-                .i32(kvHeads).i32(group).f32(smScale).f32(tauMin).f32(tauMax).i32(clamp ? 1 : 0)
-                .launch(workItems, kvHeads, 1, stream);
-    }
-
-    /** Flash-decoding over full-precision tokens only (the fp16 baseline on the same cache layout). */
-    public void fp16Decode(DeviceBuffer q, DeviceBuffer kfp, DeviceBuffer vfp, DeviceBuffer tables, long seqOffset,
-            long workOffset, DeviceBuffer partMl, DeviceBuffer partAcc, DeviceBuffer counters, DeviceBuffer out,
-            int workItems, int kvHeads, int group, float smScale, CudaStream stream) {
-        fp16Decode().args().pointer(q).pointer(kfp).pointer(vfp).pointer(tables, seqOffset)
-                .pointer(tables, workOffset).pointer(partMl).pointer(partAcc).pointer(counters).pointer(out)
-                .i32(kvHeads).i32(group).f32(smScale)
-                .launch(workItems, kvHeads, 1, stream);
-    }
-
     /** Writes row {@code fp_len} of every sequence of {@code seq_tab} from {@code knew}/{@code vnew} [B][KVH][D]. */
     public void appendToken(DeviceBuffer kfp, DeviceBuffer vfp, DeviceBuffer knew, DeviceBuffer vnew,
             DeviceBuffer tables, long seqOffset, int sequences, int kvHeads, CudaStream stream) {
@@ -297,13 +263,35 @@ public final class CalibQuantKernels {
     /**
      * The eight cache pointers of the decode kernels, each a base the tables' offsets count from. A cache whose
      * arrays do not start their own buffers (the manager's device storage: a span's scales and offsets lie at a fixed
-     * distance inside one buffer) passes them this way.
+     * distance inside one buffer) gives their offsets; one whose arrays each start a buffer of their own (the pools of
+     * {@code GpuKvCache}) uses {@link #atStart}.
      */
     public record CachePointers(DevicePointer kfp, DevicePointer vfp, DevicePointer kcode, DevicePointer vcode,
-            DevicePointer ksig, DevicePointer kalp, DevicePointer vsig, DevicePointer valp) {}
+            DevicePointer ksig, DevicePointer kalp, DevicePointer vsig, DevicePointer valp) {
+        public CachePointers {
+            java.util.Objects.requireNonNull(kfp, "kfp");
+            java.util.Objects.requireNonNull(vfp, "vfp");
+            java.util.Objects.requireNonNull(kcode, "kcode");
+            java.util.Objects.requireNonNull(vcode, "vcode");
+            java.util.Objects.requireNonNull(ksig, "ksig");
+            java.util.Objects.requireNonNull(kalp, "kalp");
+            java.util.Objects.requireNonNull(vsig, "vsig");
+            java.util.Objects.requireNonNull(valp, "valp");
+        }
 
-    /** {@link #minmax(DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer, long, long, long,
-     * DeviceBuffer, int, int, int, float, CudaStream) minmax} over a cache given by base pointers. */
+        /** Each array at the start of its own buffer. */
+        public static CachePointers atStart(DeviceBuffer kfp, DeviceBuffer vfp, DeviceBuffer kcode, DeviceBuffer vcode,
+                DeviceBuffer ksig, DeviceBuffer kalp, DeviceBuffer vsig, DeviceBuffer valp) {
+            return new CachePointers(new DevicePointer(kfp, 0), new DevicePointer(vfp, 0), new DevicePointer(kcode, 0),
+                    new DevicePointer(vcode, 0), new DevicePointer(ksig, 0), new DevicePointer(kalp, 0),
+                    new DevicePointer(vsig, 0), new DevicePointer(valp, 0));
+        }
+    }
+
+    // One launch method per kernel. Its arguments are checked as the list is built, before the driver sees any
+    // (Kernel.Call: each buffer open and each offset within it, scalars finite, count and types as in the manifest).
+
+    /** Min and max of the raw visual scores of each {@code mm_tab} chunk, per query head, into {@code mmBuf}. */
     public void minmax(DeviceBuffer q, CachePointers cache, DeviceBuffer tables, long seqOffset, long spanOffset,
             long mmOffset, DeviceBuffer mmBuf, int chunks, int kvHeads, int group, float smScale, CudaStream stream) {
         minmax(group).args().pointer(q).pointer(cache.kcode().buffer(), cache.kcode().offset())
@@ -314,10 +302,7 @@ public final class CalibQuantKernels {
                 .launch(chunks, kvHeads, 1, stream);
     }
 
-    /** {@link #decode(int, DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer,
-     * DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer, long, long, long, DeviceBuffer, DeviceBuffer,
-     * DeviceBuffer, DeviceBuffer, DeviceBuffer, int, int, int, float, float, float, boolean, CudaStream) decode}
-     * over a cache given by base pointers. */
+    /** One CalibQuant decode step over {@code workItems} rows of {@code work_tab}; the output is fp32. */
     public void decode(int mmMode, DeviceBuffer q, CachePointers cache, DeviceBuffer tables, long seqOffset,
             long spanOffset, long workOffset, DeviceBuffer mmBuf, DeviceBuffer partMl, DeviceBuffer partAcc,
             DeviceBuffer counters, DeviceBuffer out, int workItems, int kvHeads, int group, float smScale,
@@ -337,9 +322,10 @@ public final class CalibQuantKernels {
                 .launch(workItems, kvHeads, 1, stream);
     }
 
-    /** {@link #fp16Decode(DeviceBuffer, DeviceBuffer, DeviceBuffer, DeviceBuffer, long, long, DeviceBuffer,
-     * DeviceBuffer, DeviceBuffer, DeviceBuffer, int, int, int, float, CudaStream) fp16Decode} over a cache given by
-     * base pointers (only {@code kfp} and {@code vfp} are read). */
+    /**
+     * Flash-decoding over full-precision tokens only (the fp16 baseline on the same cache layout); of the cache only
+     * {@code kfp} and {@code vfp} are read.
+     */
     public void fp16Decode(DeviceBuffer q, CachePointers cache, DeviceBuffer tables, long seqOffset, long workOffset,
             DeviceBuffer partMl, DeviceBuffer partAcc, DeviceBuffer counters, DeviceBuffer out, int workItems,
             int kvHeads, int group, float smScale, CudaStream stream) {

@@ -272,6 +272,45 @@ class DeviceStorageGpuTest {
     }
 
     @Test
+    void aReusedRangeIsZeroFilledAndThePlanesAreAllTheStorageHolds() {
+        long before = ctx.liveDeviceBytes();
+        long bytes = (5L << 19) + 64; // 2.5 MiB and a little: not a multiple of any power-of-two chunk
+        try (Arena arena = Arena.ofConfined(); DeviceStorage storage = new DeviceStorage(ctx, bytes + 1)) {
+            assertThat(storage.planeBytes()).isEqualTo(bytes + 64); // rounded up to 64
+            assertThat(storage.deviceBytes()).isEqualTo(2 * storage.planeBytes())
+                    .isEqualTo(ctx.liveDeviceBytes() - before);
+            byte[] noise = new byte[(int) bytes];
+            random.nextBytes(noise);
+            for (int i = 0; i < noise.length; i++) {
+                noise[i] = noise[i] == 0 ? 1 : noise[i];
+            }
+            MemorySegment dirty = arena.allocate(bytes).copyFrom(MemorySegment.ofArray(noise));
+            MemorySegment zeros = arena.allocate(bytes);
+
+            BlockPair first = storage.allocatePair(bytes, bytes, "first");
+            long at = first.keys().segment().address();
+            storage.write(dirty, first.keys(), RowCopy.contiguous(0, 0, bytes));
+            storage.write(dirty, first.values(), RowCopy.contiguous(0, 0, bytes));
+            first.keys().close();
+            first.values().close();
+            BlockPair again = storage.allocatePair(bytes, bytes - 100, "again");
+            assertThat(again.keys().segment().address()).isEqualTo(at); // the same range of both planes
+            MemorySegment[] back = storage.download(List.of(again.keys().segment(), again.values().segment()), arena);
+            assertThat(back[0].mismatch(zeros)).isEqualTo(-1);
+            assertThat(back[1].mismatch(zeros.asSlice(0, bytes - 100))).isEqualTo(-1);
+
+            storage.write(dirty, again.keys(), RowCopy.contiguous(0, 0, bytes));
+            again.keys().close();
+            again.values().close();
+            StorageBlock single = storage.allocate(bytes, "single");
+            assertThat(single.segment().address()).isEqualTo(at);
+            assertThat(storage.download(List.of(single.segment()), arena)[0].mismatch(zeros)).isEqualTo(-1);
+            single.close();
+        }
+        assertThat(ctx.liveDeviceBytes()).isEqualTo(before);
+    }
+
+    @Test
     void sequencesFilledFromSeveralThreadsAtOnceHoldTheirOwnData() throws Exception {
         DeviceStorage storage = DeviceStorage.forLimit(ctx, LIMIT);
         ExecutorService pool = Executors.newFixedThreadPool(4);

@@ -235,6 +235,48 @@ class ManagedDecodeAttentionGpuTest {
         }
     }
 
+    /**
+     * A step whose launch is refused after its tables and queries were queued for upload from pinned memory (the
+     * kernel's module is unloaded between two steps): the refusal reaches the caller, the output is untouched, and the
+     * storage serves the next attention. Before rethrowing, the step waits for its stream, as the next step rewrites
+     * those pinned buffers and close frees them. That wait is not observable from here (copies of a few KiB are done
+     * in microseconds, and the bindings have no cuStreamQuery) and the path cannot run without a GPU (the attention
+     * needs a device storage and loaded kernels), so this test runs it on one and checks what it leaves behind.
+     */
+    @Test
+    void aStepRefusedAtLaunchLeavesTheOutputUntouchedAndTheStorageUsable() {
+        ModelGeometry g = new ModelGeometry(1, 8, 2, 128);
+        Case c = new Case(1, 2, 4, 128, 0, false, CalibrationPolicy.REFERENCE, new int[] {}, 0, 41, 64, 0);
+        DeviceStorage storage = DeviceStorage.forLimit(ctx, LIMIT);
+        try (Arena arena = Arena.ofConfined(); KvCacheManager cache = new KvCacheManager(g, DType.FP16, storage, LIMIT)) {
+            Sequence s = prompt(arena, cache, c, null);
+            float[] qf = GpuScenario.normal(random, 1, g.queryHeads(), g.headDim(), 0);
+            MemorySegment q = GpuScenario.fp16(arena, qf);
+            MemorySegment out = arena.allocate(4L * qf.length);
+            try (KernelCatalog unloaded = KernelCatalog.open(ctx);
+                    ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, unloaded, Calibration.OFF)) {
+                attention.decode(0, List.of(s), q, DType.FP16, g.queryHeads(), out); // resolves the step's kernel
+                unloaded.close(); // the kernel object stays cached; its module is gone, so its launch is refused
+                out.fill((byte) 0x5a);
+                MemorySegment untouched = arena.allocate(out.byteSize()).copyFrom(out);
+                assertThatThrownBy(() -> attention.decode(0, List.of(s), q, DType.FP16, g.queryHeads(), out))
+                        .isInstanceOf(IllegalStateException.class).hasMessageContaining("CUDA module")
+                        .hasMessageContaining("closed");
+                assertThat(out.mismatch(untouched)).isEqualTo(-1);
+            }
+            try (KernelCatalog catalog = KernelCatalog.open(ctx);
+                    ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, catalog, Calibration.OFF)) {
+                attention.decode(0, List.of(s), q, DType.FP16, g.queryHeads(), out);
+                List<LayerKvView> views = List.of(storage.download(s, 0, arena));
+                MemorySegment cpu = arena.allocate(out.byteSize());
+                new ReferenceAttention(Calibration.OFF).decode(views, q, DType.FP16, g.queryHeads(), cpu);
+                assertThat(compare(qf, views, out, cpu, g, attention.lastPlan().workItems(),
+                        attention.decodeBlock(g.headDim()))).as("seed " + seed).isNull();
+            }
+            s.close();
+        }
+    }
+
     @Test
     void cachesTheKernelsCannotReadAreRefusedByName() {
         try (Arena arena = Arena.ofConfined(); KernelCatalog catalog = KernelCatalog.open(ctx)) {
