@@ -48,6 +48,19 @@ MM_COLS = tl.constexpr(4)  # mm_tab row: seq, span, t0, tn
 
 
 @triton.jit
+def _table_row4(row):
+    """A work_tab or mm_tab row: sequence, span (-1: full-precision block), first token, token count."""
+    return tl.load(row), tl.load(row + 1), tl.load(row + 2), tl.load(row + 3).to(tl.int32)
+
+
+@triton.jit
+def _span_row(span_tab, span):
+    """A span_tab row's code offset, token count and scale offset."""
+    srow = span_tab + span * SPAN_COLS
+    return tl.multiple_of(tl.load(srow), 16), tl.load(srow + 1), tl.multiple_of(tl.load(srow + 2), 16)
+
+
+@triton.jit
 def _load_query(q, q_off, hq0, G, D: tl.constexpr, HS: tl.constexpr):
     hs = tl.arange(0, HS)
     d = tl.arange(0, D)
@@ -248,9 +261,7 @@ def _visual_segment(q, q_off, qf, kcode, vcode, ksig, kalp, vsig, valp, span_tab
     RB: tl.constexpr = D * BITS // 8
     NPB: tl.constexpr = 8 // BITS
     srow = span_tab + span * SPAN_COLS
-    code_off = tl.multiple_of(tl.load(srow), 16)
-    tokens = tl.load(srow + 1)
-    sc_off = tl.multiple_of(tl.load(srow + 2), 16)
+    code_off, tokens, sc_off = _span_row(span_tab, span)
     row0 = code_off + (kvh * tokens + t0) * RB
     sc_base = sc_off + kvh * D
     wts, bias = _visual_weights(q, q_off, qf, hq0, G, ksig, kalp, sc_base, sm_scale, D, BITS, HS, IMPL)
@@ -443,18 +454,11 @@ def calibquant_minmax(q, kcode, ksig, kalp, seq_tab, span_tab, mm_tab, mm_buf, K
     kvh = tl.program_id(1)
     Hq = KVH * G
     hq0 = kvh * G
-    crow = mm_tab + c * MM_COLS
-    seq = tl.load(crow)
-    span = tl.load(crow + 1)
-    t0 = tl.load(crow + 2)
-    tn = tl.load(crow + 3).to(tl.int32)
+    seq, span, t0, tn = _table_row4(mm_tab + c * MM_COLS)
     q_off = tl.multiple_of(tl.load(seq_tab + seq * SEQ_COLS + 3), 16)
     qf = _load_query(q, q_off, hq0, G, D, HS)
     RB: tl.constexpr = D * BITS // 8
-    srow = span_tab + span * SPAN_COLS
-    code_off = tl.multiple_of(tl.load(srow), 16)
-    tokens = tl.load(srow + 1)
-    sc_off = tl.multiple_of(tl.load(srow + 2), 16)
+    code_off, tokens, sc_off = _span_row(span_tab, span)
     wts, bias = _visual_weights(q, q_off, qf, hq0, G, ksig, kalp, sc_off + kvh * D, sm_scale, D, BITS, HS, IMPL)
     mn, mx = _chunk_minmax(kcode, code_off + (kvh * tokens + t0) * RB, tn, wts, bias, BN, D, BITS, HS, IMPL,
                            UNPACK)
@@ -476,11 +480,7 @@ def calibquant_decode(q, kfp, vfp, kcode, vcode, ksig, kalp, vsig, valp,
     kvh = tl.program_id(1)
     Hq = KVH * G
     hq0 = kvh * G
-    wrow = work_tab + wi * WORK_COLS
-    seq = tl.load(wrow)
-    span = tl.load(wrow + 1)
-    t0 = tl.load(wrow + 2)
-    tn = tl.load(wrow + 3).to(tl.int32)
+    seq, span, t0, tn = _table_row4(work_tab + wi * WORK_COLS)
     srow = seq_tab + seq * SEQ_COLS
     q_off = tl.multiple_of(tl.load(srow + 3), 16)
     qf = _load_query(q, q_off, hq0, G, D, HS)
@@ -502,10 +502,7 @@ def fp16_decode(q, kfp, vfp, seq_tab, work_tab, part_ml, part_acc, counters, out
     kvh = tl.program_id(1)
     Hq = KVH * G
     hq0 = kvh * G
-    wrow = work_tab + wi * WORK_COLS
-    seq = tl.load(wrow)
-    t0 = tl.load(wrow + 2)
-    tn = tl.load(wrow + 3).to(tl.int32)
+    seq, _, t0, tn = _table_row4(work_tab + wi * WORK_COLS)
     srow = seq_tab + seq * SEQ_COLS
     qf = _load_query(q, tl.multiple_of(tl.load(srow + 3), 16), hq0, G, D, HS)
     m_i, l_i, o, dch = _fp_segment(qf, kfp, vfp, tl.multiple_of(tl.load(srow), 16), tl.load(srow + 2), kvh, t0,

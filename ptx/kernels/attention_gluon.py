@@ -90,6 +90,19 @@ PLAIN2 = gl.constexpr(gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
 
 
 @gluon.jit
+def _table_row4(row):
+    """A work_tab or mm_tab row: sequence, span (-1: full-precision block), first token, token count."""
+    return gl.load(row), gl.load(row + 1), gl.load(row + 2), gl.load(row + 3).to(gl.int32)
+
+
+@gluon.jit
+def _span_row(span_tab, span):
+    """A span_tab row's code offset, token count and scale offset."""
+    srow = span_tab + span * SPAN_COLS
+    return gl.multiple_of(gl.load(srow), 16), gl.load(srow + 1), gl.multiple_of(gl.load(srow + 2), 16)
+
+
+@gluon.jit
 def _pow2(e):
     """2^e as fp32, exactly (e: int32, -126 <= e <= 127)."""
     return ((e + 127) << 23).to(gl.float32, bitcast=True)
@@ -358,9 +371,7 @@ def _visual_item(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab, mm_bu
     LS: gl.constexpr = SCORES
     L: gl.constexpr = ROWS
     srow = span_tab + span * SPAN_COLS
-    code_off = gl.multiple_of(gl.load(srow), 16)
-    tokens = gl.load(srow + 1)
-    sc_off = gl.multiple_of(gl.load(srow + 2), 16)
+    code_off, tokens, sc_off = _span_row(span_tab, span)
     row0 = code_off + (kvh * tokens + t0) * RB
     sc_base = sc_off + kvh * D
     wb0, wb1, e2, bias = _key_weights(q, q_off, hq0, G, ksig, kalp, sc_base, sm_scale, D, HS)
@@ -423,11 +434,8 @@ def _visual_item_fused(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab,
     RB: gl.constexpr = D // 8
     LS: gl.constexpr = SCORES
     L: gl.constexpr = ROWS
-    srow = span_tab + span * SPAN_COLS
-    code_off = gl.multiple_of(gl.load(srow), 16)
-    tokens = gl.load(srow + 1)
-    sc_off = gl.multiple_of(gl.load(srow + 2), 16)
-    members = gl.load(srow + 4).to(gl.int32)
+    code_off, tokens, sc_off = _span_row(span_tab, span)
+    members = gl.load(span_tab + span * SPAN_COLS + 4).to(gl.int32)
     row0 = code_off + (kvh * tokens + t0) * RB
     sc_base = sc_off + kvh * D
     nk = gl.cdiv(tn, BN)
@@ -596,17 +604,10 @@ def calibquant_minmax(q, kcode, ksig, kalp, seq_tab, span_tab, mm_tab, mm_buf, K
     kvh = gl.program_id(1)
     Hq = KVH * G
     hq0 = kvh * G
-    crow = mm_tab + c * MM_COLS
-    seq = gl.load(crow)
-    span = gl.load(crow + 1)
-    t0 = gl.load(crow + 2)
-    tn = gl.load(crow + 3).to(gl.int32)
+    seq, span, t0, tn = _table_row4(mm_tab + c * MM_COLS)
     q_off = gl.multiple_of(gl.load(seq_tab + seq * SEQ_COLS + 3), 16)
     RB: gl.constexpr = D // 8
-    srow = span_tab + span * SPAN_COLS
-    code_off = gl.multiple_of(gl.load(srow), 16)
-    tokens = gl.load(srow + 1)
-    sc_off = gl.multiple_of(gl.load(srow + 2), 16)
+    code_off, tokens, sc_off = _span_row(span_tab, span)
     wb0, wb1, e2, bias = _key_weights(q, q_off, hq0, G, ksig, kalp, sc_off + kvh * D, sm_scale, D, HS)
     mn, mx = _span_minmax(kcode, code_off + (kvh * tokens + t0) * RB, tn, wb0, wb1, e2, bias, BN, D, HS)
     s = gl.arange(0, HS, layout=gl.SliceLayout(0, SCORES))
@@ -644,11 +645,7 @@ def calibquant_decode(q, kfp, vfp, kcode, vcode, ksig, kalp, vsig, valp,
         kvh = gl.program_id(1)
     Hq = KVH * G
     hq0 = kvh * G
-    wrow = work_tab + wi * WORK_COLS
-    seq = gl.load(wrow)
-    span = gl.load(wrow + 1)
-    t0 = gl.load(wrow + 2)
-    tn = gl.load(wrow + 3).to(gl.int32)
+    seq, span, t0, tn = _table_row4(work_tab + wi * WORK_COLS)
     srow = seq_tab + seq * SEQ_COLS
     q_off = gl.multiple_of(gl.load(srow + 3), 16)
     FP_BN: gl.constexpr = BN if MM_MODE != 3 else 16  # mode 3: fp16 tiles of 16 rows hold half the registers
