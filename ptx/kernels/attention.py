@@ -419,12 +419,13 @@ def _finish(m_i, l_i, o, dch, wi, seq, srow, kvh, hq0, G, Hq, KVH, part_ml, part
     tl.store(part_ml + prow * 2, m_i, mask=hmask)
     tl.store(part_ml + prow * 2 + 1, l_i, mask=hmask)
     tl.store(part_acc + prow[None, :] * D + dch[:, None], o, mask=hmask[None, :])
+    # read before the release below: a load after an acquire cannot start until the atomic returns
+    w_first = tl.load(srow + 4).to(tl.int32)
+    w_count = tl.load(srow + 5).to(tl.int32)
     # every thread's stores are ordered before the barrier, the barrier before the gpu-scope release
     tl.debug_barrier()
     cptr = counters + seq * KVH + kvh
     arrived = tl.atomic_add(cptr, 1, sem="acq_rel", scope="gpu")
-    w_first = tl.load(srow + 4).to(tl.int32)
-    w_count = tl.load(srow + 5).to(tl.int32)
     if arrived == w_count - 1:
         m_run = tl.full([HS], NEG_BIG, tl.float32)
         l_run = tl.zeros([HS], tl.float32)

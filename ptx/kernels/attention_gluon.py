@@ -76,6 +76,8 @@ VALUE_BITS = gl.constexpr(gl.BlockedLayout([1, 1, 1], [4, 8, 1], [1, 1, 1], [2, 
 # [BN, HS] per-slot scores: slots over lanes 0-1 (and a register), tokens over lanes 2-4 and registers, as in the
 # mma accumulator once hi and lo are added
 SCORES = gl.constexpr(gl.BlockedLayout([1, 1], [8, 4], [1, 1], [1, 0]))
+# [32]: one element per lane
+LANES = gl.constexpr(gl.BlockedLayout([1], [32], [1], [0]))
 # [D, HS] (or [D, N]): one channel row per lane and register
 ROWS = gl.constexpr(gl.BlockedLayout([1, 1], [32, 1], [1, 1], [1, 0]))
 # [BN, D] fp16 full-precision rows, 16 bytes per thread and load
@@ -467,11 +469,12 @@ def _visual_item_fused(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab,
     dlt = gl.where(on, _of_order_key(gl.load(keys + 2 + s, mask=on, other=0, cache_modifier=".cg")), 0.0)
     gam = gl.where(on, -_of_order_key(gl.load(keys + 2 + HS + s, mask=on, other=0, cache_modifier=".cg")), 0.0)
     _barrier()  # every lane has read the slot before this program counts as gone
-    left = gl.atomic_add(slot + 1, 1, sem="acq_rel", scope="gpu") + 1
-    if left == members:
-        # the last to leave empties the slot for the next launch
-        z = gl.arange(0, SLOT_INTS, layout=gl.SliceLayout(0, LS))
-        gl.store(slot + z, gl.zeros([SLOT_INTS], gl.int32, layout=gl.SliceLayout(0, LS)))
+    # release (this program's reads of the slot come before its count), no acquire, and lane 0's own result (a
+    # scalar atomic would be broadcast at once, waiting for the round trip): nothing reads it until after the value
+    # loop, so the round trip overlaps the loop
+    lane = gl.arange(0, 32, layout=LANES)
+    left_v = gl.atomic_add(slot + 1 + lane, gl.full([32], 1, gl.int32, layout=LANES), mask=lane == 0,
+                           sem="release", scope="gpu")
     m_i, a2, c2, ref = _calibration(gam, dlt, tau_min, tau_max, clamp)
     l_acc = gl.zeros([BN, HS], gl.float32, layout=LS)
     acc = gl.zeros([D, 2 * HS], gl.float32, layout=MMA)
@@ -488,6 +491,10 @@ def _visual_item_fused(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab,
         pb = gl.convert_layout(_hilo_cols(p, BN, HS, P_SCALE), OP_B)
         acc = mma_v2(_value_operand(v, BN, D), pb, acc)
     async_copy.wait_group(0)
+    if gl.max(gl.where(lane == 0, left_v, -1), axis=0) + 1 == members:
+        # the last to leave empties the slot for the next launch
+        z = gl.arange(0, SLOT_INTS, layout=gl.SliceLayout(0, LS))
+        gl.store(slot + z, gl.zeros([SLOT_INTS], gl.int32, layout=gl.SliceLayout(0, LS)))
     l_i = gl.sum(l_acc, axis=0)
     r = gl.arange(0, D, layout=gl.SliceLayout(1, L))
     dch = _value_channel(r, D)
@@ -552,12 +559,13 @@ def _finish(m_i, l_i, o, dch, wi, seq, srow, kvh, hq0, G, Hq, KVH, part_ml, part
     gl.store(part_ml + prow * 2, m_i, mask=hmask)
     gl.store(part_ml + prow * 2 + 1, l_i, mask=hmask)
     gl.store(part_acc + gl.expand_dims(prow, 0) * D + gl.expand_dims(dch, 1), o, mask=gl.expand_dims(hmask, 0))
+    # read before the release below: a load after an acquire cannot start until the atomic returns
+    w_first = gl.load(srow + 4).to(gl.int32)
+    w_count = gl.load(srow + 5).to(gl.int32)
     # every thread's stores are ordered before the barrier, the barrier before the gpu-scope release
     _barrier()
     cptr = counters + seq * KVH + kvh
     arrived = gl.atomic_add(cptr, 1, sem="acq_rel", scope="gpu")
-    w_first = gl.load(srow + 4).to(gl.int32)
-    w_count = gl.load(srow + 5).to(gl.int32)
     if arrived == w_count - 1:
         # the maximum first, 32 items per load, then the sums 4 items per iteration: the merge's loads are
         # independent of each other, not a chain of round trips (B = 1 has ~30 items per KV head)
