@@ -21,7 +21,7 @@ rm -rf "$out"; mkdir -p "$out/app/lib"
 # (the device call carries at most 64 MiB with the working tree; byte-buddy only serves AssertJ's soft assertions;
 # the JUnit console launcher below already holds the Jupiter and Platform jars)
 ./mvnw -q -B -ntp dependency:copy-dependencies -DincludeScope=test -DoutputDirectory="$out/app/lib" \
-    -DexcludeArtifactIds=jmh-core,jmh-generator-annprocess,commons-math3,jopt-simple,byte-buddy,picocli,jackson-databind,jackson-core,jackson-annotations,jfreechart,progressbar,jline-terminal,jline-native,junit-jupiter,junit-jupiter-api,junit-jupiter-engine,junit-jupiter-params,junit-platform-commons,junit-platform-engine,opentest4j,apiguardian-api
+    -DexcludeArtifactIds=jmh-core,jmh-generator-annprocess,commons-math3,jopt-simple,byte-buddy,picocli,jackson-databind,jackson-core,jackson-annotations,jfreechart,progressbar,jline-terminal,jline-native,junit-jupiter,junit-jupiter-api,junit-jupiter-engine,junit-jupiter-params,junit-platform-commons,junit-platform-engine,junit-platform-launcher,opentest4j,apiguardian-api
 ./mvnw -q -B -ntp dependency:copy -Dartifact="org.junit.platform:junit-platform-console-standalone:$console_version" \
     -DoutputDirectory="$out/app"
 # the runnable jar carries the main classes and resources: no separate classes/ (the device tree limit is 64 MiB)

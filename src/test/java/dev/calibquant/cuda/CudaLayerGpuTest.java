@@ -3,8 +3,8 @@ package dev.calibquant.cuda;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
+import dev.calibquant.testing.GpuFixture;
 import dev.calibquant.testing.GpuTest;
-import dev.calibquant.testing.Seeds;
 import java.io.IOException;
 import java.io.InputStream;
 import java.lang.foreign.Arena;
@@ -12,36 +12,23 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.charset.StandardCharsets;
 import java.util.Random;
-import org.junit.jupiter.api.AfterEach;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.extension.RegisterExtension;
 
 @GpuTest
 class CudaLayerGpuTest {
-    private CudaContext ctx;
-    private Random rnd;
-
-    @BeforeEach
-    void open() {
-        ctx = Cuda.device(0).openContext();
-        rnd = new Random(Seeds.fresh(getClass().getSimpleName()));
-    }
-
-    @AfterEach
-    void closeWithoutLeaks() {
-        assertThat(ctx.liveResources()).as("resources left open by the test").isZero();
-        ctx.close();
-    }
+    @RegisterExtension
+    final GpuFixture gpu = new GpuFixture();
 
     @Test
     void deviceReportsSaneProperties() {
-        DeviceProperties p = ctx.device().properties();
+        DeviceProperties p = gpu.context().device().properties();
         assertThat(p.name()).isNotBlank();
         assertThat(p.computeMajor()).isGreaterThanOrEqualTo(8);
         assertThat(p.multiprocessors()).isPositive();
         assertThat(p.totalMemoryBytes()).isGreaterThan(1L << 30);
         assertThat(p.warpSize()).isEqualTo(32);
-        long[] info = ctx.memoryInfo();
+        long[] info = gpu.context().memoryInfo();
         assertThat(info[0]).isPositive().isLessThanOrEqualTo(info[1]);
     }
 
@@ -49,9 +36,9 @@ class CudaLayerGpuTest {
     void roundTripsRandomBytesAtOddSizesAndOffsets() {
         for (int size : new int[] {1, 3, 17, 4097, 1 << 20 | 5}) {
             byte[] data = new byte[size];
-            rnd.nextBytes(data);
-            int dstOffset = rnd.nextInt(7);
-            try (DeviceBuffer buf = ctx.allocate(size + dstOffset + 3); Arena arena = Arena.ofConfined()) {
+            gpu.random().nextBytes(data);
+            int dstOffset = gpu.random().nextInt(7);
+            try (DeviceBuffer buf = gpu.context().allocate(size + dstOffset + 3); Arena arena = Arena.ofConfined()) {
                 buf.fill((byte) 0x5a);
                 buf.copyFrom(MemorySegment.ofArray(data), 0, dstOffset, size); // heap source: staged
                 MemorySegment back = arena.allocate(size + 2);
@@ -69,11 +56,12 @@ class CudaLayerGpuTest {
 
     @Test
     void asyncCopiesThroughPinnedMemoryAndDeviceToDevice() {
+        CudaContext ctx = gpu.context();
         int n = 123_457;
         try (PinnedHostBuffer host = ctx.allocatePinned(n); PinnedHostBuffer back = ctx.allocatePinned(n);
                 DeviceBuffer a = ctx.allocate(n); DeviceBuffer b = ctx.allocate(n); CudaStream s = ctx.createStream()) {
             for (int i = 0; i < n; i++) {
-                host.segment().set(ValueLayout.JAVA_BYTE, i, (byte) rnd.nextInt());
+                host.segment().set(ValueLayout.JAVA_BYTE, i, (byte) gpu.random().nextInt());
             }
             back.segment().fill((byte) 0);
             a.copyFromAsync(host, 0, 0, n, s);
@@ -87,7 +75,7 @@ class CudaLayerGpuTest {
 
     @Test
     void fill32WritesTheBitPattern() {
-        try (DeviceBuffer buf = ctx.allocate(64); Arena arena = Arena.ofConfined()) {
+        try (DeviceBuffer buf = gpu.context().allocate(64); Arena arena = Arena.ofConfined()) {
             buf.fill((byte) 0);
             buf.fill32(Float.floatToRawIntBits(Float.NaN), 8, 4);
             MemorySegment host = arena.allocate(64);
@@ -104,7 +92,7 @@ class CudaLayerGpuTest {
 
     @Test
     void outOfRangeCopiesAreRejectedBeforeTheDriverAndChangeNothing() {
-        try (DeviceBuffer buf = ctx.allocate(16); Arena arena = Arena.ofConfined()) {
+        try (DeviceBuffer buf = gpu.context().allocate(16); Arena arena = Arena.ofConfined()) {
             buf.fill((byte) 1);
             MemorySegment big = arena.allocate(32);
             MemorySegment small = arena.allocate(8);
@@ -127,8 +115,8 @@ class CudaLayerGpuTest {
 
     @Test
     void useAfterCloseFailsFastNamingTheObject() {
-        DeviceBuffer buf = ctx.allocate(8);
-        CudaStream stream = ctx.createStream();
+        DeviceBuffer buf = gpu.context().allocate(8);
+        CudaStream stream = gpu.context().createStream();
         buf.close();
         buf.close(); // idempotent
         stream.close();
@@ -153,15 +141,17 @@ class CudaLayerGpuTest {
 
     @Test
     void outOfMemoryIsTypedAndLeavesNothingBehind() {
-        long before = ctx.liveDeviceBytes();
-        assertThatThrownBy(() -> ctx.allocate(1L << 50)).isInstanceOf(CudaOutOfMemoryException.class)
+        long before = gpu.context().liveDeviceBytes();
+        assertThatThrownBy(() -> gpu.context().allocate(1L << 50)).isInstanceOf(CudaOutOfMemoryException.class)
                 .hasMessageContaining("cuMemAlloc_v2").hasMessageContaining("CUDA_ERROR_OUT_OF_MEMORY");
-        assertThat(ctx.liveDeviceBytes()).isEqualTo(before);
-        assertThat(ctx.liveResources()).isZero();
+        assertThat(gpu.context().liveDeviceBytes()).isEqualTo(before);
+        assertThat(gpu.context().liveResources()).isZero();
     }
 
     @Test
     void launchesAKernelAndMatchesTheCpu() throws IOException {
+        CudaContext ctx = gpu.context();
+        Random rnd = gpu.random();
         int n = 100_003;
         float a = 1.0f + rnd.nextFloat();
         float[] x = new float[n];
@@ -204,14 +194,15 @@ class CudaLayerGpuTest {
     @Test
     void invalidPtxCarriesTheJitLog() throws IOException {
         String broken = testPtx().replace("fma.rn.f32", "fma.rn.bogus32").replace("mul.f32", "mul.bogus32");
-        assertThatThrownBy(() -> ctx.loadPtx("broken", broken))
+        assertThatThrownBy(() -> gpu.context().loadPtx("broken", broken))
                 .isInstanceOfSatisfying(PtxLoadException.class, e -> {
                     assertThat(e.jitLog()).isNotBlank();
                     assertThat(e.getMessage()).contains("cuModuleLoadDataEx(broken)").contains("JIT log");
                 });
-        assertThatThrownBy(() -> ctx.loadPtx("future", testPtx().replaceFirst("\\.version \\d+\\.\\d+", ".version 99.0")))
+        assertThatThrownBy(() -> gpu.context().loadPtx("future",
+                testPtx().replaceFirst("\\.version \\d+\\.\\d+", ".version 99.0")))
                 .isInstanceOf(PtxLoadException.class).hasMessageContaining("ISA 99.0");
-        assertThat(ctx.liveResources()).isZero();
+        assertThat(gpu.context().liveResources()).isZero();
     }
 
     static String testPtx() throws IOException {

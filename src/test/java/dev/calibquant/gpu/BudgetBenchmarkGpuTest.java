@@ -6,49 +6,28 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 import dev.calibquant.cache.MemoryUsage;
 import dev.calibquant.cache.ModelGeometry;
 import dev.calibquant.cache.TokenSpan;
-import dev.calibquant.cuda.Cuda;
-import dev.calibquant.cuda.CudaContext;
-import dev.calibquant.kernels.KernelCatalog;
 import dev.calibquant.quant.QuantConfig;
+import dev.calibquant.testing.GpuFixture;
 import dev.calibquant.testing.GpuTest;
-import dev.calibquant.testing.Seeds;
 import java.util.List;
-import java.util.Random;
-import org.junit.jupiter.api.AfterEach;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.extension.RegisterExtension;
 
 /** The fixed-budget benchmark on the GPU: the cache's accounting against the formula, and a small run end to end. */
 @GpuTest
 class BudgetBenchmarkGpuTest {
-    private CudaContext ctx;
-    private long seed;
-    private Random random;
-
-    @BeforeEach
-    void open() {
-        ctx = Cuda.device(0).openContext();
-        seed = Seeds.fresh(getClass().getSimpleName());
-        random = new Random(seed);
-    }
-
-    @AfterEach
-    void close() {
-        assertThat(ctx.liveResources()).as("GPU resources left open").isZero();
-        ctx.close();
-    }
+    @RegisterExtension
+    final GpuFixture gpu = new GpuFixture();
 
     @Test
     void theCachesAccountingOfASequenceIsTheFormula() {
-        int odd = 1 + 2 * random.nextInt(150); // an odd count: rows that are no multiple of the 64-element alignment
-        try (KernelCatalog catalog = KernelCatalog.open(ctx)) {
-            for (int generated : new int[] {0, 256, odd}) {
-                for (boolean oneBit : new boolean[] {false, true}) {
-                    QuantConfig config = oneBit ? QuantConfig.defaults(1) : null;
-                    MemoryUsage usage = BudgetBenchmark.sequenceUsage(ctx, catalog, config, 32, generated);
-                    assertThat(usage).as("seed %d, %d generated, %s", seed, generated, oneBit ? "1-bit" : "fp16")
-                            .isEqualTo(BudgetFormula.sequence(oneBit, 32, generated));
-                }
+        int odd = 1 + 2 * gpu.random().nextInt(150); // an odd count: rows no multiple of the 64-element alignment
+        for (int generated : new int[] {0, 256, odd}) {
+            for (boolean oneBit : new boolean[] {false, true}) {
+                QuantConfig config = oneBit ? QuantConfig.defaults(1) : null;
+                MemoryUsage usage = BudgetBenchmark.sequenceUsage(gpu.context(), gpu.catalog(), config, 32, generated);
+                assertThat(usage).as("seed %d, %d generated, %s", gpu.seed(), generated, oneBit ? "1-bit" : "fp16")
+                        .isEqualTo(BudgetFormula.sequence(oneBit, 32, generated));
             }
         }
     }
@@ -56,14 +35,13 @@ class BudgetBenchmarkGpuTest {
     /** What the pools hand out for a sequence is what its usage says: the accounting is the allocation. */
     @Test
     void theAccountingIsWhatThePoolsHandOut() {
-        int generated = random.nextInt(300);
+        int generated = gpu.random().nextInt(300);
         ModelGeometry g = new ModelGeometry(3, 32, 8, 128);
-        try (KernelCatalog catalog = KernelCatalog.open(ctx);
-                GpuKvCache cache = new GpuKvCache(ctx, catalog, g, QuantConfig.defaults(1),
+        try (GpuKvCache cache = new GpuKvCache(gpu.context(), gpu.catalog(), g, QuantConfig.defaults(1),
                         new GpuKvCache.Capacity(10_000, 20_000, 10));
                 GpuSequence s = cache.createSequence(3433, List.of(new TokenSpan(41, 3369)), generated)) {
             long handedOut = cache.fullPool().usedBytes() + cache.codePool().usedBytes() + cache.scalePool().usedBytes();
-            assertThat(s.usage().totalBytes()).as("seed %d, %d generated", seed, generated).isEqualTo(handedOut);
+            assertThat(s.usage().totalBytes()).as("seed %d, %d generated", gpu.seed(), generated).isEqualTo(handedOut);
         }
     }
 
@@ -73,10 +51,10 @@ class BudgetBenchmarkGpuTest {
         // ⌊budget / 1-bit sequence⌋ 1-bit ones, timed in sub-batches of at most 8
         long fp16Bytes = BudgetFormula.sequence(false, 2, 6).totalBytes();
         long oneBitBytes = BudgetFormula.sequence(true, 2, 6).totalBytes();
-        long budget = 3 * fp16Bytes + random.nextLong(fp16Bytes);
+        long budget = 3 * fp16Bytes + gpu.random().nextLong(fp16Bytes);
         int oneBitSequences = (int) (budget / oneBitBytes);
-        BudgetBenchmark.Report r = BudgetBenchmark.run(ctx, budget, 2, 6, 8, 3, 2);
-        String as = "seed " + seed + ", budget " + budget;
+        BudgetBenchmark.Report r = BudgetBenchmark.run(gpu.context(), budget, 2, 6, 8, 3, 2);
+        String as = "seed " + gpu.seed() + ", budget " + budget;
         assertThat(r.heldGeneratedTokens()).isEqualTo(3);
         assertThat(r.fp16().fit().sequences()).as(as).isEqualTo(3);
         assertThat(r.fp16().split().whole()).as(as).isTrue();
@@ -97,9 +75,9 @@ class BudgetBenchmarkGpuTest {
     @Test
     void aBudgetBelowOneSequenceIsRefusedBeforeAnythingIsTimed() {
         long fp16Bytes = BudgetFormula.sequence(false, 32, 256).totalBytes();
-        assertThatThrownBy(() -> BudgetBenchmark.run(ctx, fp16Bytes - 1, 32, 256, 0, 3, 2))
+        assertThatThrownBy(() -> BudgetBenchmark.run(gpu.context(), fp16Bytes - 1, 32, 256, 0, 3, 2))
                 .isInstanceOf(KvBudgetTooSmallException.class).hasMessageContaining("holds no fp16 sequence");
-        assertThatThrownBy(() -> BudgetBenchmark.run(ctx, fp16Bytes, 32, -1, 0, 3, 2))
+        assertThatThrownBy(() -> BudgetBenchmark.run(gpu.context(), fp16Bytes, 32, -1, 0, 3, 2))
                 .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("-1 generated tokens");
     }
 }

@@ -15,13 +15,11 @@ import dev.calibquant.cache.RowCopy;
 import dev.calibquant.cache.Sequence;
 import dev.calibquant.cache.StorageBlock;
 import dev.calibquant.cache.TokenSpan;
-import dev.calibquant.cuda.Cuda;
-import dev.calibquant.cuda.CudaContext;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.QuantConfig;
 import dev.calibquant.quant.TestTensors;
+import dev.calibquant.testing.GpuFixture;
 import dev.calibquant.testing.GpuTest;
-import dev.calibquant.testing.Seeds;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -31,9 +29,8 @@ import java.util.Random;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
-import org.junit.jupiter.api.AfterEach;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.EnumSource;
 
@@ -48,22 +45,8 @@ class DeviceStorageGpuTest {
     private static final ModelGeometry GEOMETRY = new ModelGeometry(2, 8, 2, 128);
     private static final long LIMIT = 64L << 20;
 
-    private CudaContext ctx;
-    private long seed;
-    private Random random;
-
-    @BeforeEach
-    void open() {
-        ctx = Cuda.device(0).openContext();
-        seed = Seeds.fresh(getClass().getSimpleName());
-        random = new Random(seed);
-    }
-
-    @AfterEach
-    void close() {
-        assertThat(ctx.liveResources()).as("GPU resources left open (seed " + seed + ")").isZero();
-        ctx.close();
-    }
+    @RegisterExtension
+    final GpuFixture gpu = new GpuFixture();
 
     /** Both managers' sequences, fed alike. */
     private record Twins(Sequence device, Sequence host) {
@@ -85,7 +68,7 @@ class DeviceStorageGpuTest {
     @ParameterizedTest
     @EnumSource(DType.class)
     void aDeviceStoredManagerHoldsExactlyWhatAHostStoredOneHolds(DType dtype) {
-        DeviceStorage storage = DeviceStorage.forLimit(ctx, LIMIT);
+        DeviceStorage storage = DeviceStorage.forLimit(gpu.context(), LIMIT);
         try (Arena arena = Arena.ofConfined();
                 KvCacheManager device = new KvCacheManager(GEOMETRY, dtype, storage, LIMIT);
                 KvCacheManager host = KvCacheManager.onHost(GEOMETRY, dtype, LIMIT)) {
@@ -99,14 +82,14 @@ class DeviceStorageGpuTest {
                     new Twins(device.createSequence(50), host.createSequence(50)));
             for (Twins t : twins) {
                 for (int l = 0; l < GEOMETRY.layers(); l++) {
-                    t.fill(arena, random, dtype, l, t.host().promptTokens());
+                    t.fill(arena, gpu.random(), dtype, l, t.host().promptTokens());
                 }
             }
             LayerKvView beforeGrowth = twins.getFirst().device().layer(0);
             for (int step = 0; step < 70; step++) {
                 for (Twins t : twins) {
                     for (int l = 0; l < GEOMETRY.layers(); l++) {
-                        t.append(arena, random, dtype, l);
+                        t.append(arena, gpu.random(), dtype, l);
                     }
                 }
             }
@@ -135,11 +118,11 @@ class DeviceStorageGpuTest {
     @Test
     void theManagersLimitRefusesBeforeTheDeviceIsTouched() {
         long limit = 100_000; // one layer of 100 full-precision tokens takes 2·2·128·128·2 = 131,072 bytes
-        DeviceStorage storage = DeviceStorage.forLimit(ctx, limit);
+        DeviceStorage storage = DeviceStorage.forLimit(gpu.context(), limit);
         try (Arena arena = Arena.ofConfined(); KvCacheManager cache = new KvCacheManager(GEOMETRY, DType.FP16, storage,
                 limit)) {
             Sequence s = cache.createSequence(100);
-            MemorySegment k = TestTensors.write(arena, DType.FP16, TestTensors.normal(random, 2, 100, 128, 4));
+            MemorySegment k = TestTensors.write(arena, DType.FP16, TestTensors.normal(gpu.random(), 2, 100, 128, 4));
             assertThatThrownBy(() -> s.fill(0, k, k, DType.FP16)).isInstanceOf(CacheMemoryLimitException.class);
             assertThat(cache.usage()).isEqualTo(MemoryUsage.ZERO);
             assertThat(storage.liveBlocks()).isZero();
@@ -151,22 +134,22 @@ class DeviceStorageGpuTest {
     @Test
     void aFullDeviceStorageRefusesWithATypedErrorAndChangesNothing() {
         // planes of 100,000 bytes: a layer of 100 tokens (capacity 128) puts 65,536 bytes in each; a second does not fit
-        DeviceStorage storage = new DeviceStorage(ctx, 100_000);
+        DeviceStorage storage = new DeviceStorage(gpu.context(), 100_000);
         try (Arena arena = Arena.ofConfined(); KvCacheManager cache = new KvCacheManager(GEOMETRY, DType.FP16, storage,
                 KvCacheManager.NO_LIMIT)) {
             Sequence s = cache.createSequence(100);
-            MemorySegment k = TestTensors.write(arena, DType.FP16, TestTensors.normal(random, 2, 100, 128, 4));
-            MemorySegment v = TestTensors.write(arena, DType.FP16, TestTensors.normal(random, 2, 100, 128, 0));
+            MemorySegment k = TestTensors.write(arena, DType.FP16, TestTensors.normal(gpu.random(), 2, 100, 128, 4));
+            MemorySegment v = TestTensors.write(arena, DType.FP16, TestTensors.normal(gpu.random(), 2, 100, 128, 0));
             s.fill(0, k, v, DType.FP16);
             MemoryUsage filled = cache.usage();
-            long deviceBytes = ctx.liveDeviceBytes();
+            long deviceBytes = gpu.context().liveDeviceBytes();
             assertThatThrownBy(() -> s.fill(1, k, v, DType.FP16)).isInstanceOf(DeviceOutOfMemoryError.class)
                     .isInstanceOf(OutOfMemoryError.class).hasMessageContaining("layer 1 of sequence " + s.id())
                     .hasMessageContaining("largest free range");
             assertThat(cache.usage()).isEqualTo(filled);
             assertThat(storage.liveBlocks()).isEqualTo(2);
             assertThat(storage.usedPlaneBytes()).isEqualTo(65_536);
-            assertThat(ctx.liveDeviceBytes()).isEqualTo(deviceBytes);
+            assertThat(gpu.context().liveDeviceBytes()).isEqualTo(deviceBytes);
             assertThat(s.isFilled(1)).isFalse();
             ManagedTablesTest.assertSameLayer(storage.download(s, 0, arena), hostCopy(arena, k, v, 0));
             s.close();
@@ -190,24 +173,24 @@ class DeviceStorageGpuTest {
 
     @Test
     void closingReportsWhatWasLeftOpenAndFreesIt() {
-        long before = ctx.liveDeviceBytes();
-        DeviceStorage storage = new DeviceStorage(ctx, 1 << 20);
+        long before = gpu.context().liveDeviceBytes();
+        DeviceStorage storage = new DeviceStorage(gpu.context(), 1 << 20);
         KvCacheManager cache = new KvCacheManager(GEOMETRY, DType.FP16, storage, KvCacheManager.NO_LIMIT);
         Sequence s = cache.createSequence(10);
         try (Arena arena = Arena.ofConfined()) {
-            MemorySegment k = TestTensors.write(arena, DType.FP16, TestTensors.normal(random, 2, 10, 128, 4));
+            MemorySegment k = TestTensors.write(arena, DType.FP16, TestTensors.normal(gpu.random(), 2, 10, 128, 4));
             s.fill(0, k, k, DType.FP16);
         }
         assertThatThrownBy(cache::close).isInstanceOf(CacheLeakException.class)
                 .hasMessageContaining("sequence " + s.id());
-        assertThat(ctx.liveDeviceBytes()).isEqualTo(before);
+        assertThat(gpu.context().liveDeviceBytes()).isEqualTo(before);
 
-        DeviceStorage direct = new DeviceStorage(ctx, 1 << 16);
+        DeviceStorage direct = new DeviceStorage(gpu.context(), 1 << 16);
         StorageBlock forgotten = direct.allocate(100, "forgotten block");
         assertThatThrownBy(direct::close).isInstanceOf(IllegalStateException.class)
                 .hasMessageContaining("1 blocks").hasMessageContaining("forgotten block (100 bytes)");
         assertThat(forgotten.isOpen()).isFalse();
-        assertThat(ctx.liveDeviceBytes()).isEqualTo(before);
+        assertThat(gpu.context().liveDeviceBytes()).isEqualTo(before);
         direct.close(); // idempotent
         assertThatThrownBy(() -> direct.allocate(8, "late")).isInstanceOf(IllegalStateException.class)
                 .hasMessageContaining("closed");
@@ -215,13 +198,13 @@ class DeviceStorageGpuTest {
 
     @Test
     void badCopiesAndForeignOrStaleSegmentsAreRefusedBeforeTheDriverSeesThem() {
-        try (Arena arena = Arena.ofConfined(); DeviceStorage storage = new DeviceStorage(ctx, 1 << 20);
-                DeviceStorage other = new DeviceStorage(ctx, 1 << 16); HostStorage host = new HostStorage()) {
+        try (Arena arena = Arena.ofConfined(); DeviceStorage storage = new DeviceStorage(gpu.context(), 1 << 20);
+                DeviceStorage other = new DeviceStorage(gpu.context(), 1 << 16); HostStorage host = new HostStorage()) {
             StorageBlock a = storage.allocate(256, "a");
             BlockPair pair = storage.allocatePair(128, 96, "pair");
             MemorySegment source = arena.allocate(256);
             for (int i = 0; i < 256; i++) {
-                source.set(ValueLayout.JAVA_BYTE, i, (byte) (1 + random.nextInt(255)));
+                source.set(ValueLayout.JAVA_BYTE, i, (byte) (1 + gpu.random().nextInt(255)));
             }
             storage.write(source, a, new RowCopy(0, 64, 0, 64, 64, 4));
             storage.copy(a, pair.keys(), new RowCopy(0, 64, 0, 32, 32, 4)); // the first half of each row
@@ -273,14 +256,14 @@ class DeviceStorageGpuTest {
 
     @Test
     void aReusedRangeIsZeroFilledAndThePlanesAreAllTheStorageHolds() {
-        long before = ctx.liveDeviceBytes();
+        long before = gpu.context().liveDeviceBytes();
         long bytes = (5L << 19) + 64; // 2.5 MiB and a little: not a multiple of any power-of-two chunk
-        try (Arena arena = Arena.ofConfined(); DeviceStorage storage = new DeviceStorage(ctx, bytes + 1)) {
+        try (Arena arena = Arena.ofConfined(); DeviceStorage storage = new DeviceStorage(gpu.context(), bytes + 1)) {
             assertThat(storage.planeBytes()).isEqualTo(bytes + 64); // rounded up to 64
             assertThat(storage.deviceBytes()).isEqualTo(2 * storage.planeBytes())
-                    .isEqualTo(ctx.liveDeviceBytes() - before);
+                    .isEqualTo(gpu.context().liveDeviceBytes() - before);
             byte[] noise = new byte[(int) bytes];
-            random.nextBytes(noise);
+            gpu.random().nextBytes(noise);
             for (int i = 0; i < noise.length; i++) {
                 noise[i] = noise[i] == 0 ? 1 : noise[i];
             }
@@ -307,12 +290,12 @@ class DeviceStorageGpuTest {
             assertThat(storage.download(List.of(single.segment()), arena)[0].mismatch(zeros)).isEqualTo(-1);
             single.close();
         }
-        assertThat(ctx.liveDeviceBytes()).isEqualTo(before);
+        assertThat(gpu.context().liveDeviceBytes()).isEqualTo(before);
     }
 
     @Test
     void sequencesFilledFromSeveralThreadsAtOnceHoldTheirOwnData() throws Exception {
-        DeviceStorage storage = DeviceStorage.forLimit(ctx, LIMIT);
+        DeviceStorage storage = DeviceStorage.forLimit(gpu.context(), LIMIT);
         ExecutorService pool = Executors.newFixedThreadPool(4);
         try (Arena arena = Arena.ofShared();
                 KvCacheManager device = new KvCacheManager(GEOMETRY, DType.FP16, storage, LIMIT);
@@ -323,7 +306,7 @@ class DeviceStorageGpuTest {
             for (int i = 0; i < 8; i++) {
                 twins.add(new Twins(device.createSequence(100, spans, QuantConfig.defaults(1)),
                         host.createSequence(100, spans, QuantConfig.defaults(1))));
-                seeds.add(random.nextLong());
+                seeds.add(gpu.random().nextLong());
             }
             List<Future<?>> done = new ArrayList<>();
             for (int i = 0; i < twins.size(); i++) {

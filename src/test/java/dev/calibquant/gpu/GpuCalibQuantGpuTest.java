@@ -6,25 +6,21 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 import dev.calibquant.cache.CacheMemoryLimitException;
 import dev.calibquant.cache.ModelGeometry;
 import dev.calibquant.cache.TokenSpan;
-import dev.calibquant.cuda.Cuda;
-import dev.calibquant.cuda.CudaContext;
 import dev.calibquant.kernels.KernelCatalog;
 import dev.calibquant.quant.CalibrationPolicy;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.NonFiniteInputException;
 import dev.calibquant.quant.QuantConfig;
 import dev.calibquant.quant.TestTensors;
+import dev.calibquant.testing.GpuFixture;
 import dev.calibquant.testing.GpuTest;
-import dev.calibquant.testing.Seeds;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.List;
-import java.util.Random;
 import java.util.stream.Stream;
-import org.junit.jupiter.api.AfterEach;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
@@ -47,22 +43,8 @@ import org.junit.jupiter.params.provider.MethodSource;
  */
 @GpuTest
 class GpuCalibQuantGpuTest {
-    private CudaContext ctx;
-    private Random random;
-    private long seed;
-
-    @BeforeEach
-    void open() {
-        ctx = Cuda.device(0).openContext();
-        seed = Seeds.fresh(getClass().getSimpleName());
-        random = new Random(seed);
-    }
-
-    @AfterEach
-    void close() {
-        assertThat(ctx.liveResources()).as("GPU resources left open").isZero();
-        ctx.close();
-    }
+    @RegisterExtension
+    final GpuFixture gpu = new GpuFixture();
 
     static Stream<Arguments> cases() {
         CalibrationPolicy ref = CalibrationPolicy.REFERENCE;
@@ -88,25 +70,26 @@ class GpuCalibQuantGpuTest {
     @ParameterizedTest(name = "{0} {1}")
     @MethodSource("cases")
     void gpuMatchesTheCpuReference(String target, GpuScenario.Case c) {
-        try (KernelCatalog catalog = KernelCatalog.open(ctx, target)) {
-            GpuScenario.Result r = GpuScenario.run(ctx, catalog, c, random);
+        try (KernelCatalog catalog = KernelCatalog.open(gpu.context(), target)) {
+            GpuScenario.Result r = GpuScenario.run(gpu.context(), catalog, c, gpu.random());
             System.out.printf("[calibquant] %s %s: worst error %.3f of tolerance, scales within %.1f ulp, %d work items, mode %d%n",
                     target, c, r.worstRatio(), r.worstScaleUlps(), r.workItems(), r.calibrationMode());
-            assertThat(r.passed()).as("seed " + seed + " " + target + " " + c + ": " + r.failure()).isTrue();
+            assertThat(r.passed()).as("seed " + gpu.seed() + " " + target + " " + c + ": " + r.failure()).isTrue();
         }
     }
 
     @Test
     void badInputIsRejectedBeforeTheGpuSeesIt() {
         ModelGeometry g = new ModelGeometry(2, 8, 2, 128);
-        try (Arena arena = Arena.ofConfined(); KernelCatalog catalog = KernelCatalog.open(ctx);
-                GpuKvCache cache = new GpuKvCache(ctx, catalog, g, QuantConfig.defaults(1),
+        try (Arena arena = Arena.ofConfined();
+                GpuKvCache cache = new GpuKvCache(gpu.context(), gpu.catalog(), g, QuantConfig.defaults(1),
                         new GpuKvCache.Capacity(200, 200, 4));
                 GpuDecodeAttention attention = new GpuDecodeAttention(cache)) {
             GpuSequence s = cache.createSequence(100, List.of(new TokenSpan(10, 90)), 1);
-            float[] k = TestTensors.normal(random, 2, 100, 128, 4);
+            float[] k = TestTensors.normal(gpu.random(), 2, 100, 128, 4);
             MemorySegment keys = TestTensors.write(arena, DType.FP16, k);
-            MemorySegment values = TestTensors.write(arena, DType.FP16, TestTensors.normal(random, 2, 100, 128, 0));
+            MemorySegment values = TestTensors.write(arena, DType.FP16,
+                    TestTensors.normal(gpu.random(), 2, 100, 128, 0));
             assertThatThrownBy(() -> cache.fill(s, 0, keys.asSlice(2), values))
                     .hasMessageContaining("expected");
             MemorySegment nan = arena.allocate(keys.byteSize());

@@ -9,8 +9,6 @@ import dev.calibquant.cache.LayerKvView;
 import dev.calibquant.cache.ModelGeometry;
 import dev.calibquant.cache.Sequence;
 import dev.calibquant.cache.TokenSpan;
-import dev.calibquant.cuda.Cuda;
-import dev.calibquant.cuda.CudaContext;
 import dev.calibquant.kernels.KernelCatalog;
 import dev.calibquant.quant.Calibration;
 import dev.calibquant.quant.CalibrationPolicy;
@@ -19,8 +17,8 @@ import dev.calibquant.quant.Granularity;
 import dev.calibquant.quant.InvalidShapeException;
 import dev.calibquant.quant.NonFiniteInputException;
 import dev.calibquant.quant.QuantConfig;
+import dev.calibquant.testing.GpuFixture;
 import dev.calibquant.testing.GpuTest;
-import dev.calibquant.testing.Seeds;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -29,9 +27,8 @@ import java.util.Arrays;
 import java.util.List;
 import java.util.Random;
 import java.util.stream.Stream;
-import org.junit.jupiter.api.AfterEach;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
@@ -50,22 +47,8 @@ import org.junit.jupiter.params.provider.MethodSource;
 class ManagedDecodeAttentionGpuTest {
     private static final long LIMIT = 1L << 30;
 
-    private CudaContext ctx;
-    private long seed;
-    private Random random;
-
-    @BeforeEach
-    void open() {
-        ctx = Cuda.device(0).openContext();
-        seed = Seeds.fresh(getClass().getSimpleName());
-        random = new Random(seed);
-    }
-
-    @AfterEach
-    void close() {
-        assertThat(ctx.liveResources()).as("GPU resources left open (seed " + seed + ")").isZero();
-        ctx.close();
-    }
+    @RegisterExtension
+    final GpuFixture gpu = new GpuFixture();
 
     /** @param bits 1, 2 or 4 with visual spans; 0 for sequences kept wholly in full precision */
     record Case(int batch, int kvHeads, int group, int headDim, int bits, boolean calibrate, CalibrationPolicy policy,
@@ -99,13 +82,14 @@ class ManagedDecodeAttentionGpuTest {
     @ParameterizedTest(name = "{0} {1}")
     @MethodSource("cases")
     void gpuDecodeOverTheManagersSequencesMatchesTheReference(String target, Case c) {
+        Random random = gpu.random();
         ModelGeometry g = new ModelGeometry(1, c.kvHeads() * c.group(), c.kvHeads(), c.headDim());
         QuantConfig config = c.bits() == 0 ? null
                 : QuantConfig.defaults(c.bits()).withCalibrate(c.calibrate()).withPolicy(c.policy());
         Calibration calibration = config == null ? Calibration.OFF : config.calibration();
-        DeviceStorage storage = DeviceStorage.forLimit(ctx, LIMIT);
+        DeviceStorage storage = DeviceStorage.forLimit(gpu.context(), LIMIT);
         try (Arena arena = Arena.ofConfined();
-                KernelCatalog catalog = KernelCatalog.open(ctx, target);
+                KernelCatalog catalog = KernelCatalog.open(gpu.context(), target);
                 KvCacheManager cache = new KvCacheManager(g, DType.FP16, storage, LIMIT);
                 ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, catalog, calibration)) {
             List<Sequence> batch = new ArrayList<>();
@@ -133,20 +117,21 @@ class ManagedDecodeAttentionGpuTest {
             MemorySegment cpuOut = arena.allocate(gpuOut.byteSize());
             new ReferenceAttention(calibration).decode(views, q, DType.FP16, g.queryHeads(), cpuOut);
             String failure = compare(qf, views, gpuOut, cpuOut, g, plan.workItems(), attention.decodeBlock(c.headDim()));
-            assertThat(failure).as("seed " + seed + " " + target + " " + c + " (" + plan.workItems() + " items, mode "
-                    + plan.mmMode() + ")").isNull();
+            assertThat(failure).as("seed " + gpu.seed() + " " + target + " " + c + " (" + plan.workItems()
+                    + " items, mode " + plan.mmMode() + ")").isNull();
 
             // the same step through the DecodeAttention interface, over views taken by the caller
             MemorySegment viaViews = arena.allocate(gpuOut.byteSize());
             attention.decode(batch.stream().map(s -> s.layer(0)).toList(), q, DType.FP16, g.queryHeads(), viaViews);
             assertThat(compare(qf, views, viaViews, cpuOut, g, plan.workItems(), attention.decodeBlock(c.headDim())))
-                    .as("seed " + seed + " " + target + " " + c + " through views").isNull();
+                    .as("seed " + gpu.seed() + " " + target + " " + c + " through views").isNull();
             batch.forEach(Sequence::close);
         }
     }
 
     /** A sequence of 1..maxSpans random spans between prefix and text, every layer filled. */
     private Sequence prompt(Arena arena, KvCacheManager cache, Case c, QuantConfig config) {
+        Random random = gpu.random();
         int nSpans = c.maxSpans() == 0 ? 0 : 1 + random.nextInt(c.maxSpans());
         List<TokenSpan> spans = new ArrayList<>();
         int at = c.prefix();
@@ -189,13 +174,13 @@ class ManagedDecodeAttentionGpuTest {
 
     @Test
     void badInputIsRefusedBeforeTheGpuSeesIt() {
+        Random random = gpu.random();
         ModelGeometry g = new ModelGeometry(1, 8, 2, 128);
-        DeviceStorage storage = DeviceStorage.forLimit(ctx, LIMIT);
+        DeviceStorage storage = DeviceStorage.forLimit(gpu.context(), LIMIT);
         try (Arena arena = Arena.ofConfined();
-                KernelCatalog catalog = KernelCatalog.open(ctx);
                 KvCacheManager cache = new KvCacheManager(g, DType.FP16, storage, LIMIT);
                 KvCacheManager host = KvCacheManager.onHost(g, DType.FP16);
-                ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, catalog,
+                ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, gpu.catalog(),
                         QuantConfig.defaults(1).calibration())) {
             Case c = new Case(1, 2, 4, 128, 1, true, CalibrationPolicy.REFERENCE, new int[] {100}, 1, 10, 10, 0);
             Sequence one = prompt(arena, cache, c, QuantConfig.defaults(1));
@@ -247,13 +232,13 @@ class ManagedDecodeAttentionGpuTest {
     void aStepRefusedAtLaunchLeavesTheOutputUntouchedAndTheStorageUsable() {
         ModelGeometry g = new ModelGeometry(1, 8, 2, 128);
         Case c = new Case(1, 2, 4, 128, 0, false, CalibrationPolicy.REFERENCE, new int[] {}, 0, 41, 64, 0);
-        DeviceStorage storage = DeviceStorage.forLimit(ctx, LIMIT);
+        DeviceStorage storage = DeviceStorage.forLimit(gpu.context(), LIMIT);
         try (Arena arena = Arena.ofConfined(); KvCacheManager cache = new KvCacheManager(g, DType.FP16, storage, LIMIT)) {
             Sequence s = prompt(arena, cache, c, null);
-            float[] qf = GpuScenario.normal(random, 1, g.queryHeads(), g.headDim(), 0);
+            float[] qf = GpuScenario.normal(gpu.random(), 1, g.queryHeads(), g.headDim(), 0);
             MemorySegment q = GpuScenario.fp16(arena, qf);
             MemorySegment out = arena.allocate(4L * qf.length);
-            try (KernelCatalog unloaded = KernelCatalog.open(ctx);
+            try (KernelCatalog unloaded = KernelCatalog.open(gpu.context());
                     ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, unloaded, Calibration.OFF)) {
                 attention.decode(0, List.of(s), q, DType.FP16, g.queryHeads(), out); // resolves the step's kernel
                 unloaded.close(); // the kernel object stays cached; its module is gone, so its launch is refused
@@ -264,14 +249,14 @@ class ManagedDecodeAttentionGpuTest {
                         .hasMessageContaining("closed");
                 assertThat(out.mismatch(untouched)).isEqualTo(-1);
             }
-            try (KernelCatalog catalog = KernelCatalog.open(ctx);
+            try (KernelCatalog catalog = KernelCatalog.open(gpu.context());
                     ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, catalog, Calibration.OFF)) {
                 attention.decode(0, List.of(s), q, DType.FP16, g.queryHeads(), out);
                 List<LayerKvView> views = List.of(storage.download(s, 0, arena));
                 MemorySegment cpu = arena.allocate(out.byteSize());
                 new ReferenceAttention(Calibration.OFF).decode(views, q, DType.FP16, g.queryHeads(), cpu);
                 assertThat(compare(qf, views, out, cpu, g, attention.lastPlan().workItems(),
-                        attention.decodeBlock(g.headDim()))).as("seed " + seed).isNull();
+                        attention.decodeBlock(g.headDim()))).as("seed " + gpu.seed()).isNull();
             }
             s.close();
         }
@@ -279,7 +264,8 @@ class ManagedDecodeAttentionGpuTest {
 
     @Test
     void cachesTheKernelsCannotReadAreRefusedByName() {
-        try (Arena arena = Arena.ofConfined(); KernelCatalog catalog = KernelCatalog.open(ctx)) {
+        KernelCatalog catalog = gpu.catalog();
+        try (Arena arena = Arena.ofConfined()) {
             Case c = new Case(1, 1, 16, 64, 1, true, CalibrationPolicy.REFERENCE, new int[] {50}, 1, 10, 10, 0);
             String wideGroup = refusal(arena, catalog, new ModelGeometry(1, 16, 1, 64), DType.FP16, c,
                     QuantConfig.defaults(1));
@@ -303,7 +289,8 @@ class ManagedDecodeAttentionGpuTest {
     /** The message of the refusal to decode one sequence of such a cache. */
     private String refusal(Arena arena, KernelCatalog catalog, ModelGeometry g, DType dtype, Case c,
             QuantConfig config) {
-        DeviceStorage storage = DeviceStorage.forLimit(ctx, 1 << 24);
+        Random random = gpu.random();
+        DeviceStorage storage = DeviceStorage.forLimit(gpu.context(), 1 << 24);
         try (KvCacheManager cache = new KvCacheManager(g, dtype, storage, 1 << 24);
                 ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, catalog, Calibration.OFF)) {
             int tokens = c.prefix() + c.spanLengths()[0] + c.text();

@@ -2,7 +2,6 @@ package dev.calibquant.gpu;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
-import dev.calibquant.cuda.Cuda;
 import dev.calibquant.cuda.CudaContext;
 import dev.calibquant.kernels.KernelCatalog;
 import dev.calibquant.kernels.KernelManifest;
@@ -12,10 +11,12 @@ import dev.calibquant.regression.Observation;
 import dev.calibquant.regression.ObservedOutput;
 import dev.calibquant.regression.OutputComparison;
 import dev.calibquant.regression.RegressionSuite;
+import dev.calibquant.testing.GpuFixture;
 import dev.calibquant.testing.GpuTest;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 
@@ -26,17 +27,22 @@ import org.junit.jupiter.params.provider.ValueSource;
  */
 @GpuTest
 class RegressionScenariosGpuTest {
+    @RegisterExtension
+    final GpuFixture gpu = new GpuFixture();
 
     @ParameterizedTest
     @ValueSource(strings = {KernelCatalog.HOPPER, KernelCatalog.AMPERE})
     void eachFunctionsCasesPassTheCpuCheckAndRepeatWithinTheirBounds(String target) {
-        assumeHopperFor(target);
+        if (target.equals(KernelCatalog.HOPPER)) {
+            gpu.assumeComputeCapability(9, 0, "sm_90a PTX loads only on compute capability 9.0");
+        }
         KernelManifest manifest = KernelManifest.loadShipped();
         Map<String, KernelManifest.Kernel> oneEach = new LinkedHashMap<>();
         // one variant per function, head-slot count and 8-bit quantize (each runs a differently built case)
         manifest.kernels().forEach(k -> oneEach.putIfAbsent(k.function() + "/" + k.constexprs().get("HS")
                 + (k.constexprs().get("BITS") instanceof Number n && n.intValue() == 8 ? "/8" : ""), k));
-        try (CudaContext ctx = Cuda.device(0).openContext(); KernelCatalog catalog = KernelCatalog.open(ctx, target)) {
+        CudaContext ctx = gpu.context();
+        try (KernelCatalog catalog = KernelCatalog.open(ctx, target)) {
             RegressionScenarios runner = new RegressionScenarios(catalog);
             for (KernelManifest.Kernel k : oneEach.values()) {
                 assertThat(runner.notLoadable(k)).as(k.name()).isEmpty();
@@ -55,16 +61,6 @@ class RegressionScenariosGpuTest {
             RegressionSuite.Recording rec = RegressionSuite.record(new KernelManifest(manifest.tritonVersion(),
                     List.copyOf(oneEach.values())), target, ctx.device().name(), "test", "today", runner, r -> {});
             assertThat(rec.report().passed()).as(rec.report().summary()).isTrue();
-        }
-    }
-
-    private static void assumeHopperFor(String target) {
-        if (target.equals(KernelCatalog.HOPPER)) {
-            try (CudaContext ctx = Cuda.device(0).openContext()) {
-                var p = ctx.device().properties();
-                org.junit.jupiter.api.Assumptions.assumeTrue(p.computeMajor() == 9 && p.computeMinor() == 0,
-                        "sm_90a PTX loads only on compute capability 9.0; this is " + p.computeMajor() + "." + p.computeMinor());
-            }
         }
     }
 }

@@ -13,14 +13,21 @@ public final class GpuAvailableCondition implements ExecutionCondition {
 
     @Override
     public ConditionEvaluationResult evaluateExecutionCondition(ExtensionContext context) {
-        CudaAvailability a = Cuda.availability();
-        if (a.available()) {
-            return ConditionEvaluationResult.enabled("GPU available: " + a.reason());
+        ConditionEvaluationResult result = evaluate(Cuda.availability());
+        if (result.isDisabled() && REPORTED.compareAndSet(false, true)) {
+            System.out.println("[calibquant] " + result.getReason().orElseThrow());
         }
-        String reason = "SKIPPED GPU test (no usable GPU): " + a.reason();
-        if (REPORTED.compareAndSet(false, true)) {
-            System.out.println("[calibquant] " + reason);
-        }
-        return ConditionEvaluationResult.disabled(reason);
+        return result;
+    }
+
+    /** Enabled where {@code a} says a GPU can be used; disabled otherwise, with {@link #skipReason}. */
+    static ConditionEvaluationResult evaluate(CudaAvailability a) {
+        return a.available() ? ConditionEvaluationResult.enabled("GPU available: " + a.reason())
+                : ConditionEvaluationResult.disabled(skipReason(a));
+    }
+
+    /** What a skipped GPU test reports: {@code SKIPPED GPU test (no usable GPU): } and the probe's reason. */
+    static String skipReason(CudaAvailability a) {
+        return "SKIPPED GPU test (no usable GPU): " + a.reason();
     }
 }
