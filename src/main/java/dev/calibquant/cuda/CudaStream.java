@@ -33,6 +33,19 @@ public final class CudaStream extends NativeResource {
         Driver.check(cuStreamSynchronize(handle), "cuStreamSynchronize");
     }
 
+    /**
+     * Waits for the work queued so far because {@code failure} stopped its caller midway: copies queued before it may
+     * still read (or write) pinned host memory that the caller is about to reuse or free. A failure to wait (a sticky
+     * CUDA error: the context runs nothing more) is added to {@code failure} as suppressed, never thrown instead.
+     */
+    public void synchronizeAfter(Throwable failure) {
+        try {
+            synchronize();
+        } catch (RuntimeException e) {
+            failure.addSuppressed(e);
+        }
+    }
+
     @Override
     public String describe() {
         return "CUDA stream";

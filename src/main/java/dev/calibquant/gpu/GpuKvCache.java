@@ -266,40 +266,46 @@ public final class GpuKvCache implements AutoCloseable {
             }
             plan = kernels.planQuantize(work, kvh);
         }
-        DeviceBuffer kin = staging.device("keys in", bytes);
-        DeviceBuffer vin = staging.device("values in", bytes);
-        kin.copyFrom(keys, 0, 0, bytes);
-        vin.copyFrom(values, 0, 0, bytes);
-        // Non-visual tokens, in order, into the full-precision block: one copy per head per gap between spans.
-        long rowBytes16 = 2L * d;
-        int at = 0;
         int dst = 0;
-        for (int i = 0; i <= spans.size(); i++) {
-            int gapEnd = i < spans.size() ? spans.get(i).start() : prompt;
-            int n = gapEnd - at;
-            if (n > 0) {
-                for (int h = 0; h < kvh; h++) {
-                    long src = ((long) h * prompt + at) * rowBytes16;
-                    long to = 2 * s.fullOffset[layer] + ((long) h * s.fullCapacity() + dst) * rowBytes16;
-                    full.buffer(0).copyFromAsync(kin, src, to, n * rowBytes16, stream);
-                    full.buffer(1).copyFromAsync(vin, src, to, n * rowBytes16, stream);
+        try {
+            DeviceBuffer kin = staging.device("keys in", bytes);
+            DeviceBuffer vin = staging.device("values in", bytes);
+            kin.copyFrom(keys, 0, 0, bytes);
+            vin.copyFrom(values, 0, 0, bytes);
+            // Non-visual tokens, in order, into the full-precision block: one copy per head per gap between spans.
+            long rowBytes16 = 2L * d;
+            int at = 0;
+            for (int i = 0; i <= spans.size(); i++) {
+                int gapEnd = i < spans.size() ? spans.get(i).start() : prompt;
+                int n = gapEnd - at;
+                if (n > 0) {
+                    for (int h = 0; h < kvh; h++) {
+                        long src = ((long) h * prompt + at) * rowBytes16;
+                        long to = 2 * s.fullOffset[layer] + ((long) h * s.fullCapacity() + dst) * rowBytes16;
+                        full.buffer(0).copyFromAsync(kin, src, to, n * rowBytes16, stream);
+                        full.buffer(1).copyFromAsync(vin, src, to, n * rowBytes16, stream);
+                    }
+                    dst += n;
                 }
-                dst += n;
+                if (i < spans.size()) {
+                    at = spans.get(i).end();
+                }
             }
-            if (i < spans.size()) {
-                at = spans.get(i).end();
+            if (plan != null) {
+                PinnedHostBuffer tab = staging.pinned("quantize tables", plan.tableBytes());
+                plan.writeTables(tab.segment());
+                DeviceBuffer devTab = staging.device("quantize tables", plan.tableBytes());
+                devTab.copyFromAsync(tab, 0, 0, plan.tableBytes(), stream);
+                kernels.quantizePack(plan, kin, vin, codes.buffer(0), codes.buffer(1), scales.buffer(0),
+                        scales.buffer(1), scales.buffer(2), scales.buffer(3), devTab, 0,
+                        staging.device("quantize scratch", plan.scratchBytes()), config.keyClip(), config.valueClip(),
+                        stream);
             }
+            stream.synchronize();
+        } catch (RuntimeException | Error e) {
+            stream.synchronizeAfter(e); // queued copies read the pinned tables the next call rewrites
+            throw e;
         }
-        if (plan != null) {
-            PinnedHostBuffer tab = staging.pinned("quantize tables", plan.tableBytes());
-            plan.writeTables(tab.segment());
-            DeviceBuffer devTab = staging.device("quantize tables", plan.tableBytes());
-            devTab.copyFromAsync(tab, 0, 0, plan.tableBytes(), stream);
-            kernels.quantizePack(plan, kin, vin, codes.buffer(0), codes.buffer(1), scales.buffer(0), scales.buffer(1),
-                    scales.buffer(2), scales.buffer(3), devTab, 0, staging.device("quantize scratch",
-                            plan.scratchBytes()), config.keyClip(), config.valueClip(), stream);
-        }
-        stream.synchronize();
         s.fullLength[layer] = dst;
         s.filled[layer] = true;
     }
@@ -352,9 +358,14 @@ public final class GpuKvCache implements AutoCloseable {
             }
         }
         DeviceBuffer devTab = staging.device("table", tableBytes);
-        devTab.copyFromAsync(tab, 0, 0, tableBytes, stream);
-        kernels.appendToken(full.buffer(0), full.buffer(1), kn, vn, devTab, 0, batch.size(), kvh, stream);
-        stream.synchronize();
+        try {
+            devTab.copyFromAsync(tab, 0, 0, tableBytes, stream);
+            kernels.appendToken(full.buffer(0), full.buffer(1), kn, vn, devTab, 0, batch.size(), kvh, stream);
+            stream.synchronize();
+        } catch (RuntimeException | Error e) {
+            stream.synchronizeAfter(e); // the queued table upload reads pinned memory the next call rewrites
+            throw e;
+        }
         for (GpuSequence s : batch) {
             s.fullLength[layer]++;
         }

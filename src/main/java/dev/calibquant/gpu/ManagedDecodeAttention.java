@@ -288,7 +288,7 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
         } catch (RuntimeException | Error e) {
             // Copies queued before the failure may still read the pinned tables, queries and poison (or write the
             // pinned outputs): the next step rewrites those buffers, and growing or closing the scratch frees them.
-            awaitAfterFailure(stream, e);
+            stream.synchronizeAfter(e);
             throw e;
         }
         stream.synchronize();
@@ -303,18 +303,6 @@ public final class ManagedDecodeAttention implements DecodeAttention, AutoClosea
             }
         }
         MemorySegment.copy(result, 0, out, 0, out.byteSize());
-    }
-
-    /**
-     * Waits for {@code stream} after {@code failure}, so that no copy queued before it still touches pinned memory;
-     * a failure to wait (a sticky CUDA error: the context runs nothing more) is added to it as suppressed.
-     */
-    private static void awaitAfterFailure(CudaStream stream, Throwable failure) {
-        try {
-            stream.synchronize();
-        } catch (RuntimeException e) {
-            failure.addSuppressed(e);
-        }
     }
 
     private CalibQuantKernels kernelsFor(int headDim, int bits) {
