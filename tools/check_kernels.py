@@ -969,12 +969,15 @@ def run_timing(torch, dev, left, save, timing, batches):
     names = set(dev.names())
     table = []
     qv = "quantize_pack_b1_d128"
+    # tiles per program as the Java QuantizePlan sets them for these spans: at least MIN_CHUNK_TOKENS (128) tokens
+    tpp = max(1, -(-128 // dev.constexprs(qv)["BT"])) if qv in names else 1
     for b in (1, 8, 64):
-        r = guarded(f"{qv} B {b}", time_quantize, torch, dev, qv, 64, b) if qv in names else None
+        r = guarded(f"{qv} B {b}", time_quantize, torch, dev, qv, 64, b, 8, 128, 3328, 1, tpp) if qv in names else None
         if r:
             us, moved = r
             table.append({"kernel": qv, "B": b, "us": us, "GBps": moved / us / 1e3, "of_copy": moved / us / 1e3 / bw})
-            print(f"quantize_pack 1 bit D 128, B {b} spans of 3328: {us:.1f} us, {moved / us / 1e3:.0f} GB/s "
+            print(f"quantize_pack 1 bit D 128, B {b} spans of 3328, {tpp} tiles per program: {us:.1f} us, "
+                  f"{moved / us / 1e3:.0f} GB/s "
                   f"({100 * moved / us / 1e3 / bw:.0f}% of copy)", flush=True)
     timing["quantize"] = table
     wl = Workload(torch)
