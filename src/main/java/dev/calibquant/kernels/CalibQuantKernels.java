@@ -4,6 +4,7 @@ import dev.calibquant.cuda.CudaStream;
 import dev.calibquant.cuda.DeviceBuffer;
 import java.util.List;
 import java.util.Map;
+import java.util.Objects;
 import java.util.Optional;
 
 /**
@@ -253,7 +254,7 @@ public final class CalibQuantKernels {
     /** A pointer argument: byte {@code offset} of {@code buffer} (checked against its size at launch). */
     public record DevicePointer(DeviceBuffer buffer, long offset) {
         public DevicePointer {
-            java.util.Objects.requireNonNull(buffer, "buffer");
+            Objects.requireNonNull(buffer, "buffer");
             if (offset < 0) {
                 throw new IllegalArgumentException("pointer offset " + offset + " is negative");
             }
@@ -269,14 +270,14 @@ public final class CalibQuantKernels {
     public record CachePointers(DevicePointer kfp, DevicePointer vfp, DevicePointer kcode, DevicePointer vcode,
             DevicePointer ksig, DevicePointer kalp, DevicePointer vsig, DevicePointer valp) {
         public CachePointers {
-            java.util.Objects.requireNonNull(kfp, "kfp");
-            java.util.Objects.requireNonNull(vfp, "vfp");
-            java.util.Objects.requireNonNull(kcode, "kcode");
-            java.util.Objects.requireNonNull(vcode, "vcode");
-            java.util.Objects.requireNonNull(ksig, "ksig");
-            java.util.Objects.requireNonNull(kalp, "kalp");
-            java.util.Objects.requireNonNull(vsig, "vsig");
-            java.util.Objects.requireNonNull(valp, "valp");
+            Objects.requireNonNull(kfp, "kfp");
+            Objects.requireNonNull(vfp, "vfp");
+            Objects.requireNonNull(kcode, "kcode");
+            Objects.requireNonNull(vcode, "vcode");
+            Objects.requireNonNull(ksig, "ksig");
+            Objects.requireNonNull(kalp, "kalp");
+            Objects.requireNonNull(vsig, "vsig");
+            Objects.requireNonNull(valp, "valp");
         }
 
         /** Each array at the start of its own buffer. */
