@@ -879,7 +879,8 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=int(time.time()) % 100000)
     p.add_argument("--budget", type=float, default=240.0, help="seconds; optional parts are skipped past it")
-    p.add_argument("--parts", default="checks,timing", help="any of checks,timing,select,gluon,quantize,onelaunch")
+    p.add_argument("--parts", default="checks,timing",
+                   help="any of checks,timing,select,gluon,quantize,onelaunch,trace")
     p.add_argument("--targets", default="sm_90a,sm_80", help="targets whose PTX is checked")
     p.add_argument("--batches", default="1,8,32,64,128,256", help="batch sizes of the decode timing table")
     a = p.parse_args()
@@ -941,6 +942,14 @@ def main():
     if a.exp and "onelaunch" in parts:
         xdev, exp_manifest = candidates()
         results["onelaunch"] = run_onelaunch(torch, xdev, report, a.seed + 4000, left, exp_manifest, save)
+    if a.exp and "trace" in parts:
+        xdev, _ = candidates()
+        results["trace"] = run_trace(torch, xdev, TorchDev(driver, json.loads((root / "manifest.json").read_text()),
+                                                           root, "sm_90a"), [int(b) for b in a.batches.split(",")],
+                                     save)
+        results["now"] = run_now_candidate(torch, xdev, TorchDev(driver, json.loads(
+            (root / "manifest.json").read_text()), root, "sm_90a"), report, a.seed + 5000,
+            [int(b) for b in a.batches.split(",")], save)
     if a.exp and "quantize" in parts:
         xdev, exp_manifest = candidates()
         results["quantize"] = run_quantize_candidates(torch, xdev, report, a.seed + 3000, left, exp_manifest, save)
@@ -1031,6 +1040,154 @@ def run_timing(torch, dev, left, save, timing, batches):
         save()
     del wl, fwl
     torch.cuda.empty_cache()
+
+
+TRACE_COLS = 10  # attention_gluon.py's trace row: SM id, tokens, then the times of the phases below
+TRACE_PHASES = ["start", "tables", "weights", "keys", "rendezvous", "values", "arrived", "merged"]
+
+
+def trace_launch_sets(torch, wl, b, chunk, fp_chunk):
+    """Mode-3 tables and buffers for b sequences, rotated over the workload's 256 as time_decode does."""
+    sets = []
+    for r in range(max(1, min(wl.n // b, 64))):
+        t = wl.tables(r * b, b, 3, chunk, fp_chunk)
+        t["mm_buf"] = torch.zeros(slot_ints(b, wl.kvh), dtype=torch.int32, device="cuda")
+        t["part_ml"] = torch.empty(t["n_work"] * wl.hq * 2, dtype=torch.float32, device="cuda")
+        t["part_acc"] = torch.empty(t["n_work"] * wl.hq * wl.d, dtype=torch.float32, device="cuda")
+        t["counters"] = torch.zeros(b * wl.kvh, dtype=torch.int32, device="cuda")
+        t["out"] = torch.empty(b * wl.hq * wl.d, dtype=torch.float32, device="cuda")
+        t["trace"] = torch.zeros(t["n_work"] * wl.kvh * TRACE_COLS, dtype=torch.int64, device="cuda")
+        sets.append(t)
+    return sets
+
+
+def trace_summary(rows, seq_of_item):
+    """Per-phase durations (us) over the programs of one launch (median, 90th percentile, max); the launch's span
+    from the first program's start to the last merge; programs per SM; and the (sequence, KV head) group that
+    merges last: when (us from the first start) its first item started and its last item passed each phase."""
+    r = rows.astype(np.float64)
+    t0 = r[:, 2].min()
+    vis = r[:, 4] > 0  # visual items stamp "weights ready"; full-precision items do not
+    merged = r[:, 9] > 0
+    stats = lambda x: {"median": float(np.median(x)), "p90": float(np.percentile(x, 90)), "max": float(x.max())} \
+        if len(x) else None
+    d = lambda a, b, m: (r[m, b] - r[m, a]) / 1e3
+    out = {
+        "programs": int(len(r)), "visual_items": int(vis.sum()),
+        "span_us": float((r[merged, 9].max() - t0) / 1e3),
+        "start_offset_us": stats((r[:, 2] - t0) / 1e3),
+        "tables_us": stats(d(2, 3, slice(None))),
+        "weights_us": stats(d(3, 4, vis)),
+        "keys_us": stats(d(4, 5, vis)),
+        "fp_item_us": stats(d(3, 5, ~vis)),
+        "rendezvous_wait_us": stats(d(5, 6, vis)),
+        "values_us": stats(d(6, 7, vis)),
+        "finish_visual_us": stats(d(7, 8, vis)),
+        "finish_fp_us": stats(d(5, 8, ~vis)),
+        "merge_us": stats(d(8, 9, merged)),
+        "program_us": stats(d(2, 8, slice(None))),
+        "programs_per_sm_max": int(np.bincount(r[:, 0].astype(np.int64)).max()),
+        "sms_used": int(len(np.unique(r[:, 0]))),
+    }
+    nw = len(seq_of_item)
+    group = np.arange(len(r)) // nw * 1_000_000 + np.asarray(seq_of_item)[np.arange(len(r)) % nw]
+    g = group[int(np.argmax(np.where(merged, r[:, 9], -1)))]
+    m = group == g
+    rel = lambda c, mask: float((r[mask, c].max() - t0) / 1e3) if mask.any() else None
+    out["last_group"] = {"first_start": float((r[m, 2].min() - t0) / 1e3), "last_start": rel(2, m),
+                         "last_tables": rel(3, m), "last_keys": rel(5, m & vis), "last_rendezvous": rel(6, m & vis),
+                         "last_values": rel(7, m & vis), "last_arrival": rel(8, m), "merged": rel(9, m),
+                         "items": int(m.sum())}
+    return out
+
+
+def run_trace(torch, xdev, dev, batches, save):
+    """The timeline of mode-3 steps (x_calibquant_decode_traced_hs4 next to the shipping kernel): the traced
+    kernel's output must equal the shipping kernel's bit for bit; then per batch size the per-phase durations over
+    the programs of each traced launch (medians over launches) and the cost of tracing (graph-timed µs)."""
+    wl = Workload(torch)
+    scale = 1.0 / np.sqrt(wl.d)
+    res = {}
+    ship, traced = "calibquant_decode_b1_d128_mm3_hs4", "x_calibquant_decode_traced_hs4"
+
+    def args(t, with_trace):
+        a = [wl.q, wl.kfp, wl.vfp, wl.kcode, wl.vcode, wl.ksig, wl.kalp, wl.vsig, wl.valp, t["seq"], t["span"],
+             t["work"], t["mm_buf"], t["part_ml"], t["part_acc"], t["counters"], t["out"], wl.kvh, wl.g, scale,
+             TAU_MIN, TAU_MAX, 0]
+        return a + [t["trace"]] if with_trace else a
+
+    for b in batches:
+        chunk = 256 if b <= 8 else 512  # what the Java planner picks for this workload
+        sets = trace_launch_sets(torch, wl, b, chunk, 128)
+        row = {"B": b, "chunk": chunk}
+        t = sets[0]
+        t["out"].fill_(float("nan"))
+        dev.launch(ship, (t["n_work"], wl.kvh, 1), args(t, False))
+        ref = t["out"].clone()
+        t["out"].fill_(float("nan"))
+        xdev.launch(traced, (t["n_work"], wl.kvh, 1), args(t, True))
+        torch.cuda.synchronize()
+        row["traced_equals_shipping"] = bool(torch.equal(ref.view(torch.int32), t["out"].view(torch.int32)))
+        row["ship_us"] = bench(torch, [(lambda t=t: dev.launch(ship, (t["n_work"], wl.kvh, 1), args(t, False)))
+                                       for t in sets])
+        row["traced_us"] = bench(torch, [(lambda t=t: xdev.launch(traced, (t["n_work"], wl.kvh, 1), args(t, True)))
+                                         for t in sets])
+        summaries = []
+        for i in range(min(20, len(sets))):
+            t = sets[(i * 7) % len(sets)]
+            t["trace"].zero_()
+            xdev.launch(traced, (t["n_work"], wl.kvh, 1), args(t, True))
+            torch.cuda.synchronize()
+            rows = t["trace"].view(-1, TRACE_COLS).cpu().numpy()
+            if (rows[:, 2] == 0).any() or (rows[:, 8] == 0).any():
+                raise RuntimeError(f"B {b}: a program left no start or arrival stamp")
+            summaries.append(trace_summary(rows, t["work"][:, 0].cpu().numpy()))
+        keys = [k for k, v in summaries[0].items() if isinstance(v, dict) and k != "last_group"]
+        row["phases"] = {k: {q: float(np.median([s[k][q] for s in summaries if s[k]])) for q in ("median", "p90", "max")}
+                         for k in keys if all(s[k] for s in summaries)}
+        for k in ("programs", "visual_items", "programs_per_sm_max", "sms_used"):
+            row[k] = summaries[0][k]
+        row["span_us_median"] = float(np.median([s["span_us"] for s in summaries]))
+        row["last_group"] = {k: (float(np.median([s["last_group"][k] for s in summaries]))
+                                 if summaries[0]["last_group"][k] is not None else None)
+                             for k in summaries[0]["last_group"]}
+        res[b] = row
+        print(f"trace B {b}: shipping {row['ship_us']:.1f} us, traced {row['traced_us']:.1f} us, in-kernel span "
+              f"{row['span_us_median']:.1f} us, equal={row['traced_equals_shipping']}; programs {row['programs']} on "
+              f"{row['sms_used']} SMs (at most {row['programs_per_sm_max']} per SM)", flush=True)
+        for k, v in row["phases"].items():
+            print(f"    {k:20s} median {v['median']:7.2f}  p90 {v['p90']:7.2f}  max {v['max']:7.2f} us", flush=True)
+        print("    last group (us from the first start): " + json.dumps(
+            {k: (round(v, 2) if isinstance(v, float) else v) for k, v in row["last_group"].items()}), flush=True)
+        save()
+        del sets
+    return res
+
+
+def run_now_candidate(torch, xdev, dev, report, seed, batches, save):
+    """The production mode-3 kernel compiled from the source as it is now (x_calibquant_decode_mm3_now_hs4, group
+    trace-now) next to the shipped PTX: checked against the float64 reference as the one-launch candidates are, then
+    both timed on the workload (time_decode: rotating over 256 / B sets of sequences, so B = 1 reads from DRAM) with
+    full-precision items of 32, 64 and 128 rows."""
+    wl = Workload(torch)
+    now, ship = "x_calibquant_decode_mm3_now_hs4", "calibquant_decode_b1_d128_mm3_hs4"
+    n0 = len(report.rows)
+    check_decode(xdev, report, "sm_90a", now, None, 1, 3, seed, 6, 3, 4, [0, 1])
+    check_decode(xdev, report, "sm_90a", now, None, 1, 3, seed + 1, 256, 2, 4, [0], max_spans=1,
+                 fp_lengths=[105, 3, 200], vis_chunks=(None, 64, 512), span_lengths=[1, 7, 255, 600, 3328])
+    res = {"ok": checks_passed(report, n0), "us": {}}
+    if not res["ok"]:
+        return res
+    for b in batches:
+        chunk = 256 if b <= 8 else 512
+        for fp in (32, 64, 128):
+            for tag, d, v in (("ship", dev, ship), ("now", xdev, now)):
+                us = time_decode(torch, d, wl, b, v, None, 3, chunk, fp)[0]
+                res["us"][f"B{b}_fp{fp}_{tag}"] = us
+            print(f"B {b:3d} fp items {fp:3d}: shipped {res['us'][f'B{b}_fp{fp}_ship']:7.1f} us, source now "
+                  f"{res['us'][f'B{b}_fp{fp}_now']:7.1f} us", flush=True)
+        save()
+    return res
 
 
 def measure_candidate(label, cfg, rows, save, body):

@@ -54,7 +54,7 @@ def production_variants(selection=None):
         for bits in (1, 2, 4, 8):
             out.append(variant(f"quantize_pack_b{bits}_d{d}", "quantize.py", "quantize_pack",
                                {"D": d, "BITS": bits, "BT": qz["BT"]},
-                               qz["num_warps"], qz["num_stages"]))
+                               qz["num_warps"], qz["num_stages"], qz.get("maxnreg")))
         glu = sel["gluon"]
         for hs in (8, 4):  # 1 bit: the Gluon kernels; HS=4 (suffix _hs4) for groups of up to 4 query heads
             suffix = "" if hs == 8 else f"_hs{hs}"
@@ -121,11 +121,31 @@ def onelaunch_candidates():
     return out
 
 
+def trace_variants(selection=None):
+    """The shipping mode-3 decode (D 128, 4 and 8 head slots) with a timeline written per program
+    (calibquant_decode_traced; check_kernels.py --parts trace). Harness only: never in ptx/."""
+    glu = (selection or load_selection())["gluon"]
+    out = []
+    for hs in (4, 8):
+        v = variant(f"x_calibquant_decode_traced_hs{hs}", "attention_gluon.py", "calibquant_decode_traced",
+                    {"D": 128, "BITS": 1, "BN": glu["BN"], "HS": hs, "MM_MODE": 3, "CH": glu["CH"]}, 1, 1,
+                    glu.get("maxnreg", {}).get(f"hs{hs}"))
+        v["group"], v["config"] = "trace", {"HS": hs}
+        out.append(v)
+        # the production kernel from the source as it is now: compared with the shipped PTX by --parts trace
+        c = variant(f"x_calibquant_decode_mm3_now_hs{hs}", "attention_gluon.py", "calibquant_decode",
+                    {"D": 128, "BITS": 1, "BN": glu["BN"], "HS": hs, "MM_MODE": 3, "CH": glu["CH"]}, 1, 1,
+                    glu.get("maxnreg", {}).get(f"hs{hs}"))
+        c["group"], c["config"] = "trace-now", {"HS": hs}
+        out.append(c)
+    return out
+
+
 def quantize_candidates():
     """quantize_pack chunk sizes (tokens per program), warps and register caps, 1 bit, D 128
     (check_kernels.py --parts quantize)."""
     out = []
-    for bt, nw, reg in ((64, 2, None), (64, 2, 112), (64, 4, None), (128, 4, None), (256, 4, None)):
+    for bt, nw, reg in ((64, 2, None), (64, 2, 128), (64, 2, 112), (64, 4, None), (128, 4, None), (256, 4, None)):
         v = variant(f"x_quantize_pack_bt{bt}_w{nw}_r{reg or 0}", "quantize.py", "quantize_pack",
                     {"D": 128, "BITS": 1, "BT": bt}, nw, 1, reg)
         v["group"], v["config"] = "quantize_pack", {"BT": bt, "num_warps": nw, "num_stages": 1, "maxnreg": reg or 0}
@@ -303,7 +323,7 @@ def build(variants, targets, out_dir, workers):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--set", choices=["production", "candidates", "gluon", "quantize", "onelaunch"],
+    p.add_argument("--set", choices=["production", "candidates", "gluon", "quantize", "onelaunch", "trace"],
                    default="production")
     p.add_argument("--selection", default=str(SELECTION))
     p.add_argument("--out", default=str(ROOT / "ptx"))
@@ -318,6 +338,8 @@ def main():
         variants = quantize_candidates()
     elif a.set == "onelaunch":
         variants = onelaunch_candidates()
+    elif a.set == "trace":
+        variants = trace_variants(load_selection(a.selection))
     else:
         variants = candidate_variants()
     targets = [t for t in a.targets.split(",") if t]

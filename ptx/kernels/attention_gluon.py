@@ -38,6 +38,7 @@ SPAN_COLS = gl.constexpr(5)  # span_tab row: code_off, tokens, scale_off, mm_fir
 WORK_COLS = gl.constexpr(4)  # work_tab row: seq, span (-1: full-precision block), t0, tn
 MM_COLS = gl.constexpr(4)  # mm_tab row: seq, span, t0, tn
 RING = gl.constexpr(8)  # mode 3: code-row tiles in the cp.async ring (7 in flight while one is computed)
+MERGE_ITEMS = gl.constexpr(4)  # partials the merging program loads per round trip
 SLOT_INTS = gl.constexpr(32)  # mode 3: int32 per (span, KV head) rendezvous slot in mm_buf (after a header slot)
 
 CALIBQUANT_MINMAX_ARGS = [
@@ -54,6 +55,12 @@ CALIBQUANT_DECODE_ARGS = [
     ("KVH", "i32"), ("G", "i32"), ("sm_scale", "fp32"), ("tau_min", "fp32"), ("tau_max", "fp32"),
     ("clamp", "i32"),
 ]
+
+# the same kernel with a timeline: int64 per program (ticket order) in trace, see _stamp; harness only, never shipped
+CALIBQUANT_DECODE_TRACED_ARGS = CALIBQUANT_DECODE_ARGS + [("trace", "*i64")]
+TRACE_COLS = gl.constexpr(10)  # trace row (ticket order): SM id, tokens, then %globaltimer (ns) at: start, tables
+# read, key weights ready, keys done (full-precision items: all done), rendezvous passed, values done, arrival counted,
+# merge stored; 0 where a phase does not happen
 
 # ------------------------------------------------------------------------------------------------------------
 # layouts (one warp)
@@ -108,6 +115,29 @@ def _span_row(span_tab, span):
 def _pow2(e):
     """2^e as fp32, exactly (e: int32, -126 <= e <= 127)."""
     return ((e + 127) << 23).to(gl.float32, bitcast=True)
+
+
+@gluon.jit
+def _now(dep):
+    """Timeline only: [32] %globaltimer (ns), read once the int32 scalar dep is known; the membar first waits for
+    the program's memory operations so far."""
+    x = gl.arange(0, 32, layout=LANES) * 0 + dep
+    return gl.inline_asm_elementwise("{ .reg .u32 z; membar.cta; mov.b32 z, $1; mov.u64 $0, %globaltimer; }",
+                                     "=l,r", [x], dtype=gl.int64, is_pure=False, pack=1)
+
+
+@gluon.jit
+def _put(trace, row, col: gl.constexpr, t):
+    """Timeline only: trace[row, col] = t (a [32] tensor of equal lanes)."""
+    lane = gl.arange(0, 32, layout=LANES)
+    gl.store(trace + row.to(gl.int64) * TRACE_COLS + col + lane * 0, t, mask=lane == 0)
+
+
+@gluon.jit
+def _stamp(trace, row, col: gl.constexpr, dep, TRACE: gl.constexpr):
+    """Timeline only (TRACE): trace[row, col] = the time once dep (an int32 scalar the phase produced) is known."""
+    if TRACE:
+        _put(trace, row, col, _now(dep))
 
 
 @gluon.jit
@@ -426,8 +456,8 @@ def _visual_item(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab, mm_bu
 
 @gluon.jit
 def _visual_item_fused(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab, slots, ring, scores, span, kvh,
-                       t0, tn, hq0, G, KVH, sm_scale, tau_min, tau_max, clamp,
-                       D: gl.constexpr, BN: gl.constexpr, HS: gl.constexpr):
+                       t0, tn, hq0, G, KVH, sm_scale, tau_min, tau_max, clamp, trace, trow,
+                       D: gl.constexpr, BN: gl.constexpr, HS: gl.constexpr, TRACE: gl.constexpr):
     """Mode 3: softmax partial of tokens t0 .. t0+tn (tn <= CH) of a calibrated visual span in one launch, reading
     every code once. Phase 1 computes the raw scores of the item's keys into shared memory and folds their min and
     max into the span's rendezvous slot; the span's items (mm_count of span_tab, consecutive tickets) wait there
@@ -444,6 +474,7 @@ def _visual_item_fused(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab,
     for j in gl.static_range(RING - 1):
         _issue_tile(ring, j, nk, kcode, vcode, row0, tn, BN, D)
     wb0, wb1, e2, bias = _key_weights(q, q_off, hq0, G, ksig, kalp, sc_base, sm_scale, D, HS)
+    _stamp(trace, trow, 4, e2.to(gl.int32, bitcast=True), TRACE)
     mn = gl.full([BN, HS], float("inf"), gl.float32, layout=LS)
     mx = gl.full([BN, HS], float("-inf"), gl.float32, layout=LS)
     for i in range(nk):
@@ -455,6 +486,8 @@ def _visual_item_fused(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab,
         scores.index(i).store(raw)
         mn = gl.minimum(mn, gl.where(gl.expand_dims(rmask, 1), raw, float("inf")))
         mx = gl.maximum(mx, gl.where(gl.expand_dims(rmask, 1), raw, float("-inf")))
+    if TRACE:
+        _stamp(trace, trow, 5, gl.max(gl.max(mx, axis=1), axis=0).to(gl.int32, bitcast=True), TRACE)
     # rendezvous of the span's items: max of the maxima and of the negated minima, as order-preserving keys
     s = gl.arange(0, HS, layout=gl.SliceLayout(0, LS))
     on = s < G
@@ -475,6 +508,8 @@ def _visual_item_fused(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab,
     lane = gl.arange(0, 32, layout=LANES)
     left_v = gl.atomic_add(slot + 1 + lane, gl.full([32], 1, gl.int32, layout=LANES), mask=lane == 0,
                            sem="release", scope="gpu")
+    if TRACE:
+        _stamp(trace, trow, 6, gl.max(gam, axis=0).to(gl.int32, bitcast=True), TRACE)
     m_i, a2, c2, ref = _calibration(gam, dlt, tau_min, tau_max, clamp)
     l_acc = gl.zeros([BN, HS], gl.float32, layout=LS)
     acc = gl.zeros([D, 2 * HS], gl.float32, layout=MMA)
@@ -491,6 +526,8 @@ def _visual_item_fused(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab,
         pb = gl.convert_layout(_hilo_cols(p, BN, HS, P_SCALE), OP_B)
         acc = mma_v2(_value_operand(v, BN, D), pb, acc)
     async_copy.wait_group(0)
+    if TRACE:
+        _stamp(trace, trow, 7, gl.sum(gl.sum(l_acc, axis=1), axis=0).to(gl.int32, bitcast=True), TRACE)
     if gl.max(gl.where(lane == 0, left_v, -1), axis=0) + 1 == members:
         # the last to leave empties the slot for the next launch
         z = gl.arange(0, SLOT_INTS, layout=gl.SliceLayout(0, LS))
@@ -524,8 +561,9 @@ def _fp_item(q, q_off, kfp, vfp, fp_off, fp_cap, kvh, t0, tn, hq0, G, sm_scale,
         rows = start + tt
         lmask = gl.expand_dims(rows < tn, 1)
         offs = base + gl.expand_dims(rows, 1) * D + gl.expand_dims(dd, 0)
-        kt = gl.convert_layout(gl.load(kfp + offs, mask=lmask, other=0.0), OP_A)
-        s = mma_v2(kt, wb, gl.zeros([BN, 2 * HS], gl.float32, layout=MMA))
+        kt = gl.load(kfp + offs, mask=lmask, other=0.0)
+        vt = gl.load(vfp + offs, mask=lmask, other=0.0)  # with the keys: one round trip per tile, not two
+        s = mma_v2(gl.convert_layout(kt, OP_A), wb, gl.zeros([BN, 2 * HS], gl.float32, layout=MMA))
         rmask = gl.expand_dims(gl.convert_layout(rows < tn, gl.SliceLayout(1, LS)), 1)
         t = gl.where(rmask, _pair_sum(s, BN, HS, LS) * qk_scale, float("-inf"))
         m_new = gl.maximum(m_i, gl.max(t, axis=0))
@@ -534,7 +572,6 @@ def _fp_item(q, q_off, kfp, vfp, fp_off, fp_cap, kvh, t0, tn, hq0, G, sm_scale,
         l_i = l_i * alpha + gl.sum(p, axis=0)
         m_i = m_new
         alpha2 = gl.convert_layout(gl.reshape(gl.join(alpha, alpha), [2 * HS]), gl.SliceLayout(0, MMA))
-        vt = gl.load(vfp + offs, mask=lmask, other=0.0)
         va = gl.convert_layout(gl.permute(vt, [1, 0]), OP_A)
         pb = gl.convert_layout(_hilo_cols(p, BN, HS, P_SCALE), OP_B)
         acc = mma_v2(va, pb, acc * gl.expand_dims(alpha2, 0))
@@ -546,8 +583,8 @@ def _fp_item(q, q_off, kfp, vfp, fp_off, fp_cap, kvh, t0, tn, hq0, G, sm_scale,
 
 
 @gluon.jit
-def _finish(m_i, l_i, o, dch, wi, seq, srow, kvh, hq0, G, Hq, KVH, part_ml, part_acc, counters, out,
-            D: gl.constexpr, HS: gl.constexpr):
+def _finish(m_i, l_i, o, dch, wi, seq, srow, kvh, hq0, G, Hq, KVH, part_ml, part_acc, counters, out, trace, trow,
+            D: gl.constexpr, HS: gl.constexpr, TRACE: gl.constexpr):
     """Stores this item's partial (row r of o is channel dch[r]); the last item of (seq, kvh) to arrive merges
     all partials into out."""
     L: gl.constexpr = ROWS
@@ -566,33 +603,38 @@ def _finish(m_i, l_i, o, dch, wi, seq, srow, kvh, hq0, G, Hq, KVH, part_ml, part
     _barrier()
     cptr = counters + seq * KVH + kvh
     arrived = gl.atomic_add(cptr, 1, sem="acq_rel", scope="gpu")
+    _stamp(trace, trow, 8, arrived, TRACE)
     if arrived == w_count - 1:
-        # the maximum first, 32 items per load, then the sums 4 items per iteration: the merge's loads are
-        # independent of each other, not a chain of round trips (B = 1 has ~30 items per KV head)
+        # MERGE_ITEMS partials per round trip, rescaled online to the running maximum (no separate pass for the
+        # maximum: that was one more round trip on the critical path of small batches)
         w_end = w_first + w_count
-        ii = gl.arange(0, 32, layout=gl.SliceLayout(1, L))
         m_run = gl.full([HS], NEG_BIG, gl.float32, layout=gl.SliceLayout(0, L))
-        for b0 in range(w_first, w_end, 32):
-            it = b0 + ii
-            rr = gl.expand_dims(it.to(gl.int64) * Hq, 1) + gl.expand_dims(h, 0)
-            mb = gl.load(part_ml + rr * 2, mask=gl.expand_dims(it < w_end, 1) & gl.expand_dims(hmask, 0),
-                         other=NEG_BIG, cache_modifier=".cg")
-            m_run = gl.maximum(m_run, gl.max(mb, axis=0))
         l_run = gl.zeros([HS], gl.float32, layout=gl.SliceLayout(0, L))
         o_run = gl.zeros([D, HS], gl.float32, layout=L)
-        for i in range(w_first, w_end, 4):
-            for j in gl.static_range(4):
+        for i in range(w_first, w_end, MERGE_ITEMS):
+            m_new = m_run
+            for j in gl.static_range(MERGE_ITEMS):
+                rr = (i + j).to(gl.int64) * Hq + h
+                m_new = gl.maximum(m_new, gl.load(part_ml + rr * 2, mask=hmask & (i + j < w_end), other=NEG_BIG,
+                                                  cache_modifier=".cg"))
+            f_run = gl.exp2(m_run - m_new)
+            l_run = l_run * f_run
+            o_run = o_run * gl.expand_dims(f_run, 0)
+            for j in gl.static_range(MERGE_ITEMS):
                 ok = hmask & (i + j < w_end)
                 rr = (i + j).to(gl.int64) * Hq + h
                 mi = gl.load(part_ml + rr * 2, mask=ok, other=NEG_BIG, cache_modifier=".cg")
                 li = gl.load(part_ml + rr * 2 + 1, mask=ok, other=0.0, cache_modifier=".cg")
                 oi = gl.load(part_acc + gl.expand_dims(rr, 0) * D + gl.expand_dims(d, 1), mask=gl.expand_dims(ok, 0),
                              other=0.0, cache_modifier=".cg")
-                f_i = gl.exp2(mi - m_run)
+                f_i = gl.exp2(mi - m_new)
                 l_run = l_run + li * f_i
                 o_run = o_run + oi * gl.expand_dims(f_i, 0)
+            m_run = m_new
         gl.store(out + gl.expand_dims(seq * Hq + h, 0) * D + gl.expand_dims(d, 1), o_run / gl.expand_dims(l_run, 0),
                  mask=gl.expand_dims(hmask, 0))
+        if TRACE:
+            _stamp(trace, trow, 9, gl.sum(l_run, axis=0).to(gl.int32, bitcast=True), TRACE)
         gl.atomic_xchg(cptr, 0, sem="relaxed", scope="gpu")  # ready for the next launch
 
 
@@ -633,7 +675,31 @@ def calibquant_decode(q, kfp, vfp, kcode, vcode, ksig, kalp, vsig, valp,
     """grid (num_work, KVH), one warp. MM_MODE 0: no calibration; 1: gamma/delta from mm_buf (calibquant_minmax
     ran first); 2: each visual item is a whole span and finds gamma/delta itself; 3: one launch, the items of a
     span meet at a rendezvous (visual items of at most CH tokens; mm_buf holds the int32 slots, see ptx/README.md)."""
+    _decode(q, kfp, vfp, kcode, vcode, ksig, kalp, vsig, valp, seq_tab, span_tab, work_tab, mm_buf, part_ml, part_acc,
+            counters, out, KVH, G, sm_scale, tau_min, tau_max, clamp, mm_buf, D, BITS, MM_MODE, BN, HS, CH, False)
+
+
+@gluon.jit
+def calibquant_decode_traced(q, kfp, vfp, kcode, vcode, ksig, kalp, vsig, valp,
+                             seq_tab, span_tab, work_tab, mm_buf, part_ml, part_acc, counters, out,
+                             KVH, G, sm_scale, tau_min, tau_max, clamp, trace,
+                             D: gl.constexpr, BITS: gl.constexpr, MM_MODE: gl.constexpr, BN: gl.constexpr,
+                             HS: gl.constexpr, CH: gl.constexpr):
+    """calibquant_decode (mode 3) that also writes a timeline row per program into trace (TRACE_COLS int64 each,
+    ticket order): the harness's evidence of where a step's time goes; never shipped."""
+    gl.static_assert(MM_MODE == 3, "the timeline rows are in ticket order")
+    _decode(q, kfp, vfp, kcode, vcode, ksig, kalp, vsig, valp, seq_tab, span_tab, work_tab, mm_buf, part_ml, part_acc,
+            counters, out, KVH, G, sm_scale, tau_min, tau_max, clamp, trace, D, BITS, MM_MODE, BN, HS, CH, True)
+
+
+@gluon.jit
+def _decode(q, kfp, vfp, kcode, vcode, ksig, kalp, vsig, valp, seq_tab, span_tab, work_tab, mm_buf, part_ml, part_acc,
+            counters, out, KVH, G, sm_scale, tau_min, tau_max, clamp, trace,
+            D: gl.constexpr, BITS: gl.constexpr, MM_MODE: gl.constexpr, BN: gl.constexpr, HS: gl.constexpr,
+            CH: gl.constexpr, TRACE: gl.constexpr):
     gl.static_assert(BITS == 1, "the Gluon kernels read 1-bit codes; attention.py has the others")
+    if TRACE:
+        t_start = _now(0)
     if MM_MODE == 3:
         gl.static_assert(CH % BN == 0, "CH is a whole number of tiles")
         # Programs take their index from a ticket in the order they start, KV-head-major so that the items of a
@@ -656,15 +722,26 @@ def calibquant_decode(q, kfp, vfp, kcode, vcode, ksig, kalp, vsig, valp,
     seq, span, t0, tn = _table_row4(work_tab + wi * WORK_COLS)
     srow = seq_tab + seq * SEQ_COLS
     q_off = gl.multiple_of(gl.load(srow + 3), 16)
+    trow = kvh * gl.num_programs(0) + wi
+    if TRACE:
+        _put(trace, trow, 0, gl.inline_asm_elementwise("{ .reg .u32 s; mov.u32 s, %smid; cvt.u64.u32 $0, s; }",
+                                                      "=l,r", [gl.arange(0, 32, layout=LANES)], dtype=gl.int64,
+                                                      is_pure=False, pack=1))
+        _put(trace, trow, 1, gl.arange(0, 32, layout=LANES).to(gl.int64) * 0 + tn)
+        _put(trace, trow, 2, t_start)
+        _stamp(trace, trow, 3, tn + span.to(gl.int32) + q_off.to(gl.int32), TRACE)
     FP_BN: gl.constexpr = BN if MM_MODE != 3 else 16  # mode 3: fp16 tiles of 16 rows hold half the registers
     if span < 0:
         m_i, l_i, o, dch = _fp_item(q, q_off, kfp, vfp, gl.multiple_of(gl.load(srow), 16), gl.load(srow + 2), kvh,
                                     t0, tn, hq0, G, sm_scale, D, FP_BN, HS)
+        if TRACE:
+            _stamp(trace, trow, 5, gl.max(l_i, axis=0).to(gl.int32, bitcast=True), TRACE)
     elif MM_MODE == 3:
         m_i, l_i, o, dch = _visual_item_fused(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab, slots, ring,
                                               scores, span, kvh, t0, tn, hq0, G, KVH, sm_scale, tau_min, tau_max,
-                                              clamp, D, BN, HS)
+                                              clamp, trace, trow, D, BN, HS, TRACE)
     else:
         m_i, l_i, o, dch = _visual_item(q, q_off, kcode, vcode, ksig, kalp, vsig, valp, span_tab, mm_buf, span, kvh,
                                         t0, tn, hq0, G, Hq, sm_scale, tau_min, tau_max, clamp, D, MM_MODE, BN, HS)
-    _finish(m_i, l_i, o, dch, wi, seq, srow, kvh, hq0, G, Hq, KVH, part_ml, part_acc, counters, out, D, HS)
+    _finish(m_i, l_i, o, dch, wi, seq, srow, kvh, hq0, G, Hq, KVH, part_ml, part_acc, counters, out, trace, trow, D,
+            HS, TRACE)

@@ -140,9 +140,7 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
             }
         }
         if (mmMode == CalibQuantKernels.ONE_LAUNCH_MODE) {
-            // mode 3 runs full-precision rows in tiles of 16: items of two blocks cost less than two items of one
-            // (measured on the H200: B = 256 206 against 223 us, B = 64 63 against 70; docs/benchmarks.md)
-            shortFpChunk = Math.min(chunk, 2L * block);
+            shortFpChunk = oneLaunchFpChunk(batch, kvHeads, targetPrograms, block, chunk, visualChunk);
         }
 
         List<long[]> seq = new ArrayList<>();
@@ -182,6 +180,26 @@ record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTab, long
                 workFirst, work.size() - workFirst});
         }
         return new DecodePlan(batch.size(), mmMode, flatten(seq), flatten(span), flatten(work), flatten(mm));
+    }
+
+    /**
+     * Full-precision item size of mode 3 next to visual spans. Its full-precision rows run in tiles of 16, the
+     * slowest per token: where the programs fill the GPU, items of two blocks cost less than two items of one (H200:
+     * B = 256 203 against 222 us, B = 32 38.5 against 42.4); where they all fit at once with room to spare the step is
+     * latency-bound and a two-block item is its longest chain, so items of one block (B = 1 15.5 against 20.1 us,
+     * B = 8 19.1 against 22.9, DRAM-cold; docs/benchmarks.md, sixth session).
+     */
+    static long oneLaunchFpChunk(List<Entry> batch, int kvHeads, int targetPrograms, int block, long chunk,
+            long visualChunk) {
+        long twoBlocks = Math.min(chunk, 2L * block);
+        long items = 0;
+        for (Entry e : batch) {
+            items += Math.ceilDiv(e.fullLength(), e.spans().isEmpty() ? chunk : twoBlocks);
+            for (TokenSpan s : e.spans()) {
+                items += Math.ceilDiv(s.length(), visualChunk);
+            }
+        }
+        return items * kvHeads <= targetPrograms / 2 ? Math.min(chunk, block) : twoBlocks;
     }
 
     private static long[] flatten(List<long[]> rows) {

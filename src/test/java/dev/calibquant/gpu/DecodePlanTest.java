@@ -79,6 +79,35 @@ class DecodePlanTest {
     }
 
     @Test
+    void modeThreeCutsTheFullPrecisionRowsInOneBlockWhereTheStepIsLatencyBoundAndTwoWhereItFillsTheGpu() {
+        // BENCHMARKS.md step on 132 SMs at 16 programs each: 105 full-precision rows (one item of up to 128, or two of
+        // up to 64) next to a span of 3328
+        for (int[] c : new int[][] {{1, 64}, {8, 64}, {32, 105}, {256, 105}}) {
+            List<DecodePlan.Entry> batch = new ArrayList<>();
+            for (int b = 0; b < c[0]; b++) {
+                batch.add(entry(105, 3328));
+            }
+            DecodePlan p = DecodePlan.build(batch, 32, 128, 8, true, 16 * 132, 64, 832, new DecodePlan.OneLaunch(512, 1056));
+            assertThat(p.mmMode()).isEqualTo(3);
+            long longestFp = 0;
+            for (int w = 0; w < p.workItems(); w++) {
+                if (p.workTab()[w * CalibQuantKernels.WORK_COLS + 1] < 0) {
+                    longestFp = Math.max(longestFp, p.workTab()[w * CalibQuantKernels.WORK_COLS + 3]);
+                }
+            }
+            assertThat(longestFp).as("longest full-precision item at B = %d", c[0]).isEqualTo(c[1]);
+        }
+        // B = 8: 8 sequences x 14 items x 8 KV heads = 896 programs, at most half of 2112; B = 32: 8 items each, 2048
+        List<DecodePlan.Entry> eight = new ArrayList<>();
+        for (int b = 0; b < 8; b++) {
+            eight.add(entry(105, 3328));
+        }
+        assertThat(DecodePlan.oneLaunchFpChunk(eight, 8, 16 * 132, 64, 128, 256)).isEqualTo(64);
+        assertThat(DecodePlan.oneLaunchFpChunk(eight, 8, 1791, 64, 128, 256)).isEqualTo(128); // 896 > 1791 / 2
+        assertThat(DecodePlan.oneLaunchFpChunk(eight, 8, 1792, 64, 128, 256)).isEqualTo(64);
+    }
+
+    @Test
     void aSpanNeedingMoreItemsThanMayWaitAtOnceFallsBackToTheMinMaxPass() {
         DecodePlan p = DecodePlan.build(List.of(entry(105, 3328)), 32, 128, 8, true, 16 * 132, 64, 832,
                 new DecodePlan.OneLaunch(512, 6)); // 3328 tokens need 7 items of 512
