@@ -1118,8 +1118,9 @@ def run_trace(torch, xdev, dev, batches, save):
 
     for b in batches:
         chunk = 256 if b <= 8 else 512  # what the Java planner picks for this workload
-        sets = trace_launch_sets(torch, wl, b, chunk, 128)
-        row = {"B": b, "chunk": chunk}
+        fp_chunk = 64 if b <= 8 else 128  # DecodePlan.oneLaunchFpChunk (sixth session; its traces used 128 throughout)
+        sets = trace_launch_sets(torch, wl, b, chunk, fp_chunk)
+        row = {"B": b, "chunk": chunk, "fp_chunk": fp_chunk}
         t = sets[0]
         t["out"].fill_(float("nan"))
         dev.launch(ship, (t["n_work"], wl.kvh, 1), args(t, False))
