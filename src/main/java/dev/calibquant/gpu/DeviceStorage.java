@@ -280,9 +280,14 @@ public final class DeviceStorage implements KvStorage {
             for (int r = 0; r < copy.rows(); r++) {
                 MemorySegment.copy(source, copy.sourceOffset() + r * copy.sourcePitch(), host, r * rowBytes, rowBytes);
             }
-            for (RowRuns.Run run : RowRuns.of(0, rowBytes, to.range.offset + copy.targetOffset(), copy.targetPitch(),
-                    rowBytes, copy.rows())) {
-                planes[to.plane].copyFromAsync(stage, run.source(), run.target(), run.bytes(), stream);
+            try {
+                for (RowRuns.Run run : RowRuns.of(0, rowBytes, to.range.offset + copy.targetOffset(),
+                        copy.targetPitch(), rowBytes, copy.rows())) {
+                    planes[to.plane].copyFromAsync(stage, run.source(), run.target(), run.bytes(), stream);
+                }
+            } catch (RuntimeException | Error e) {
+                stream.synchronizeAfter(e); // copies queued before the failure still read the staging buffer
+                throw e;
             }
             stream.synchronize(); // the staging buffer is reused by the next call
         }
@@ -394,10 +399,15 @@ public final class DeviceStorage implements KvStorage {
             }
             PinnedHostBuffer stage = staging(total);
             long pos = 0;
-            for (int i = 0; i < at.length; i++) {
-                long bytes = parts.get(i).byteSize();
-                planes[at[i].plane()].copyToAsync(at[i].offset(), stage, pos, bytes, stream);
-                pos += bytes;
+            try {
+                for (int i = 0; i < at.length; i++) {
+                    long bytes = parts.get(i).byteSize();
+                    planes[at[i].plane()].copyToAsync(at[i].offset(), stage, pos, bytes, stream);
+                    pos += bytes;
+                }
+            } catch (RuntimeException | Error e) {
+                stream.synchronizeAfter(e); // copies queued before the failure still write the staging buffer
+                throw e;
             }
             stream.synchronize();
             pos = 0;
