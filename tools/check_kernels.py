@@ -727,9 +727,11 @@ class Workload:
                 "n_mm": len(mm)}
 
 
-def time_decode(torch, dev, wl, b, variant, minmax_variant, mode, chunk, fp_chunk, mm_chunk=None):
+def decode_sets(torch, wl, b, mode, chunk, fp_chunk, mm_chunk=None, max_sets=None):
+    """Tables and per-step buffers for b sequences, one set per rotation over the workload's sequences (so that
+    consecutive steps read different ones: from DRAM, as in a model's decode loop)."""
     sets = []
-    n_sets = max(1, wl.n // b)
+    n_sets = max(1, wl.n // b if max_sets is None else min(wl.n // b, max_sets))
     for r in range(n_sets):
         tabs = wl.tables(r * b, b, mode, chunk, fp_chunk, mm_chunk)
         if mode == 3:
@@ -741,6 +743,11 @@ def time_decode(torch, dev, wl, b, variant, minmax_variant, mode, chunk, fp_chun
         tabs["counters"] = torch.zeros(b * wl.kvh, dtype=torch.int32, device="cuda")
         tabs["out"] = torch.empty(b * wl.hq * wl.d, dtype=torch.float32, device="cuda")
         sets.append(tabs)
+    return sets
+
+
+def time_decode(torch, dev, wl, b, variant, minmax_variant, mode, chunk, fp_chunk, mm_chunk=None):
+    sets = decode_sets(torch, wl, b, mode, chunk, fp_chunk, mm_chunk)
     scale = 1.0 / np.sqrt(wl.d)
 
     def step(t):
@@ -1047,17 +1054,10 @@ TRACE_PHASES = ["start", "tables", "weights", "keys", "rendezvous", "values", "a
 
 
 def trace_launch_sets(torch, wl, b, chunk, fp_chunk):
-    """Mode-3 tables and buffers for b sequences, rotated over the workload's 256 as time_decode does."""
-    sets = []
-    for r in range(max(1, min(wl.n // b, 64))):
-        t = wl.tables(r * b, b, 3, chunk, fp_chunk)
-        t["mm_buf"] = torch.zeros(slot_ints(b, wl.kvh), dtype=torch.int32, device="cuda")
-        t["part_ml"] = torch.empty(t["n_work"] * wl.hq * 2, dtype=torch.float32, device="cuda")
-        t["part_acc"] = torch.empty(t["n_work"] * wl.hq * wl.d, dtype=torch.float32, device="cuda")
-        t["counters"] = torch.zeros(b * wl.kvh, dtype=torch.int32, device="cuda")
-        t["out"] = torch.empty(b * wl.hq * wl.d, dtype=torch.float32, device="cuda")
+    """Mode-3 decode_sets (at most 64) with a trace buffer each."""
+    sets = decode_sets(torch, wl, b, 3, chunk, fp_chunk, max_sets=64)
+    for t in sets:
         t["trace"] = torch.zeros(t["n_work"] * wl.kvh * TRACE_COLS, dtype=torch.int64, device="cuda")
-        sets.append(t)
     return sets
 
 
@@ -1172,11 +1172,7 @@ def run_now_candidate(torch, xdev, dev, report, seed, batches, save):
     full-precision items of 32, 64 and 128 rows."""
     wl = Workload(torch)
     now, ship = "x_calibquant_decode_mm3_now_hs4", "calibquant_decode_b1_d128_mm3_hs4"
-    n0 = len(report.rows)
-    check_decode(xdev, report, "sm_90a", now, None, 1, 3, seed, 6, 3, 4, [0, 1])
-    check_decode(xdev, report, "sm_90a", now, None, 1, 3, seed + 1, 256, 2, 4, [0], max_spans=1,
-                 fp_lengths=[105, 3, 200], vis_chunks=(None, 64, 512), span_lengths=[1, 7, 255, 600, 3328])
-    res = {"ok": checks_passed(report, n0), "us": {}}
+    res = {"ok": check_onelaunch(xdev, report, now, seed), "us": {}}
     if not res["ok"]:
         return res
     for b in batches:
@@ -1256,6 +1252,16 @@ def run_gluon(torch, xdev, report, seed, left, xmanifest, save):
     return rows
 
 
+def check_onelaunch(xdev, report, name, seed):
+    """A mode-3 kernel against the float64 reference: B = 6 with both calibration policies, then B = 256 with spans
+    of 1 to 3328 tokens cut into items of up to 64 and 512. Returns whether every check passed (printed)."""
+    n0 = len(report.rows)
+    check_decode(xdev, report, "sm_90a", name, None, 1, 3, seed, 6, 3, 4, [0, 1])
+    check_decode(xdev, report, "sm_90a", name, None, 1, 3, seed + 1, 256, 2, 4, [0], max_spans=1,
+                 fp_lengths=[105, 3, 200], vis_chunks=(None, 64, 512), span_lengths=[1, 7, 255, 600, 3328])
+    return checks_passed(report, n0)
+
+
 def run_onelaunch(torch, xdev, report, seed, left, xmanifest, save):
     """Checks every candidate of the one-launch set (compile_ptx.py --set onelaunch) against the float64
     reference in mode 3, then times it on the BENCHMARKS.md workload at the item sizes its CH allows."""
@@ -1271,11 +1277,7 @@ def run_onelaunch(torch, xdev, report, seed, left, xmanifest, save):
 
         def body(row):
             row["name"] = name
-            n0 = len(report.rows)
-            check_decode(xdev, report, "sm_90a", name, None, 1, 3, seed, 6, 3, 4, [0, 1])
-            check_decode(xdev, report, "sm_90a", name, None, 1, 3, seed + 1, 256, 2, 4, [0], max_spans=1,
-                         fp_lengths=[105, 3, 200], vis_chunks=(None, 64, 512), span_lengths=[1, 7, 255, 600, 3328])
-            row["ok"] = checks_passed(report, n0)
+            row["ok"] = check_onelaunch(xdev, report, name, seed)
             if row["ok"]:
                 t = {}
                 for b, chunks in ((1, (128, 256)), (8, (256, 512)), (64, (512, 1024)), (256, (512, 1024))):
