@@ -117,6 +117,31 @@ public final class KvCacheManager implements AutoCloseable {
     }
 
     /**
+     * Appends one decode step's key and value to {@code layer} of every sequence of {@code batch}: {@code keys} and
+     * {@code values} hold {@code [batch.size()][kvHeads][headDim]} of the cache's dtype, item {@code i} for sequence
+     * {@code i}. The same as {@link Sequence#append} on each, but checked as a whole first (a refusal appends
+     * nothing) and moved in one go: on a device storage, one upload and one kernel launch for the whole batch.
+     * Holds the batch's sequence locks (taken in id order) until the rows are written.
+     *
+     * @throws IllegalArgumentException when the batch is empty, names a sequence twice or one of another manager
+     * @throws dev.calibquant.quant.InvalidShapeException when a size or the dtype disagrees with the cache
+     * @throws dev.calibquant.quant.NonFiniteInputException naming the first NaN or infinity
+     * @throws CacheMemoryLimitException when growing a full layer would pass the byte limit
+     * @throws IllegalStateException when a sequence is closed or the layer not filled; no token is appended after
+     *     any refusal (a full layer may have grown its capacity before a later one was refused: its content is
+     *     unchanged)
+     */
+    public void append(int layer, List<Sequence> batch, java.lang.foreign.MemorySegment keys,
+            java.lang.foreign.MemorySegment values, DType dtype) {
+        checkOpenSynchronized();
+        Sequence.appendAll(this, layer, batch, keys, values, dtype);
+    }
+
+    private synchronized void checkOpenSynchronized() {
+        checkOpen();
+    }
+
+    /**
      * Frees every sequence still open, then the storage; idempotent.
      *
      * @throws CacheLeakException after freeing everything, when sequences were still open

@@ -54,6 +54,33 @@ public interface KvStorage extends AutoCloseable {
     /** Copies rows from host memory {@code source} into {@code target}. */
     void write(MemorySegment source, StorageBlock target, RowCopy copy);
 
+    /**
+     * Stores one layer's prefill into blocks of this storage that the manager allocated for it: the full-precision
+     * rows and every visual span quantized (see {@link LayerPrefill}). The manager checked the input (shape, dtype,
+     * finite) first. This default quantizes on the CPU and moves bytes with {@link #write}; a storage that can
+     * quantize where its bytes live (the GPU) does that instead, with the same layout.
+     */
+    default void storePrefill(LayerPrefill prefill) {
+        prefill.storeWithCpuQuantizer(this);
+    }
+
+    /**
+     * Appends one decode step's key and value to each of several layers: {@code keys} and {@code values} hold
+     * {@code [appends.size()][kvHeads][rowBytes]}, and item {@code i} goes to row {@code appends.get(i).row()} of every
+     * head of its pair. This default writes them one by one; a device storage does it in one launch.
+     */
+    default void appendRows(MemorySegment keys, MemorySegment values, int kvHeads, long rowBytes,
+            java.util.List<RowAppend> appends) {
+        long itemBytes = kvHeads * rowBytes;
+        for (int i = 0; i < appends.size(); i++) {
+            RowAppend a = appends.get(i);
+            RowCopy rows = new RowCopy(i * itemBytes, rowBytes, a.row() * rowBytes, a.capacity() * rowBytes, rowBytes,
+                    kvHeads);
+            write(keys, a.full().keys(), rows);
+            write(values, a.full().values(), rows);
+        }
+    }
+
     /** Copies rows from one block of this storage to another (distinct) one. */
     void copy(StorageBlock source, StorageBlock target, RowCopy copy);
 

@@ -3,14 +3,12 @@ package dev.calibquant.cache;
 import dev.calibquant.quant.ChannelQuantizer;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.InvalidShapeException;
-import dev.calibquant.quant.KvSlice;
 import dev.calibquant.quant.QuantConfig;
 import dev.calibquant.quant.QuantizedSpan;
-import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.SegmentAllocator;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Objects;
 
 /**
  * One sequence's KV cache, every layer: created by {@link KvCacheManager#createSequence}, filled once per layer at
@@ -149,10 +147,20 @@ public final class Sequence implements AutoCloseable {
             BlockPair full = storage.allocatePair(fullBytes / 2, fullBytes / 2, what + " full-precision");
             allocated.add(full.keys());
             allocated.add(full.values());
-            copyFullPrecisionTokens(keys, values, full, capacity, dtype);
-            List<LayerCache.StoredSpan> stored = new ArrayList<>();
+            List<LayerPrefill.SpanTarget> targets = new ArrayList<>();
             for (TokenSpan span : visualSpans) {
-                stored.add(quantizeSpan(what, span, keys, values, dtype, allocated));
+                LayerPrefill.SpanPart k = LayerPrefill.spanPart(quantConfig, true, kvHeads, span.length(), headDim);
+                LayerPrefill.SpanPart v = LayerPrefill.spanPart(quantConfig, false, kvHeads, span.length(), headDim);
+                BlockPair pair = storage.allocatePair(k.bytes(), v.bytes(), what + " visual span " + span);
+                allocated.add(pair.keys());
+                allocated.add(pair.values());
+                targets.add(new LayerPrefill.SpanTarget(span, pair));
+            }
+            storage.storePrefill(new LayerPrefill(keys, values, dtype, kvHeads, promptTokens, headDim, full, capacity,
+                    gaps(), quantConfig, targets));
+            List<LayerCache.StoredSpan> stored = new ArrayList<>();
+            for (LayerPrefill.SpanTarget t : targets) {
+                stored.add(spanView(t));
             }
             layers[layer] = new LayerCache(kvHeads, headDim, dtype, full, capacity, fullTokens, stored);
             usage = usage.plus(delta);
@@ -170,36 +178,92 @@ public final class Sequence implements AutoCloseable {
      * dtype. Grows the layer's full-precision block geometrically when it is full; near the byte limit, by one
      * token (the old and new block coexist while the rows are copied, so both count against the limit).
      *
-     * @throws InvalidShapeException, dev.calibquant.quant.NonFiniteInputException, CacheMemoryLimitException,
-     *     IllegalStateException as for {@link #fill}; nothing is appended then
+     * @throws InvalidShapeException when a size or the dtype disagrees with the cache
+     * @throws dev.calibquant.quant.NonFiniteInputException naming the first NaN or infinity
+     * @throws CacheMemoryLimitException when growing a full layer would pass the byte limit
+     * @throws IllegalStateException when the layer is not filled or the sequence is closed; nothing is appended
+     *     after any refusal
      */
-    public synchronized void append(int layer, MemorySegment key, MemorySegment value, DType dtype) {
-        checkOpen();
-        LayerCache cache = filledLayer(layer);
-        String what = "layer " + layer + " of sequence " + id;
-        ModelGeometry g = manager.geometry();
-        checkDtype(what, dtype);
-        long expected = (long) g.kvHeads() * g.headDim() * dtype.byteSize();
-        String shape = "[" + g.kvHeads() + "][" + g.headDim() + "] " + dtype;
-        checkSize(what + " appended key", key, expected, shape);
-        checkSize(what + " appended value", value, expected, shape);
-        int position = cache.fullTokens() + cache.visualTokens();
-        FiniteCheck.requireFinite(what + " appended key", key, dtype, g.kvHeads(), 1, g.headDim(), position);
-        FiniteCheck.requireFinite(what + " appended value", value, dtype, g.kvHeads(), 1, g.headDim(), position);
+    public void append(int layer, MemorySegment key, MemorySegment value, DType dtype) {
+        appendAll(manager, layer, List.of(this), key, value, dtype);
+    }
 
-        if (cache.fullTokens() == cache.fullCapacity()) {
-            grow(what, cache);
+    /**
+     * {@link KvCacheManager#append}: holds every sequence's lock (in id order) while it checks all of them, grows the
+     * full layers, and appends through one {@link KvStorage#appendRows}.
+     */
+    static void appendAll(KvCacheManager manager, int layer, List<Sequence> batch, MemorySegment keys,
+            MemorySegment values, DType dtype) {
+        Objects.requireNonNull(batch, "batch");
+        Objects.requireNonNull(keys, "keys");
+        Objects.requireNonNull(values, "values");
+        Objects.requireNonNull(dtype, "dtype");
+        if (batch.isEmpty()) {
+            throw new IllegalArgumentException("append to an empty batch");
         }
-        long rowBytes = cache.rowBytes();
-        RowCopy row = new RowCopy(0, rowBytes, cache.fullTokens() * rowBytes, cache.fullCapacity() * rowBytes,
-                rowBytes, g.kvHeads());
-        KvStorage storage = manager.storage();
-        storage.write(key, cache.full().keys(), row);
-        storage.write(value, cache.full().values(), row);
-        cache.tokenAppended();
-        MemoryUsage delta = new MemoryUsage(0, 0, 0, fp16Bytes(1));
-        manager.accountant().reserve(delta, "appending to " + what); // no bytes: cannot fail
-        usage = usage.plus(delta);
+        java.util.IdentityHashMap<Sequence, Boolean> seen = new java.util.IdentityHashMap<>();
+        for (Sequence s : batch) {
+            Objects.requireNonNull(s, "sequence");
+            if (s.manager != manager) {
+                throw new IllegalArgumentException(s + " belongs to another cache manager");
+            }
+            if (seen.put(s, Boolean.TRUE) != null) {
+                throw new IllegalArgumentException(s + " appears twice in the batch");
+            }
+        }
+        List<Sequence> order = new ArrayList<>(batch);
+        order.sort(java.util.Comparator.comparingLong(Sequence::id));
+        appendLocked(order, 0, manager, layer, batch, keys, values, dtype);
+    }
+
+    private static void appendLocked(List<Sequence> order, int locked, KvCacheManager manager, int layer,
+            List<Sequence> batch, MemorySegment keys, MemorySegment values, DType dtype) {
+        if (locked < order.size()) {
+            synchronized (order.get(locked)) {
+                appendLocked(order, locked + 1, manager, layer, batch, keys, values, dtype);
+            }
+            return;
+        }
+        ModelGeometry g = manager.geometry();
+        int n = batch.size();
+        long itemBytes = (long) g.kvHeads() * g.headDim() * dtype.byteSize();
+        String shape = n == 1 ? "[" + g.kvHeads() + "][" + g.headDim() + "] " + dtype
+                : "[" + n + "][" + g.kvHeads() + "][" + g.headDim() + "] " + dtype;
+        String what0 = n == 1 ? "layer " + layer + " of " + batch.getFirst() : "layer " + layer + " of the batch";
+        LayerCache[] caches = new LayerCache[n];
+        for (int i = 0; i < n; i++) {
+            Sequence s = batch.get(i);
+            s.checkOpen();
+            caches[i] = s.filledLayer(layer);
+            s.checkDtype("layer " + layer + " of " + s, dtype);
+        }
+        checkSize(what0 + " appended key", keys, n * itemBytes, shape);
+        checkSize(what0 + " appended value", values, n * itemBytes, shape);
+        for (int i = 0; i < n; i++) {
+            String what = "layer " + layer + " of " + batch.get(i);
+            int position = caches[i].fullTokens() + caches[i].visualTokens();
+            FiniteCheck.requireFinite(what + " appended key", keys.asSlice(i * itemBytes, itemBytes), dtype,
+                    g.kvHeads(), 1, g.headDim(), position);
+            FiniteCheck.requireFinite(what + " appended value", values.asSlice(i * itemBytes, itemBytes), dtype,
+                    g.kvHeads(), 1, g.headDim(), position);
+        }
+        for (int i = 0; i < n; i++) {
+            if (caches[i].fullTokens() == caches[i].fullCapacity()) {
+                batch.get(i).grow("layer " + layer + " of " + batch.get(i), caches[i]);
+            }
+        }
+        List<RowAppend> rows = new ArrayList<>(n);
+        for (LayerCache c : caches) {
+            rows.add(new RowAppend(c.full(), c.fullCapacity(), c.fullTokens()));
+        }
+        manager.storage().appendRows(keys, values, g.kvHeads(), caches[0].rowBytes(), rows);
+        for (int i = 0; i < n; i++) {
+            Sequence s = batch.get(i);
+            caches[i].tokenAppended();
+            MemoryUsage delta = new MemoryUsage(0, 0, 0, s.fp16Bytes(1));
+            manager.accountant().reserve(delta, "appending to layer " + layer + " of " + s); // no bytes: cannot fail
+            s.usage = s.usage.plus(delta);
+        }
     }
 
     /** Frees every layer; idempotent. */
@@ -249,16 +313,10 @@ public final class Sequence implements AutoCloseable {
         }
     }
 
-    private void copyFullPrecisionTokens(MemorySegment keys, MemorySegment values, BlockPair full, int capacity,
-            DType dtype) {
-        int kvHeads = manager.geometry().kvHeads();
-        long rowBytes = (long) manager.geometry().headDim() * dtype.byteSize();
-        long sourcePitch = promptTokens * rowBytes;
-        long targetPitch = capacity * rowBytes;
-        KvStorage storage = manager.storage();
-        int target = 0;
-        int cursor = 0;
+    /** The prompt's token ranges outside the visual spans, in order. */
+    private List<TokenSpan> gaps() {
         List<TokenSpan> gaps = new ArrayList<>();
+        int cursor = 0;
         for (TokenSpan span : visualSpans) {
             if (span.start() > cursor) {
                 gaps.add(new TokenSpan(cursor, span.start()));
@@ -268,63 +326,23 @@ public final class Sequence implements AutoCloseable {
         if (cursor < promptTokens) {
             gaps.add(new TokenSpan(cursor, promptTokens));
         }
-        for (TokenSpan gap : gaps) {
-            RowCopy rows = new RowCopy(gap.start() * rowBytes, sourcePitch, target * rowBytes, targetPitch,
-                    gap.length() * rowBytes, kvHeads);
-            storage.write(keys, full.keys(), rows);
-            storage.write(values, full.values(), rows);
-            target += gap.length();
-        }
+        return gaps;
     }
 
-    /**
-     * Quantizes one span into host staging memory, rearranges it into a key part and a value part, each
-     * {@code [scale][offset][codes]}, and writes those into a pair of blocks of the storage (for host storage two
-     * extra copies of the span's output, 1/16 of its input at 1 bit; they keep device storage behind the same code,
-     * laid out as the GPU kernels read it: see {@link LayerCache}).
-     */
-    private LayerCache.StoredSpan quantizeSpan(String what, TokenSpan span, MemorySegment keys, MemorySegment values,
-            DType dtype, List<StorageBlock> allocated) {
+    /** The quantized span as decode attention reads it: read-only slices of its pair ({@link LayerPrefill}). */
+    private LayerCache.StoredSpan spanView(LayerPrefill.SpanTarget target) {
         ModelGeometry g = manager.geometry();
-        long bytes = ChannelQuantizer.bytesFor(quantConfig, g.kvHeads(), span.length(), g.headDim());
-        try (Arena staging = Arena.ofConfined()) {
-            MemorySegment stage = staging.allocate(bytes, HostStorage.ALIGNMENT);
-            QuantizedSpan q = ChannelQuantizer.quantize(quantConfig,
-                    KvSlice.ofTokens(keys, dtype, g.kvHeads(), promptTokens, g.headDim(), span.start(), span.end()),
-                    KvSlice.ofTokens(values, dtype, g.kvHeads(), promptTokens, g.headDim(), span.start(), span.end()),
-                    SegmentAllocator.slicingAllocator(stage));
-            MemorySegment keyPart = concat(staging, q.keyScale(), q.keyOffset(), q.keyCodes());
-            MemorySegment valuePart = concat(staging, q.valueScale(), q.valueOffset(), q.valueCodes());
-            BlockPair pair = manager.storage().allocatePair(keyPart.byteSize(), valuePart.byteSize(),
-                    what + " visual span " + span);
-            allocated.add(pair.keys());
-            allocated.add(pair.values());
-            manager.storage().write(keyPart, pair.keys(), RowCopy.contiguous(0, 0, keyPart.byteSize()));
-            manager.storage().write(valuePart, pair.values(), RowCopy.contiguous(0, 0, valuePart.byteSize()));
-            MemorySegment k = pair.keys().segment();
-            MemorySegment v = pair.values().segment();
-            long ks = q.keyScale().byteSize();
-            long vs = q.valueScale().byteSize();
-            return new LayerCache.StoredSpan(new QuantizedSpan(q.tokens(), q.kvHeads(), q.headDim(), q.bits(),
-                    q.keyGranularity(), q.valueGranularity(),
-                    readOnly(k, 2 * ks, q.keyCodes().byteSize()), readOnly(v, 2 * vs, q.valueCodes().byteSize()),
-                    readOnly(k, 0, ks), readOnly(k, ks, ks), readOnly(v, 0, vs), readOnly(v, vs, vs)), pair);
-        }
-    }
-
-    /** The parts one after the other, in a new segment of {@code arena}. */
-    private static MemorySegment concat(Arena arena, MemorySegment... parts) {
-        long bytes = 0;
-        for (MemorySegment p : parts) {
-            bytes += p.byteSize();
-        }
-        MemorySegment out = arena.allocate(bytes, HostStorage.ALIGNMENT);
-        long at = 0;
-        for (MemorySegment p : parts) {
-            MemorySegment.copy(p, 0, out, at, p.byteSize());
-            at += p.byteSize();
-        }
-        return out;
+        int tokens = target.span().length();
+        LayerPrefill.SpanPart kp = LayerPrefill.spanPart(quantConfig, true, g.kvHeads(), tokens, g.headDim());
+        LayerPrefill.SpanPart vp = LayerPrefill.spanPart(quantConfig, false, g.kvHeads(), tokens, g.headDim());
+        MemorySegment k = target.blocks().keys().segment();
+        MemorySegment v = target.blocks().values().segment();
+        long ks = kp.scaleBytes();
+        long vs = vp.scaleBytes();
+        return new LayerCache.StoredSpan(new QuantizedSpan(tokens, g.kvHeads(), g.headDim(), quantConfig.bits(),
+                quantConfig.keyGranularity(), quantConfig.valueGranularity(),
+                readOnly(k, 2 * ks, kp.codeBytes()), readOnly(v, 2 * vs, vp.codeBytes()),
+                readOnly(k, 0, ks), readOnly(k, ks, ks), readOnly(v, 0, vs), readOnly(v, vs, vs)), target.blocks());
     }
 
     private static MemorySegment readOnly(MemorySegment block, long offset, long bytes) {
