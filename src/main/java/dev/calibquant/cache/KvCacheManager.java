@@ -92,9 +92,23 @@ public final class KvCacheManager implements AutoCloseable {
      *     {@code quantConfig} is missing or does not fit the head dimension
      * @throws IllegalStateException when the manager is closed
      */
+    public Sequence createSequence(int promptTokens, List<TokenSpan> visualSpans, QuantConfig quantConfig) {
+        return createSequence(promptTokens, visualSpans, quantConfig, 0);
+    }
+
+    /**
+     * {@link #createSequence(int, List, QuantConfig)} whose layers hold room for {@code reservedNewTokens} generated
+     * tokens from the end of prefill on, so that appending them never grows (moves) a layer: a service that knows its
+     * generation limit reserves it, counted against the byte limit at {@link Sequence#fill}.
+     *
+     * @throws IllegalArgumentException as above, or when {@code reservedNewTokens} is negative
+     */
     public synchronized Sequence createSequence(int promptTokens, List<TokenSpan> visualSpans,
-            QuantConfig quantConfig) {
+            QuantConfig quantConfig, int reservedNewTokens) {
         checkOpen();
+        if (reservedNewTokens < 0) {
+            throw new IllegalArgumentException("reservedNewTokens must be >= 0, got " + reservedNewTokens);
+        }
         if (promptTokens <= 0) {
             throw new IllegalArgumentException("a sequence needs at least one prompt token, got " + promptTokens);
         }
@@ -106,7 +120,8 @@ public final class KvCacheManager implements AutoCloseable {
             }
             ChannelQuantizer.bytesFor(quantConfig, geometry.kvHeads(), 1, geometry.headDim()); // checks bit packing
         }
-        Sequence sequence = new Sequence(this, nextId++, promptTokens, spans, spans.isEmpty() ? null : quantConfig);
+        Sequence sequence = new Sequence(this, nextId++, promptTokens, spans, spans.isEmpty() ? null : quantConfig,
+                reservedNewTokens);
         open.put(sequence.id(), sequence);
         return sequence;
     }

@@ -31,11 +31,14 @@ public final class Sequence implements AutoCloseable {
     private final List<TokenSpan> visualSpans;
     private final int visualTokens;
     private final QuantConfig quantConfig;
+    private final int reservedNewTokens;
     private final LayerCache[] layers;
     private MemoryUsage usage = MemoryUsage.ZERO;
     private State state = State.OPEN;
 
-    Sequence(KvCacheManager manager, long id, int promptTokens, List<TokenSpan> visualSpans, QuantConfig quantConfig) {
+    Sequence(KvCacheManager manager, long id, int promptTokens, List<TokenSpan> visualSpans, QuantConfig quantConfig,
+            int reservedNewTokens) {
+        this.reservedNewTokens = reservedNewTokens;
         this.manager = manager;
         this.id = id;
         this.promptTokens = promptTokens;
@@ -61,6 +64,11 @@ public final class Sequence implements AutoCloseable {
     /** The visual spans, sorted. */
     public List<TokenSpan> visualSpans() {
         return visualSpans;
+    }
+
+    /** Generated tokens each layer holds room for from the end of prefill on (appends beyond it grow the layer). */
+    public int reservedNewTokens() {
+        return reservedNewTokens;
     }
 
     /** How visual spans are quantized; null when the sequence has none. */
@@ -129,7 +137,9 @@ public final class Sequence implements AutoCloseable {
         FiniteCheck.requireFinite(what + " values", values, dtype, kvHeads, promptTokens, headDim, 0);
 
         int fullTokens = promptTokens - visualTokens;
-        int capacity = CapacityPolicy.initial(fullTokens);
+        // a reservation is exact (the service said how many tokens it generates); otherwise room for one step
+        int capacity = reservedNewTokens > 0 ? Math.addExact(fullTokens, reservedNewTokens)
+                : CapacityPolicy.initial(fullTokens);
         long fullBytes = LayerCache.fullBlockBytes(kvHeads, headDim, dtype, capacity);
         long codeBytes = 0;
         long scaleBytes = 0;

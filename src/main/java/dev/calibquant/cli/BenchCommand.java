@@ -204,12 +204,16 @@ public final class BenchCommand implements Callable<Integer> {
                 r.copyGBs(), r.kernelImage().equals("?") ? "image not recorded" : "from " + r.kernelImage(), r.kernelLoadMs());
         System.out.printf("workload: 32 q heads, 8 KV heads, D=128, %d prefix + %d visual + %d text tokens, one layer%n%n",
                 DecodeBenchmark.PREFIX, DecodeBenchmark.VISUAL, DecodeBenchmark.TEXT);
-        System.out.println("    B | 1-bit step | as graph | host/step | 1-bit floor | ×floor | fp16 step | fp16 floor | fp16/1-bit | SDPA (this run) | SDPA anchor | paper ref | ref/1-bit | quantize µs | quantize GB/s | %copy");
+        System.out.println("one decode step through DeviceKvCache / DeviceDecodeAttention; per step a service's decode() moves the"
+                + " queries and tables up in one copy and the output down in one copy (\"decode() call\": that whole call,"
+                + " waited for); \"host/step\" is the CPU time to queue a prepared step");
+        System.out.println("    B | 1-bit step | as graph | host/step | decode() call | 1-bit floor | ×floor | fp16 step | fp16 floor | fp16/1-bit | SDPA (this run) | SDPA anchor | paper ref | ref/1-bit | quantize µs | quantize GB/s | %copy");
         for (DecodeBenchmark.Row row : r.rows()) {
             double[] anchor = ANCHORS.getOrDefault(row.batch(), new double[] {Double.NaN, Double.NaN});
             Double s = sdpaUs.get(row.batch());
-            System.out.printf("%5d | %8.1f µs | %6.1f µs | %6.1f µs | %8.1f µs | %6.2f | %6.1f µs | %7.1f µs | %9.2f× | %15s | %8.1f µs | %6.0f µs | %8.0f× | %11.1f | %13.0f | %4.0f%%%n",
-                    row.batch(), row.calibQuantUs(), row.calibQuantGraphUs(), row.calibQuantHostUs(), row.oneBitFloorUs(),
+            System.out.printf("%5d | %8.1f µs | %6.1f µs | %6.1f µs | %10.1f µs | %8.1f µs | %6.2f | %6.1f µs | %7.1f µs | %9.2f× | %15s | %8.1f µs | %6.0f µs | %8.0f× | %11.1f | %13.0f | %4.0f%%%n",
+                    row.batch(), row.calibQuantUs(), row.calibQuantGraphUs(), row.calibQuantHostUs(),
+                    row.calibQuantCallUs(), row.oneBitFloorUs(),
                     row.overOneBitFloor(), row.fp16Us(),
                     row.fp16FloorUs(), row.speedupOverFp16(), s == null ? "-" : String.format("%.1f µs", s), anchor[0],
                     anchor[1], anchor[1] / row.calibQuantUs(), row.quantizeUs(), row.quantizeGBs(),
@@ -219,15 +223,15 @@ public final class BenchCommand implements Callable<Integer> {
 
     private void writeCsv(DecodeBenchmark.Report r, Map<Integer, Double> sdpaUs) throws IOException {
         try (PrintWriter w = new PrintWriter(Files.newBufferedWriter(csv))) {
-            w.println("batch,calibquant_1bit_us,one_bit_floor_us,fp16_us,fp16_floor_us,sdpa_us,sdpa_anchor_us,paper_ref_anchor_us,quantize_us,quantize_gbs,copy_gbs,calibration_mode,work_items,kernel_load_ms,ptx_target,device,calibquant_1bit_graph_us,calibquant_1bit_host_us");
+            w.println("batch,calibquant_1bit_us,one_bit_floor_us,fp16_us,fp16_floor_us,sdpa_us,sdpa_anchor_us,paper_ref_anchor_us,quantize_us,quantize_gbs,copy_gbs,calibration_mode,work_items,kernel_load_ms,ptx_target,device,calibquant_1bit_graph_us,calibquant_1bit_host_us,calibquant_1bit_call_us");
             for (DecodeBenchmark.Row row : r.rows()) {
                 double[] anchor = ANCHORS.getOrDefault(row.batch(), new double[] {Double.NaN, Double.NaN});
-                w.printf("%d,%.2f,%.2f,%.2f,%.2f,%s,%.1f,%.0f,%.2f,%.0f,%.0f,%d,%d,%.0f,%s,%s,%.2f,%.2f%n", row.batch(), row.calibQuantUs(),
+                w.printf("%d,%.2f,%.2f,%.2f,%.2f,%s,%.1f,%.0f,%.2f,%.0f,%.0f,%d,%d,%.0f,%s,%s,%.2f,%.2f,%.2f%n", row.batch(), row.calibQuantUs(),
                         row.oneBitFloorUs(), row.fp16Us(), row.fp16FloorUs(),
                         sdpaUs.containsKey(row.batch()) ? String.format("%.2f", sdpaUs.get(row.batch())) : "",
                         anchor[0], anchor[1], row.quantizeUs(), row.quantizeGBs(), r.copyGBs(), row.calibrationMode(),
                         row.workItems(), r.kernelLoadMs(), r.target(), r.device().replace(',', ' '), row.calibQuantGraphUs(),
-                        row.calibQuantHostUs());
+                        row.calibQuantHostUs(), row.calibQuantCallUs());
             }
         }
     }
@@ -244,14 +248,15 @@ public final class BenchCommand implements Callable<Integer> {
                 continue;
             }
             String[] f = line.split(",", -1);
-            if (f.length < 16 || f.length > 18) { // older records lack the graph and host columns
-                throw new IOException(file + ": expected 16 to 18 columns, found " + f.length + " in: " + line);
+            if (f.length < 16 || f.length > 19) { // older records lack the graph, host and call columns
+                throw new IOException(file + ": expected 16 to 19 columns, found " + f.length + " in: " + line);
             }
             int b = Integer.parseInt(f[0]);
             rows.add(new DecodeBenchmark.Row(b, Double.parseDouble(f[1]), Double.parseDouble(f[3]), Double.parseDouble(f[8]),
                     Double.parseDouble(f[9]), Double.parseDouble(f[4]), Double.parseDouble(f[2]), Integer.parseInt(f[11]),
                     Integer.parseInt(f[12]), f.length > 16 ? Double.parseDouble(f[16]) : Double.NaN,
-                    f.length > 17 ? Double.parseDouble(f[17]) : Double.NaN));
+                    f.length > 17 ? Double.parseDouble(f[17]) : Double.NaN,
+                    f.length > 18 ? Double.parseDouble(f[18]) : Double.NaN));
             if (!f[5].isEmpty()) {
                 sdpaUs.put(b, Double.parseDouble(f[5]));
             }

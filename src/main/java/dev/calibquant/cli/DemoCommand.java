@@ -1,9 +1,9 @@
 package dev.calibquant.cli;
 
 import dev.calibquant.cache.KvCacheManager;
-import dev.calibquant.gpu.DecodeAttentions;
+import dev.calibquant.gpu.KvCacheBackend;
 import dev.calibquant.io.SafetensorsFormatException;
-import dev.calibquant.model.DecodeAttentionFactory;
+import dev.calibquant.model.ModelConfig;
 import dev.calibquant.model.Evaluation;
 import dev.calibquant.model.KvCapture;
 import dev.calibquant.model.KvSetting;
@@ -99,8 +99,8 @@ public final class DemoCommand implements Callable<Integer> {
     @Spec
     CommandSpec spec;
 
-    /** Where GPU decode attention comes from when --gpu is given; open for the duration of call(). */
-    private DecodeAttentions gpuChooser;
+    /** Where the KV cache lives and decode attention runs; open for the duration of the evaluation. */
+    private KvCacheBackend backend;
 
     private static final class UsageException extends Exception {
         UsageException(String message) {
@@ -116,19 +116,7 @@ public final class DemoCommand implements Callable<Integer> {
 
     @Override
     public Integer call() {
-        PrintWriter err = spec.commandLine().getErr();
-        gpuChooser = device.gpu ? DecodeAttentions.choose(true) : null;
-        try {
-            if (gpuChooser != null && !gpuChooser.onGpu()) {
-                err.println("calibquant demo: --gpu: no usable GPU, decode attention runs on the CPU: "
-                        + gpuChooser.cpuReason());
-            }
-            return run();
-        } finally {
-            if (gpuChooser != null) {
-                gpuChooser.close();
-            }
-        }
+        return run();
     }
 
     private Integer run() {
@@ -141,7 +129,6 @@ public final class DemoCommand implements Callable<Integer> {
             }
             List<KvSetting> settings = table ? KvSetting.accuracyTable() : List.of(KvSetting.FP16,
                     new KvSetting(bits + "-bit CalibQuant", quantConfig()));
-            DecodeAttentionFactory attention = attention();
             SceneModel model = loadModel();
             if (capture != null) {
                 TaskSample sample = new TaskGenerator(TaskGenerator.TEST_SEED).sample(0);
@@ -152,8 +139,16 @@ public final class DemoCommand implements Callable<Integer> {
                 out.flush();
                 return 0;
             }
-            try (KvCacheManager cache = KvCacheManager.onHost(model.config().geometry(), DType.FP16)) {
-                Evaluation evaluation = new Evaluation(model, cache, attention, settings);
+            ModelConfig config = model.config();
+            // one sequence at a time (prompt and answer), with room to spare
+            long limit = 4L * 2 * 2 * config.kvHeads() * config.headDim() * config.layers()
+                    * (config.visualTokens() + 512);
+            backend = KvCacheBackend.choose(device.gpu, config.geometry(), limit);
+            try (KvCacheBackend b = backend) {
+                if (device.gpu && !b.onGpu()) {
+                    err.println("calibquant demo: --gpu: decode attention runs on the CPU: " + b.cpuReason());
+                }
+                Evaluation evaluation = new Evaluation(model, b.manager(), b::attention, settings);
                 List<Evaluation.Result> results = run(evaluation, count, err);
                 if (table) {
                     printTable(out, evaluation, count);
@@ -194,13 +189,6 @@ public final class DemoCommand implements Callable<Integer> {
             throw new UsageException(e.getMessage());
         }
         return noCalibration ? q.withCalibrate(false) : q;
-    }
-
-    private DecodeAttentionFactory attention() throws NoModelException {
-        if (!device.gpu) {
-            return DecodeAttentionFactory.cpu();
-        }
-        return gpuChooser.onGpu() ? gpuChooser::create : DecodeAttentionFactory.cpu();
     }
 
     private SceneModel loadModel() throws NoModelException {
@@ -269,7 +257,7 @@ public final class DemoCommand implements Callable<Integer> {
         out.printf(Locale.ROOT, "%s: %s.%n", scores.get(1).setting().name(), scores.get(1).setting().describe());
         out.printf(Locale.ROOT, "%d images; prefill (vision encoder, then exact attention over the prompt) %.0f ms "
                 + "per image on the CPU; decode attention on the %s.%n", count,
-                evaluation.prefillNanos() / 1e6 / count, gpuChooser != null && gpuChooser.onGpu() ? "GPU" : "CPU");
+                evaluation.prefillNanos() / 1e6 / count, backend != null && backend.onGpu() ? "GPU" : "CPU");
     }
 
     private void printTable(PrintWriter out, Evaluation evaluation, int count) {

@@ -7,7 +7,9 @@ import static dev.calibquant.gpu.DecodeBenchmark.QUERY_HEADS;
 import static dev.calibquant.gpu.DecodeBenchmark.TOKENS;
 import static dev.calibquant.gpu.DecodeBenchmark.VISUAL;
 
+import dev.calibquant.cache.KvCacheManager;
 import dev.calibquant.cache.MemoryUsage;
+import dev.calibquant.cache.Sequence;
 import dev.calibquant.cache.ModelGeometry;
 import dev.calibquant.cache.TokenSpan;
 import dev.calibquant.cuda.CudaContext;
@@ -17,6 +19,8 @@ import dev.calibquant.cuda.CudaStream;
 import dev.calibquant.cuda.DeviceBuffer;
 import dev.calibquant.kernels.CalibQuantKernels;
 import dev.calibquant.kernels.KernelCatalog;
+import dev.calibquant.quant.Calibration;
+import dev.calibquant.quant.DType;
 import dev.calibquant.quant.QuantConfig;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -29,7 +33,7 @@ import java.util.Random;
  * 3328 visual + 64 text tokens) plus {@code generatedTokens} each sequence reserves, for the fp16 cache and the
  * 1-bit cache (visual tokens at 1 bit in every layer).
  *
- * <p>The bytes of one sequence come from its cache's own accounting ({@link GpuSequence#usage()}) of one sequence
+ * <p>The bytes of one sequence come from its cache's own accounting ({@link Sequence#usage()}) of one sequence
  * allocated with every layer on this device; {@link KvBudget} turns them into the sequences that fit. One layer's
  * decode step is then timed at that batch size, each sequence holding half its generated tokens (the mean context
  * over the generation), launched from Java, median over repetitions of {@code steps} back-to-back steps (CUDA
@@ -100,9 +104,9 @@ public final class BudgetBenchmark {
             new CalibQuantKernels(catalog, HEAD_DIM, 1).preload();
             QuantConfig oneBit = QuantConfig.defaults(1);
             KvBudget.Fit fp16Fit = KvBudget.fit("fp16", budgetBytes, layers,
-                    sequenceUsage(ctx, catalog, null, layers, generatedTokens));
+                    sequenceUsage(ctx, null, layers, generatedTokens));
             KvBudget.Fit oneBitFit = KvBudget.fit("1-bit", budgetBytes, layers,
-                    sequenceUsage(ctx, catalog, oneBit, layers, generatedTokens));
+                    sequenceUsage(ctx, oneBit, layers, generatedTokens));
             BudgetBenchmark bench = new BudgetBenchmark(ctx, catalog, reps, steps);
             PathFigures fp16 = bench.measure(null, fp16Fit, generatedTokens, maxStepBatch);
             PathFigures one = bench.measure(oneBit, oneBitFit, generatedTokens, maxStepBatch);
@@ -114,25 +118,30 @@ public final class BudgetBenchmark {
     }
 
     /**
-     * What one sequence of the workload reserves over {@code layers} layers, as its cache accounts it: one sequence
-     * allocated in a cache of exactly its size on this device, then freed.
+     * What one sequence of the workload holds over {@code layers} layers, as its cache accounts it: one sequence
+     * reserving {@code generatedTokens}, filled in every layer of a device cache on this device, then freed.
      *
      * @param config the 1-bit (or 2-, 4-bit) quantization, or {@code null} for the fp16 cache
      */
-    public static MemoryUsage sequenceUsage(CudaContext ctx, KernelCatalog catalog, QuantConfig config, int layers,
-            int generatedTokens) {
+    public static MemoryUsage sequenceUsage(CudaContext ctx, QuantConfig config, int layers, int generatedTokens) {
         ModelGeometry g = new ModelGeometry(layers, QUERY_HEADS, KV_HEADS, HEAD_DIM);
-        try (GpuKvCache cache = new GpuKvCache(ctx, catalog, g, config, capacity(config, layers, generatedTokens));
-                GpuSequence s = cache.createSequence(TOKENS, VISUAL_SPANS, generatedTokens)) {
+        long fp16Layer = 2L * 2 * KV_HEADS * HEAD_DIM * (TOKENS + generatedTokens + 64L);
+        try (Arena arena = Arena.ofConfined(); DeviceKvCache cache = DeviceKvCache.open(ctx, g, layers * fp16Layer);
+                Sequence s = create(cache.manager(), config, generatedTokens)) {
+            Random random = new Random(1);
+            MemorySegment k = GpuScenario.fp16(arena, GpuScenario.normal(random, KV_HEADS, TOKENS, HEAD_DIM, 4));
+            MemorySegment v = GpuScenario.fp16(arena, GpuScenario.normal(random, KV_HEADS, TOKENS, HEAD_DIM, 0));
+            for (int l = 0; l < layers; l++) {
+                s.fill(l, k, v, DType.FP16);
+            }
             return s.usage();
         }
     }
 
-    /** Pools for {@code sequences} sequence-layers of the workload, exactly. */
-    private static GpuKvCache.Capacity capacity(QuantConfig config, long sequences, int generatedTokens) {
-        int fullRows = Math.addExact(config == null ? TOKENS : TOKENS - VISUAL, generatedTokens);
-        return new GpuKvCache.Capacity(sequences * fullRows, config == null ? 0 : sequences * VISUAL,
-                config == null ? 0 : sequences);
+    /** A sequence of the workload: its visual span quantized with {@code config}, or all fp16 for {@code null}. */
+    private static Sequence create(KvCacheManager manager, QuantConfig config, int generatedTokens) {
+        return config == null ? manager.createSequence(TOKENS, List.of(), null, generatedTokens)
+                : manager.createSequence(TOKENS, VISUAL_SPANS, config, generatedTokens);
     }
 
     private PathFigures measure(QuantConfig config, KvBudget.Fit fit, int generatedTokens, int maxStepBatch) {
@@ -158,49 +167,52 @@ public final class BudgetBenchmark {
         ModelGeometry g = new ModelGeometry(1, QUERY_HEADS, KV_HEADS, HEAD_DIM);
         // A few distinct prompts, cycled: the data does not change the work, and host time stays small.
         int templates = Math.min(batch, 4);
+        long perSequence = sequenceUsage(ctx, config, 1, generatedTokens).totalBytes() + 4096;
         try (Arena arena = Arena.ofConfined();
-                GpuKvCache cache = new GpuKvCache(ctx, catalog, g, config, capacity(config, batch, generatedTokens));
-                GpuDecodeAttention attention = new GpuDecodeAttention(cache);
+                DeviceKvCache cache = DeviceKvCache.open(ctx, g, batch * perSequence);
                 DeviceBuffer dq = ctx.allocate(2L * batch * QUERY_HEADS * HEAD_DIM);
                 DeviceBuffer out = ctx.allocate(4L * batch * QUERY_HEADS * HEAD_DIM);
                 CudaStream s = ctx.createStream(); CudaEvent e0 = ctx.createEvent(); CudaEvent e1 = ctx.createEvent()) {
+            DeviceDecodeAttention attention = cache.attention(config == null ? Calibration.OFF : config.calibration());
             List<MemorySegment[]> prompts = new ArrayList<>();
             for (int i = 0; i < templates; i++) {
                 prompts.add(new MemorySegment[] {
                     GpuScenario.fp16(arena, GpuScenario.normal(random, KV_HEADS, TOKENS, HEAD_DIM, 4)),
                     GpuScenario.fp16(arena, GpuScenario.normal(random, KV_HEADS, TOKENS, HEAD_DIM, 0))});
             }
-            List<GpuSequence> seqs = new ArrayList<>();
+            List<Sequence> seqs = new ArrayList<>();
             try {
                 for (int b = 0; b < batch; b++) {
-                    GpuSequence seq = cache.createSequence(TOKENS, VISUAL_SPANS, generatedTokens);
+                    Sequence seq = create(cache.manager(), config, generatedTokens);
                     seqs.add(seq);
                     MemorySegment[] p = prompts.get(b % templates);
-                    cache.fill(seq, 0, p[0], p[1]);
+                    seq.fill(0, p[0], p[1], DType.FP16);
                 }
                 // the mean context over the generation: half the generated tokens held
                 MemorySegment k = GpuScenario.fp16(arena, GpuScenario.normal(random, batch, KV_HEADS, HEAD_DIM, 4));
                 MemorySegment v = GpuScenario.fp16(arena, GpuScenario.normal(random, batch, KV_HEADS, HEAD_DIM, 0));
                 for (int i = 0; i < generatedTokens / 2; i++) {
-                    cache.append(seqs, 0, k, v);
+                    cache.manager().append(0, seqs, k, v, DType.FP16);
                 }
                 dq.copyFrom(GpuScenario.fp16(arena, GpuScenario.normal(random, batch, QUERY_HEADS, HEAD_DIM, 0)));
-                GpuDecodeAttention.PreparedStep step = attention.prepare(0, seqs);
-                double[] t = new double[reps];
-                for (int r = -1; r < reps; r++) {
-                    e0.record(s);
-                    for (int i = 0; i < steps; i++) {
-                        step.launch(dq, out, s);
+                try (DeviceDecodeAttention.PreparedStep step = attention.prepare(0, seqs)) {
+                    double[] t = new double[reps];
+                    for (int r = -1; r < reps; r++) {
+                        e0.record(s);
+                        for (int i = 0; i < steps; i++) {
+                            step.launch(dq, out, s);
+                        }
+                        e1.record(s);
+                        e1.synchronize();
+                        if (r >= 0) {
+                            t[r] = e1.elapsedMillisSince(e0) * 1e3 / steps;
+                        }
                     }
-                    e1.record(s);
-                    e1.synchronize();
-                    if (r >= 0) {
-                        t[r] = e1.elapsedMillisSince(e0) * 1e3 / steps;
-                    }
+                    return new double[] {DecodeBenchmark.median(t), step.info().workItems(),
+                        step.info().calibrationMode()};
                 }
-                return new double[] {DecodeBenchmark.median(t), step.workItems(), step.calibrationMode()};
             } finally {
-                seqs.forEach(GpuSequence::close);
+                seqs.forEach(Sequence::close);
             }
         }
     }

@@ -1,14 +1,18 @@
 package dev.calibquant.gpu;
 
 import dev.calibquant.cache.ModelGeometry;
+import dev.calibquant.cache.Sequence;
 import dev.calibquant.cache.TokenSpan;
 import dev.calibquant.cuda.CudaContext;
 import dev.calibquant.cuda.CudaEvent;
 import dev.calibquant.cuda.CudaStream;
 import dev.calibquant.cuda.DeviceBuffer;
 import dev.calibquant.kernels.CalibQuantKernels;
+import dev.calibquant.kernels.CalibQuantKernels.CachePointers;
 import dev.calibquant.kernels.QuantizePlan;
 import dev.calibquant.kernels.KernelCatalog;
+import dev.calibquant.quant.Calibration;
+import dev.calibquant.quant.DType;
 import dev.calibquant.quant.QuantConfig;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -54,7 +58,7 @@ public final class DecodeBenchmark {
     /** One batch size's figures; times in microseconds, bandwidth in GB/s (bytes read + written). */
     public record Row(int batch, double calibQuantUs, double fp16Us, double quantizeUs, double quantizeGBs,
             double fp16FloorUs, double oneBitFloorUs, int calibrationMode, int workItems, double calibQuantGraphUs,
-            double calibQuantHostUs) {
+            double calibQuantHostUs, double calibQuantCallUs) {
         public double speedupOverFp16() {
             return fp16Us / calibQuantUs;
         }
@@ -70,6 +74,7 @@ public final class DecodeBenchmark {
 
     private final CudaContext ctx;
     private final KernelCatalog catalog;
+    private final DeviceKvCache.KernelChoice choice;
     private final int reps;
     private final int steps;
     private final Random random = new Random(20261128);
@@ -77,6 +82,7 @@ public final class DecodeBenchmark {
     public DecodeBenchmark(CudaContext ctx, KernelCatalog catalog, int reps, int steps) {
         this.ctx = ctx;
         this.catalog = catalog;
+        this.choice = DeviceKvCache.KernelChoice.of(catalog.target(), catalog.image() == KernelCatalog.Image.PTX);
         this.reps = reps;
         this.steps = steps;
     }
@@ -133,71 +139,91 @@ public final class DecodeBenchmark {
                     + 2.0 * batch * KV_HEADS * VISUAL * 16 + 4.0 * 4 * batch * KV_HEADS * HEAD_DIM; // codes, scales
             return new Row(batch, one[0], fp16[0], quant[0], bytesQuant / (quant[0] * 1e-6) / 1e9,
                     fp16FloorBytes(batch) / (copyGBs * 1e9) * 1e6, oneBitFloorBytes(batch) / (copyGBs * 1e9) * 1e6,
-                    (int) one[1], (int) one[2], one[3], one[4]);
+                    (int) one[1], (int) one[2], one[3], one[4], one[5]);
         }
     }
 
     /**
      * {median µs per step launched from Java, calibration mode, work items, median µs per step as a CUDA graph,
      * median µs the host spends queueing one step (the launch calls alone; where it exceeds the GPU's time per step,
-     * launched steps are host-bound)}.
+     * launched steps are host-bound), median µs of one whole {@code decode} call from host memory (queries and tables
+     * up in one copy, the launch, the output down in one copy, waited for)}. Through the one device cache and decode
+     * path a service uses: {@link DeviceKvCache}, {@link DeviceDecodeAttention}.
      */
     private double[] timeCache(ModelGeometry g, QuantConfig config, int batch, List<TokenSpan> spans,
             List<MemorySegment[]> prompts, MemorySegment q) {
-        long full = (long) batch * (config == null ? TOKENS : PREFIX + TEXT) + 64L * batch;
-        try (GpuKvCache cache = new GpuKvCache(ctx, catalog, g, config,
-                new GpuKvCache.Capacity(full, (long) batch * VISUAL + 64L * batch, batch));
-                GpuDecodeAttention attention = new GpuDecodeAttention(cache);
+        long perSequence = 2L * 2 * KV_HEADS * HEAD_DIM * (TOKENS + 128) + 4096;
+        try (DeviceKvCache cache = DeviceKvCache.open(ctx, g, batch * perSequence, choice);
                 DeviceBuffer dq = ctx.allocate(q.byteSize());
                 DeviceBuffer out = ctx.allocate(4L * batch * QUERY_HEADS * HEAD_DIM);
-                CudaStream s = ctx.createStream(); CudaEvent e0 = ctx.createEvent(); CudaEvent e1 = ctx.createEvent()) {
-            List<GpuSequence> seqs = new ArrayList<>();
+                CudaStream s = ctx.createStream(); CudaEvent e0 = ctx.createEvent(); CudaEvent e1 = ctx.createEvent();
+                Arena arena = Arena.ofConfined()) {
+            DeviceDecodeAttention attention = cache.attention(config == null ? Calibration.OFF : config.calibration());
+            List<Sequence> seqs = new ArrayList<>();
             try {
                 for (int b = 0; b < batch; b++) {
-                    GpuSequence seq = cache.createSequence(TOKENS, spans, 0);
+                    Sequence seq = config == null ? cache.manager().createSequence(TOKENS)
+                            : cache.manager().createSequence(TOKENS, spans, config);
                     seqs.add(seq);
                     MemorySegment[] p = prompts.get(b % prompts.size());
-                    cache.fill(seq, 0, p[0], p[1]);
+                    seq.fill(0, p[0], p[1], DType.FP16);
                 }
                 dq.copyFrom(q);
-                GpuDecodeAttention.PreparedStep step = attention.prepare(0, seqs);
-                warmUp(() -> step.launch(dq, out, s), s);
-                double[] t = new double[reps];
-                double[] host = new double[reps];
-                for (int r = -1; r < reps; r++) {
-                    e0.record(s);
-                    long h0 = System.nanoTime();
-                    for (int i = 0; i < steps; i++) {
-                        step.launch(dq, out, s);
-                    }
-                    long h1 = System.nanoTime();
-                    e1.record(s);
-                    e1.synchronize();
-                    if (r >= 0) {
-                        t[r] = e1.elapsedMillisSince(e0) * 1e3 / steps;
-                        host[r] = (h1 - h0) / 1e3 / steps;
-                    }
-                }
-                double launched = median(t);
-                double hostUs = median(host);
-                double graphed;
-                try (var graph = ctx.captureGraph(s, () -> step.launch(dq, out, s))) {
+                try (DeviceDecodeAttention.PreparedStep step = attention.prepare(0, seqs)) {
+                    warmUp(() -> step.launch(dq, out, s), s);
+                    double[] t = new double[reps];
+                    double[] host = new double[reps];
                     for (int r = -1; r < reps; r++) {
                         e0.record(s);
+                        long h0 = System.nanoTime();
                         for (int i = 0; i < steps; i++) {
-                            graph.launch(s);
+                            step.launch(dq, out, s);
                         }
+                        long h1 = System.nanoTime();
                         e1.record(s);
                         e1.synchronize();
                         if (r >= 0) {
                             t[r] = e1.elapsedMillisSince(e0) * 1e3 / steps;
+                            host[r] = (h1 - h0) / 1e3 / steps;
                         }
                     }
-                    graphed = median(t);
+                    double launched = median(t);
+                    double hostUs = median(host);
+                    double graphed;
+                    try (var graph = ctx.captureGraph(s, () -> step.launch(dq, out, s))) {
+                        for (int r = -1; r < reps; r++) {
+                            e0.record(s);
+                            for (int i = 0; i < steps; i++) {
+                                graph.launch(s);
+                            }
+                            e1.record(s);
+                            e1.synchronize();
+                            if (r >= 0) {
+                                t[r] = e1.elapsedMillisSince(e0) * 1e3 / steps;
+                            }
+                        }
+                        graphed = median(t);
+                    }
+                    // the whole call a service makes per step and layer, host memory in and out
+                    MemorySegment hostOut = arena.allocate(4L * batch * QUERY_HEADS * HEAD_DIM);
+                    Runnable call = () -> attention.decode(0, seqs, q, DType.FP16, QUERY_HEADS, hostOut);
+                    warmUp(call, s);
+                    double[] whole = new double[reps];
+                    for (int r = -1; r < reps; r++) {
+                        long h0 = System.nanoTime();
+                        for (int i = 0; i < steps; i++) {
+                            call.run();
+                        }
+                        if (r >= 0) {
+                            whole[r] = (System.nanoTime() - h0) / 1e3 / steps;
+                        }
+                    }
+                    DecodeStepInfo info = step.info();
+                    return new double[] {launched, info.calibrationMode(), info.workItems(), graphed, hostUs,
+                        median(whole)};
                 }
-                return new double[] {launched, step.calibrationMode(), step.workItems(), graphed, hostUs};
             } finally {
-                seqs.forEach(GpuSequence::close);
+                seqs.forEach(Sequence::close);
             }
         }
     }
@@ -205,8 +231,8 @@ public final class DecodeBenchmark {
     /** {median µs} of quantizing {@code batch} visual spans (keys and values) at the end of prefill. */
     private double[] timeQuantize(int batch, MemorySegment[] prompt) {
         long promptBytes = 2L * KV_HEADS * TOKENS * HEAD_DIM;
-        long codeBytes = ParallelPool.roundUp((long) KV_HEADS * VISUAL * 16);
-        long scaleFloats = ParallelPool.roundUp((long) KV_HEADS * HEAD_DIM);
+        long codeBytes = (long) KV_HEADS * VISUAL * 16;
+        long scaleFloats = (long) KV_HEADS * HEAD_DIM;
         CalibQuantKernels kernels = new CalibQuantKernels(catalog, HEAD_DIM, 1);
         QuantConfig c = QuantConfig.defaults(1);
         try (DeviceBuffer kin = ctx.allocate(promptBytes * batch); DeviceBuffer vin = ctx.allocate(promptBytes * batch);
@@ -226,10 +252,12 @@ public final class DecodeBenchmark {
             double[] times = new double[reps];
             // the timed launch includes zeroing the plan's statistics and counters, as every launch does
             try (QuantizeScratch scratch = new QuantizeScratch(ctx, kernels.planQuantize(spans, KV_HEADS))) {
-                warmUp(() -> scratch.launch(kernels, kin, vin, kc, vc, ks, ka, vs, va, c.keyClip(), c.valueClip(), s), s);
+                warmUp(() -> scratch.launch(kernels, kin, vin, CachePointers.atStart(kin, vin, kc, vc, ks, ka, vs, va),
+                        c.keyClip(), c.valueClip(), s), s);
                 for (int r = -1; r < reps; r++) {
                     e0.record(s);
-                    scratch.launch(kernels, kin, vin, kc, vc, ks, ka, vs, va, c.keyClip(), c.valueClip(), s);
+                    scratch.launch(kernels, kin, vin, CachePointers.atStart(kin, vin, kc, vc, ks, ka, vs, va),
+                        c.keyClip(), c.valueClip(), s);
                     e1.record(s);
                     e1.synchronize();
                     if (r >= 0) {

@@ -4,6 +4,9 @@ import dev.calibquant.cache.BlockPair;
 import dev.calibquant.cache.KvCacheManager;
 import dev.calibquant.cache.KvStorage;
 import dev.calibquant.cache.LayerKvView;
+import dev.calibquant.cache.LayerPrefill;
+import dev.calibquant.cache.RowAppend;
+import dev.calibquant.cache.TokenSpan;
 import dev.calibquant.cache.ModelGeometry;
 import dev.calibquant.cache.RowCopy;
 import dev.calibquant.cache.Sequence;
@@ -12,10 +15,19 @@ import dev.calibquant.cuda.CudaContext;
 import dev.calibquant.cuda.CudaStream;
 import dev.calibquant.cuda.DeviceBuffer;
 import dev.calibquant.cuda.PinnedHostBuffer;
+import dev.calibquant.kernels.CalibQuantKernels;
+import dev.calibquant.kernels.CalibQuantKernels.CachePointers;
+import dev.calibquant.kernels.CalibQuantKernels.DevicePointer;
+import dev.calibquant.kernels.KernelCatalog;
+import dev.calibquant.kernels.QuantizePlan;
+import dev.calibquant.profiling.Nvtx;
 import dev.calibquant.quant.DType;
+import dev.calibquant.quant.Granularity;
+import dev.calibquant.quant.QuantConfig;
 import dev.calibquant.quant.QuantizedSpan;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
@@ -72,6 +84,11 @@ public final class DeviceStorage implements KvStorage {
     private final DeviceBuffer[] planes;
     private final RangeAllocator ranges;
     private final Map<MemorySegment.Scope, DeviceBlock> live = new HashMap<>();
+    /** The kernels that quantize at prefill and append a batch's rows; null: both on the host path. */
+    private final KernelCatalog catalog;
+    private final Map<Integer, CalibQuantKernels> kernels = new HashMap<>();
+    private final Nvtx.Name prefillRange = Nvtx.rangeName(Nvtx.PREFILL);
+    private Staging scratch;
     private PinnedHostBuffer staging;
     private long liveBytes;
     private boolean closed;
@@ -82,7 +99,21 @@ public final class DeviceStorage implements KvStorage {
      * @throws dev.calibquant.cuda.CudaOutOfMemoryException when the device cannot hold them; nothing is kept
      */
     public DeviceStorage(CudaContext context, long planeBytes) {
+        this(context, planeBytes, null);
+    }
+
+    /**
+     * Reserves two planes as {@link #DeviceStorage(CudaContext, long)}; with {@code catalog} (loaded in the same
+     * context, not owned) the storage quantizes visual spans at prefill on the GPU ({@code quantize_pack}) and appends a
+     * batch's rows in one launch ({@code append_token}), where the kernels handle the layout (fp16, head dim 64 or 128,
+     * per-channel 1, 2 or 4 bits); otherwise, and for other layouts, it quantizes on the CPU and uploads.
+     */
+    DeviceStorage(CudaContext context, long planeBytes, KernelCatalog catalog) {
         this.context = Objects.requireNonNull(context, "context");
+        if (catalog != null && catalog.context() != context) {
+            throw new IllegalArgumentException("the kernels are loaded in another CUDA context than the storage's");
+        }
+        this.catalog = catalog;
         if (planeBytes <= 0) {
             throw new IllegalArgumentException("device storage planes must be positive, got " + planeBytes + " bytes");
         }
@@ -108,6 +139,7 @@ public final class DeviceStorage implements KvStorage {
             throw e;
         }
         this.ranges = new RangeAllocator(plane, ALIGNMENT);
+        this.scratch = new Staging(context);
     }
 
     /**
@@ -131,23 +163,9 @@ public final class DeviceStorage implements KvStorage {
         return new DeviceStorage(context, planeBytesFor(byteLimit));
     }
 
-    /**
-     * A KV-cache manager whose bytes live on the context's device: a {@link #forLimit} storage, owned by the manager
-     * (closing the manager frees it). For GPU decode attention over it, make the storage yourself and hand it to both
-     * the manager and {@link ManagedDecodeAttention}.
-     */
-    public static KvCacheManager newManager(CudaContext context, ModelGeometry geometry, DType dtype, long byteLimit) {
-        DeviceStorage storage = forLimit(context, byteLimit);
-        try {
-            return new KvCacheManager(geometry, dtype, storage, byteLimit);
-        } catch (RuntimeException | Error e) {
-            try {
-                storage.close();
-            } catch (RuntimeException suppressed) {
-                e.addSuppressed(suppressed);
-            }
-            throw e;
-        }
+    /** A storage sized for a manager with {@code byteLimit} that quantizes and appends with {@code catalog}. */
+    static DeviceStorage forLimit(KernelCatalog catalog, long byteLimit) {
+        return new DeviceStorage(catalog.context(), planeBytesFor(byteLimit), catalog);
     }
 
     @Override
@@ -289,8 +307,198 @@ public final class DeviceStorage implements KvStorage {
                 stream.synchronizeAfter(e); // copies queued before the failure still read the staging buffer
                 throw e;
             }
+            to.version++;
             stream.synchronize(); // the staging buffer is reused by the next call
         }
+    }
+
+    /** The kernels for {@code headDim} and {@code bits}, loaded on first use; caller holds the lock. */
+    CalibQuantKernels kernels(int headDim, int bits) {
+        return kernels.computeIfAbsent(headDim * 16 + bits, key -> new CalibQuantKernels(catalog, headDim, bits));
+    }
+
+    /** Whether the shipped kernels quantize this prefill where it lies: fp16 rows, head dim 64/128, their configs. */
+    private boolean quantizesOnGpu(LayerPrefill p) {
+        if (catalog == null || p.dtype() != DType.FP16 || (p.headDim() != 64 && p.headDim() != 128)) {
+            return false;
+        }
+        QuantConfig c = p.quantConfig();
+        return p.spans().isEmpty() || (c.keyGranularity() == Granularity.PER_CHANNEL
+                && c.valueGranularity() == Granularity.PER_CHANNEL && c.bits() != 8);
+    }
+
+    /**
+     * Uploads the layer's keys and values once, copies the full-precision rows on the device, and quantizes every
+     * span on the GPU in one {@code quantize_pack} launch, straight into the spans' pairs (the layout
+     * {@link ManagedTables} reads). Layouts the kernels do not handle take the CPU quantizer and {@link #write}.
+     * Returns once the work is done (its staging buffers are reused by the next call).
+     */
+    @Override
+    public void storePrefill(LayerPrefill p) {
+        if (!quantizesOnGpu(p)) {
+            KvStorage.super.storePrefill(p);
+            return;
+        }
+        int kvh = p.kvHeads();
+        int d = p.headDim();
+        long bytes = (long) kvh * p.promptTokens() * d * 2;
+        if (p.keys().byteSize() != bytes || p.values().byteSize() != bytes) {
+            throw new IllegalArgumentException("prefill keys and values hold " + p.keys().byteSize() + " and "
+                    + p.values().byteSize() + " bytes; expected fp16 [" + kvh + "][" + p.promptTokens() + "][" + d
+                    + "] = " + bytes);
+        }
+        try (Nvtx.Range r = Nvtx.range(prefillRange)) {
+            synchronized (this) {
+                checkOpen("store a prefill");
+                DeviceBlock fullKeys = own(p.full().keys());
+                DeviceBlock fullValues = own(p.full().values());
+                long fullOffset = pairOffset(fullKeys, fullValues, "full-precision");
+                long fullBytes = (long) kvh * p.fullCapacity() * d * 2;
+                if (fullKeys.bytes < fullBytes || fullValues.bytes < fullBytes) {
+                    throw new IllegalArgumentException("full-precision blocks of " + fullKeys.bytes + " bytes cannot hold "
+                            + kvh + " heads of " + p.fullCapacity() + " rows");
+                }
+                CalibQuantKernels k = kernels(d, p.spans().isEmpty() ? 1 : p.quantConfig().bits());
+                // the plan first: it can refuse the spans, and nothing may be queued by then
+                QuantizePlan plan = null;
+                long scaleBytes = ManagedTables.scaleBytes(kvh, d);
+                if (!p.spans().isEmpty()) {
+                    List<QuantizePlan.Span> work = new ArrayList<>();
+                    for (LayerPrefill.SpanTarget t : p.spans()) {
+                        DeviceBlock keys = own(t.blocks().keys());
+                        DeviceBlock values = own(t.blocks().values());
+                        long o = pairOffset(keys, values, "visual span " + t.span());
+                        LayerPrefill.SpanPart part = LayerPrefill.spanPart(p.quantConfig(), true, kvh,
+                                t.span().length(), d);
+                        if (part.scaleBytes() != scaleBytes || keys.bytes < part.bytes() || values.bytes < part.bytes()) {
+                            throw new IllegalArgumentException("visual span " + t.span() + " blocks of " + keys.bytes
+                                    + " bytes do not hold the per-channel layout of " + part.bytes() + " bytes");
+                        }
+                        TokenSpan span = t.span();
+                        work.add(new QuantizePlan.Span(0, p.promptTokens(), span.start(), span.length(),
+                                o + 2 * scaleBytes, o / 4));
+                    }
+                    plan = k.planQuantize(work, kvh);
+                }
+                DeviceBuffer kin = scratch.device("prefill keys", bytes);
+                DeviceBuffer vin = scratch.device("prefill values", bytes);
+                kin.copyFrom(p.keys(), 0, 0, bytes);
+                vin.copyFrom(p.values(), 0, 0, bytes);
+                try {
+                    for (RowCopy rows : p.gapCopies()) {
+                        for (RowRuns.Run run : RowRuns.of(rows.sourceOffset(), rows.sourcePitch(),
+                                fullOffset + rows.targetOffset(), rows.targetPitch(), rows.rowBytes(), rows.rows())) {
+                            planes[0].copyFromAsync(kin, run.source(), run.target(), run.bytes(), stream);
+                            planes[1].copyFromAsync(vin, run.source(), run.target(), run.bytes(), stream);
+                        }
+                    }
+                    if (plan != null) {
+                        PinnedHostBuffer tab = scratch.pinned("quantize tables", plan.tableBytes());
+                        plan.writeTables(tab.segment());
+                        DeviceBuffer devTab = scratch.device("quantize tables", plan.tableBytes());
+                        devTab.copyFromAsync(tab, 0, 0, plan.tableBytes(), stream);
+                        k.quantizePack(plan, kin, vin, cachePointers(scaleBytes), devTab, 0,
+                                scratch.device("quantize scratch", plan.scratchBytes()), p.quantConfig().keyClip(),
+                                p.quantConfig().valueClip(), stream);
+                    }
+                    for (LayerPrefill.SpanTarget t : p.spans()) {
+                        own(t.blocks().keys()).version++;
+                        own(t.blocks().values()).version++;
+                    }
+                    fullKeys.version++;
+                    fullValues.version++;
+                } catch (RuntimeException | Error e) {
+                    stream.synchronizeAfter(e); // queued copies read the pinned tables the next call rewrites
+                    throw e;
+                }
+                stream.synchronize();
+            }
+        }
+    }
+
+    /**
+     * Appends the rows in one upload (keys, values and the kernel's table together, through pinned memory) and one
+     * {@code append_token} launch; other layouts, or a storage without kernels, write them one by one.
+     */
+    @Override
+    public void appendRows(MemorySegment keys, MemorySegment values, int kvHeads, long rowBytes,
+            List<RowAppend> appends) {
+        int d = (int) (rowBytes / 2);
+        if (catalog == null || (rowBytes != 128 && rowBytes != 256)) {
+            KvStorage.super.appendRows(keys, values, kvHeads, rowBytes, appends);
+            return;
+        }
+        int n = appends.size();
+        long itemBytes = kvHeads * rowBytes;
+        long bytes = n * itemBytes;
+        if (keys.byteSize() != bytes || values.byteSize() != bytes) {
+            throw new IllegalArgumentException("appended keys and values hold " + keys.byteSize() + " and "
+                    + values.byteSize() + " bytes; expected " + n + " × " + kvHeads + " rows of " + rowBytes + " bytes");
+        }
+        if (n == 0) {
+            return;
+        }
+        long tableBytes = 8L * CalibQuantKernels.SEQ_COLS * n;
+        synchronized (this) {
+            checkOpen("append rows");
+            long[] offsets = new long[n];
+            for (int i = 0; i < n; i++) {
+                RowAppend a = appends.get(i);
+                DeviceBlock k = own(a.full().keys());
+                DeviceBlock v = own(a.full().values());
+                offsets[i] = pairOffset(k, v, "full-precision");
+                if (k.bytes < kvHeads * a.capacity() * rowBytes || v.bytes < kvHeads * a.capacity() * rowBytes) {
+                    throw new IllegalArgumentException("full-precision blocks of " + k.bytes + " bytes cannot hold "
+                            + kvHeads + " heads of " + a.capacity() + " rows of " + rowBytes + " bytes");
+                }
+            }
+            CalibQuantKernels kernels = kernels(d, 1);
+            PinnedHostBuffer stage = scratch.pinned("append", 2 * bytes + tableBytes);
+            MemorySegment host = stage.segment();
+            MemorySegment.copy(keys, 0, host, 0, bytes);
+            MemorySegment.copy(values, 0, host, bytes, bytes);
+            for (int i = 0; i < n; i++) {
+                RowAppend a = appends.get(i);
+                long base = 2 * bytes + 8L * CalibQuantKernels.SEQ_COLS * i;
+                host.set(ValueLayout.JAVA_LONG_UNALIGNED, base, offsets[i] / 2);
+                host.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 8, a.row());
+                host.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 16, a.capacity());
+                for (int c = 3; c < CalibQuantKernels.SEQ_COLS; c++) {
+                    host.set(ValueLayout.JAVA_LONG_UNALIGNED, base + 8L * c, 0);
+                }
+            }
+            DeviceBuffer dev = scratch.device("append", 2 * bytes + tableBytes);
+            try {
+                dev.copyFromAsync(stage, 0, 0, 2 * bytes + tableBytes, stream);
+                kernels.appendToken(planes[0], planes[1], new DevicePointer(dev, 0), new DevicePointer(dev, bytes),
+                        new DevicePointer(dev, 2 * bytes), n, kvHeads, stream);
+                for (RowAppend a : appends) {
+                    own(a.full().keys()).version++;
+                    own(a.full().values()).version++;
+                }
+            } catch (RuntimeException | Error e) {
+                stream.synchronizeAfter(e); // the queued upload reads the pinned stage the next call rewrites
+                throw e;
+            }
+            stream.synchronize();
+        }
+    }
+
+    /** The decode and quantize kernels' eight cache bases over the planes (see {@link ManagedTables}). */
+    CachePointers cachePointers(long scaleBytes) {
+        DevicePointer keys = new DevicePointer(planes[0], 0);
+        DevicePointer values = new DevicePointer(planes[1], 0);
+        return new CachePointers(keys, values, keys, values, keys, new DevicePointer(planes[0], scaleBytes), values,
+                new DevicePointer(planes[1], scaleBytes));
+    }
+
+    /** The offset a pair's key block (plane 0) and value block (plane 1) share. */
+    private static long pairOffset(DeviceBlock keys, DeviceBlock values, String what) {
+        if (keys.plane != 0 || values.plane != 1 || keys.range != values.range) {
+            throw new IllegalArgumentException(what + " blocks " + keys.label + " and " + values.label
+                    + " are not one pair of this storage");
+        }
+        return keys.range.offset;
     }
 
     @Override
@@ -312,6 +520,7 @@ public final class DeviceStorage implements KvStorage {
                     to.range.offset + copy.targetOffset(), copy.targetPitch(), copy.rowBytes(), copy.rows())) {
                 planes[to.plane].copyFromAsync(planes[from.plane], run.source(), run.target(), run.bytes(), stream);
             }
+            to.version++;
         }
     }
 
@@ -355,6 +564,27 @@ public final class DeviceStorage implements KvStorage {
                     + block.label);
         }
         return new Placement(block.plane, block.range.offset + inBlock);
+    }
+
+    /** The write count of the live block {@code segment} lies in; caller holds the lock. */
+    long version(MemorySegment segment) {
+        DeviceBlock block = live.get(segment.scope());
+        if (block == null) {
+            throw new IllegalArgumentException("a segment of " + segment.byteSize() + " bytes is not in a live block of "
+                    + "device storage " + name);
+        }
+        return block.version;
+    }
+
+    /** Whether every segment still lies in a live block written {@code versions[i]} times; caller holds the lock. */
+    boolean unchanged(List<MemorySegment> segments, long[] versions) {
+        for (int i = 0; i < versions.length; i++) {
+            DeviceBlock block = live.get(segments.get(i).scope());
+            if (block == null || block.version != versions[i]) {
+                return false;
+            }
+        }
+        return true;
     }
 
     /**
@@ -468,6 +698,7 @@ public final class DeviceStorage implements KvStorage {
             failure = e;
         }
         List<AutoCloseable> owned = new ArrayList<>();
+        owned.add(scratch);
         if (staging != null) {
             owned.add(staging);
         }
@@ -523,6 +754,8 @@ public final class DeviceStorage implements KvStorage {
         private final long address;
         private final MemorySegment handle;
         private boolean open = true; // guarded by the storage's lock
+        /** Counts writes into the block, so a prepared decode step can tell that its tables went stale. */
+        private long version; // guarded by the storage's lock
 
         DeviceBlock(String label, int plane, Range range, long bytes) {
             this.label = label;

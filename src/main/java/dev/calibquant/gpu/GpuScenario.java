@@ -1,7 +1,9 @@
 package dev.calibquant.gpu;
 
 import dev.calibquant.attention.ReferenceAttention;
+import dev.calibquant.cache.KvCacheManager;
 import dev.calibquant.cache.LayerKvView;
+import dev.calibquant.cache.Sequence;
 import dev.calibquant.cache.ModelGeometry;
 import dev.calibquant.cache.TokenSpan;
 import dev.calibquant.cuda.CudaContext;
@@ -23,7 +25,7 @@ import java.util.Random;
 
 /**
  * One end-to-end check of the GPU path on fresh random data: prompts with visual spans are filled into a
- * {@link GpuKvCache} (GPU quantization), tokens are appended, and one decode step runs with its output poisoned
+ * {@link DeviceKvCache} (GPU quantization), tokens are appended, and one decode step runs with its output poisoned
  * first. Then everything is compared with the CPU: the full-precision rows bit for bit, codes and scales against
  * {@link ChannelQuantizer}, the attention output against {@link ReferenceAttention} (double precision) on the GPU's
  * own quantized data, within {@link GpuVerification}'s tolerances.
@@ -73,7 +75,8 @@ public final class GpuScenario {
     /**
      * {@link #run(CudaContext, KernelCatalog, Case, Random)}, showing {@code observer} what the GPU produced;
      * {@code oneLaunch} off keeps calibrated steps on modes 1 and 2 (see
-     * {@link GpuDecodeAttention#oneLaunchCalibration}).
+     * {@link DeviceDecodeAttention#oneLaunchCalibration}). The cache loads the same kernel target and image as
+     * {@code catalog}.
      */
     public static Result run(CudaContext ctx, KernelCatalog catalog, Case c, Random random,
             java.util.function.Consumer<Observed> observer, boolean oneLaunch) {
@@ -81,95 +84,91 @@ public final class GpuScenario {
                 : QuantConfig.defaults(c.bits()).withCalibrate(c.calibrate()).withPolicy(c.policy());
         ModelGeometry g = new ModelGeometry(1, c.kvHeads() * c.group(), c.kvHeads(), c.headDim());
         List<Prompt> prompts = new ArrayList<>();
-        long fullTokens = 0;
-        long visualTokens = 0;
-        long spans = 0;
+        long bytes = 0;
         for (int b = 0; b < c.batch(); b++) {
             Prompt p = randomPrompt(c, random);
             prompts.add(p);
-            fullTokens += p.tokens() + c.appends();
-            visualTokens += p.spans().stream().mapToInt(TokenSpan::length).sum();
-            spans += p.spans().size();
+            bytes += 2L * 2 * c.kvHeads() * c.headDim() * (p.tokens() + c.appends() + 64) + (64L << 10);
         }
-        try (Arena arena = Arena.ofConfined();
-                GpuKvCache cache = new GpuKvCache(ctx, catalog, g, config,
-                        new GpuKvCache.Capacity(fullTokens + 64L * c.batch(), visualTokens + 64L * spans, spans));
-                GpuDecodeAttention attention = new GpuDecodeAttention(cache)) {
+        DeviceKvCache.KernelChoice choice = DeviceKvCache.KernelChoice.of(catalog.target(),
+                catalog.image() == KernelCatalog.Image.PTX);
+        try (Arena arena = Arena.ofConfined(); DeviceKvCache cache = DeviceKvCache.open(ctx, g, 4 * bytes, choice)) {
+            DeviceDecodeAttention attention = cache.attention(config == null ? Calibration.OFF : config.calibration());
             attention.oneLaunchCalibration(oneLaunch);
-            List<GpuSequence> seqs = new ArrayList<>();
+            List<Sequence> seqs = new ArrayList<>();
             try {
                 return check(arena, cache, attention, seqs, prompts, config, g, c, random, observer);
             } finally {
-                seqs.forEach(GpuSequence::close);
+                seqs.forEach(Sequence::close);
             }
         }
     }
 
-    private static Result check(Arena arena, GpuKvCache cache, GpuDecodeAttention attention, List<GpuSequence> seqs,
+    private static Result check(Arena arena, DeviceKvCache cache, DeviceDecodeAttention attention, List<Sequence> seqs,
             List<Prompt> prompts, QuantConfig config, ModelGeometry g, Case c, Random random,
             java.util.function.Consumer<Observed> observer) {
-        {
-            for (Prompt p : prompts) {
-                GpuSequence s = cache.createSequence(p.tokens(), p.spans(), c.appends());
-                seqs.add(s);
-                cache.fill(s, 0, fp16(arena, p.keys()), fp16(arena, p.values()));
-            }
-            List<float[][]> appended = new ArrayList<>();
-            for (int step = 0; step < c.appends(); step++) {
-                float[] k = normal(random, c.batch(), c.kvHeads(), c.headDim(), 4);
-                float[] v = normal(random, c.batch(), c.kvHeads(), c.headDim(), 0);
-                cache.append(seqs, 0, fp16(arena, k), fp16(arena, v));
-                appended.add(new float[][] {k, v});
-            }
-            double worstUlps = 0;
-            List<LayerKvView> views = new ArrayList<>();
-            for (int b = 0; b < c.batch(); b++) {
-                LayerKvView view = GpuVerification.download(arena, cache, seqs.get(b), 0);
-                String bad = checkFullPrecisionRows(view, prompts.get(b), appended, b, c, config != null);
-                if (bad == null && config != null) {
-                    for (int i = 0; i < prompts.get(b).spans().size() && bad == null; i++) {
-                        double[] ulps = {0};
-                        bad = checkQuantizer(arena, view.visualSpans().get(i), prompts.get(b), i, config, c, ulps);
-                        worstUlps = Math.max(worstUlps, ulps[0]);
-                    }
-                }
-                if (bad != null) {
-                    return new Result(false, Double.NaN, worstUlps, "sequence " + b + ": " + bad, 0, -1);
-                }
-                views.add(view);
-            }
-            float[] qf = normal(random, c.batch(), g.queryHeads(), c.headDim(), 0);
-            MemorySegment q = fp16(arena, qf);
-            MemorySegment gpuOut = arena.allocate(4L * c.batch() * g.queryHeads() * c.headDim());
-            attention.poisonOutputs(true);
-            attention.decode(0, seqs, q, gpuOut);
-            GpuDecodeAttention.PreparedStep step = attention.prepare(0, seqs);
-            observer.accept(new Observed(prompts, appended, qf, views, gpuOut, step.workItems(), step.calibrationMode(),
-                    cache.kernels().decodeBlock()));
-            MemorySegment cpuOut = arena.allocate(gpuOut.byteSize());
-            new ReferenceAttention(config == null ? Calibration.OFF : config.calibration())
-                    .decode(views, q, DType.FP16, g.queryHeads(), cpuOut);
-            double worst = 0;
-            int d = c.headDim();
-            for (int b = 0; b < c.batch(); b++) {
-                for (int h = 0; h < g.queryHeads(); h++) {
-                    int row = (b * g.queryHeads() + h) * d;
-                    double tol = GpuVerification.attentionTolerance(Arrays.copyOfRange(qf, row, row + d), views.get(b),
-                            step.workItems(), cache.kernels().decodeBlock());
-                    for (int j = 0; j < d; j++) {
-                        float gv = gpuOut.getAtIndex(ValueLayout.JAVA_FLOAT, row + j);
-                        float cv = cpuOut.getAtIndex(ValueLayout.JAVA_FLOAT, row + j);
-                        double ratio = Math.abs(gv - cv) / tol;
-                        if (!Float.isFinite(gv) || ratio > 1) {
-                            return new Result(false, ratio, worstUlps, "out[" + b + "][" + h + "][" + j + "] GPU " + gv
-                                    + " CPU " + cv + " tolerance " + tol, step.workItems(), step.calibrationMode());
-                        }
-                        worst = Math.max(worst, ratio);
-                    }
-                }
-            }
-            return new Result(true, worst, worstUlps, null, step.workItems(), step.calibrationMode());
+        KvCacheManager manager = cache.manager();
+        for (Prompt p : prompts) {
+            Sequence s = config == null ? manager.createSequence(p.tokens())
+                    : manager.createSequence(p.tokens(), p.spans(), config);
+            seqs.add(s);
+            s.fill(0, fp16(arena, p.keys()), fp16(arena, p.values()), DType.FP16);
         }
+        List<float[][]> appended = new ArrayList<>();
+        for (int step = 0; step < c.appends(); step++) {
+            float[] k = normal(random, c.batch(), c.kvHeads(), c.headDim(), 4);
+            float[] v = normal(random, c.batch(), c.kvHeads(), c.headDim(), 0);
+            manager.append(0, seqs, fp16(arena, k), fp16(arena, v), DType.FP16);
+            appended.add(new float[][] {k, v});
+        }
+        double worstUlps = 0;
+        List<LayerKvView> views = new ArrayList<>();
+        for (int b = 0; b < c.batch(); b++) {
+            LayerKvView view = cache.download(seqs.get(b), 0, arena);
+            String bad = checkFullPrecisionRows(view, prompts.get(b), appended, b, c, config != null);
+            if (bad == null && config != null) {
+                for (int i = 0; i < prompts.get(b).spans().size() && bad == null; i++) {
+                    double[] ulps = {0};
+                    bad = checkQuantizer(arena, view.visualSpans().get(i), prompts.get(b), i, config, c, ulps);
+                    worstUlps = Math.max(worstUlps, ulps[0]);
+                }
+            }
+            if (bad != null) {
+                return new Result(false, Double.NaN, worstUlps, "sequence " + b + ": " + bad, 0, -1);
+            }
+            views.add(view);
+        }
+        float[] qf = normal(random, c.batch(), g.queryHeads(), c.headDim(), 0);
+        MemorySegment q = fp16(arena, qf);
+        MemorySegment gpuOut = arena.allocate(4L * c.batch() * g.queryHeads() * c.headDim());
+        attention.poisonOutputs(true);
+        attention.decode(0, seqs, q, DType.FP16, g.queryHeads(), gpuOut);
+        DecodeStepInfo step = attention.lastStep();
+        observer.accept(new Observed(prompts, appended, qf, views, gpuOut, step.workItems(), step.calibrationMode(),
+                step.tokenBlock()));
+        MemorySegment cpuOut = arena.allocate(gpuOut.byteSize());
+        new ReferenceAttention(config == null ? Calibration.OFF : config.calibration())
+                .decode(views, q, DType.FP16, g.queryHeads(), cpuOut);
+        double worst = 0;
+        int d = c.headDim();
+        for (int b = 0; b < c.batch(); b++) {
+            for (int h = 0; h < g.queryHeads(); h++) {
+                int row = (b * g.queryHeads() + h) * d;
+                double tol = DecodeErrorBound.attentionTolerance(Arrays.copyOfRange(qf, row, row + d), views.get(b),
+                        step);
+                for (int j = 0; j < d; j++) {
+                    float gv = gpuOut.getAtIndex(ValueLayout.JAVA_FLOAT, row + j);
+                    float cv = cpuOut.getAtIndex(ValueLayout.JAVA_FLOAT, row + j);
+                    double ratio = Math.abs(gv - cv) / tol;
+                    if (!Float.isFinite(gv) || ratio > 1) {
+                        return new Result(false, ratio, worstUlps, "out[" + b + "][" + h + "][" + j + "] GPU " + gv
+                                + " CPU " + cv + " tolerance " + tol, step.workItems(), step.calibrationMode());
+                    }
+                    worst = Math.max(worst, ratio);
+                }
+            }
+        }
+        return new Result(true, worst, worstUlps, null, step.workItems(), step.calibrationMode());
     }
 
     private static Prompt randomPrompt(Case c, Random random) {

@@ -4,6 +4,7 @@ import dev.calibquant.cuda.CudaContext;
 import dev.calibquant.cuda.CudaStream;
 import dev.calibquant.cuda.DeviceBuffer;
 import dev.calibquant.kernels.CalibQuantKernels;
+import dev.calibquant.kernels.CalibQuantKernels.CachePointers;
 import dev.calibquant.kernels.QuantizePlan;
 import dev.calibquant.kernels.KernelCatalog;
 import dev.calibquant.kernels.KernelManifest;
@@ -72,10 +73,10 @@ final class QuantizePackCheck implements KernelCheck {
         long codeBytes = 0;
         for (int i = 0; i < spans; i++) {
             codeOff[i] = codeBytes;
-            codeBytes += ParallelPool.roundUp((long) kvh * lengths[i] * d);
-            scaleOff[i] = (long) i * ParallelPool.roundUp((long) kvh * d);
+            codeBytes += roundUp16((long) kvh * lengths[i] * d);
+            scaleOff[i] = (long) i * roundUp16((long) kvh * d);
         }
-        long scaleFloats = spans * ParallelPool.roundUp((long) kvh * d);
+        long scaleFloats = spans * roundUp16((long) kvh * d);
         try (Arena arena = Arena.ofConfined(); CudaStream stream = ctx.createStream();
                 DeviceBuffer kin = ctx.allocate(2L * k.length); DeviceBuffer vin = ctx.allocate(2L * v.length);
                 DeviceBuffer kc = ctx.allocate(codeBytes); DeviceBuffer vc = ctx.allocate(codeBytes);
@@ -90,7 +91,8 @@ final class QuantizePackCheck implements KernelCheck {
             for (DeviceBuffer b : new DeviceBuffer[] {ks, ka, vs, va}) {
                 b.fill32(Float.floatToRawIntBits(Float.NaN), 0, scaleFloats);
             }
-            scratch.launch(kernels, kin, vin, kc, vc, ks, ka, vs, va, config.keyClip(), config.valueClip(), stream);
+            scratch.launch(kernels, kin, vin, CachePointers.atStart(kin, vin, kc, vc, ks, ka, vs, va), config.keyClip(),
+                    config.valueClip(), stream);
             stream.synchronize();
             List<MemorySegment[]> codes = new ArrayList<>();
             List<MemorySegment[]> scales = new ArrayList<>();
@@ -155,5 +157,10 @@ final class QuantizePackCheck implements KernelCheck {
                     scaleOff[i]));
         }
         return work;
+    }
+
+    /** Offsets in the kernels' tables are multiples of 16 elements. */
+    private static long roundUp16(long elements) {
+        return Math.ceilDiv(elements, 16) * 16;
     }
 }

@@ -4,13 +4,14 @@ import dev.calibquant.cuda.CudaContext;
 import dev.calibquant.cuda.CudaStream;
 import dev.calibquant.cuda.DeviceBuffer;
 import dev.calibquant.kernels.CalibQuantKernels;
+import dev.calibquant.kernels.CalibQuantKernels.CachePointers;
 import dev.calibquant.kernels.QuantizePlan;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 
 /**
  * One {@link QuantizePlan}'s tables and scratch in device memory, for launching it more than once on buffers the
- * caller owns (checks, benchmarks). {@link GpuKvCache} keeps its own in its staging buffers instead.
+ * caller owns (checks, benchmarks). {@link DeviceStorage} keeps its own in its scratch buffers instead.
  */
 final class QuantizeScratch implements AutoCloseable {
     private final QuantizePlan plan;
@@ -43,11 +44,9 @@ final class QuantizeScratch implements AutoCloseable {
     }
 
     /** Quantizes the plan's spans of {@code kin}/{@code vin} into the code and scale buffers, on {@code stream}. */
-    void launch(CalibQuantKernels kernels, DeviceBuffer kin, DeviceBuffer vin, DeviceBuffer kcode, DeviceBuffer vcode,
-            DeviceBuffer ksig, DeviceBuffer kalp, DeviceBuffer vsig, DeviceBuffer valp, float clipK, float clipV,
-            CudaStream stream) {
-        kernels.quantizePack(plan, kin, vin, kcode, vcode, ksig, kalp, vsig, valp, tables, 0, scratch, clipK, clipV,
-                stream);
+    void launch(CalibQuantKernels kernels, DeviceBuffer kin, DeviceBuffer vin, CachePointers out, float clipK,
+            float clipV, CudaStream stream) {
+        kernels.quantizePack(plan, kin, vin, out, tables, 0, scratch, clipK, clipV, stream);
     }
 
     @Override

@@ -230,7 +230,7 @@ public final class RegressionScenarios implements CaseRunner {
         for (int b = 0; b < c.batch(); b++) {
             for (int h = 0; h < hq; h++) {
                 int row = (b * hq + h) * d;
-                double t = GpuVerification.attentionTolerance(Arrays.copyOfRange(o.queries(), row, row + d),
+                double t = DecodeErrorBound.attentionTolerance(Arrays.copyOfRange(o.queries(), row, row + d),
                         o.views().get(b), o.workItems(), o.block());
                 for (int j = 0; j < d; j++) {
                     values[row + j] = o.gpuOut().getAtIndex(ValueLayout.JAVA_FLOAT, row + j);

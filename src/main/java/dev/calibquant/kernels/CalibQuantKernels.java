@@ -216,25 +216,36 @@ public final class CalibQuantKernels {
      * least {@link QuantizePlan#scratchBytes()}, zeroed here on {@code stream} (one memset) before the launch. Every
      * buffer size is checked first.
      */
-    public void quantizePack(QuantizePlan plan, DeviceBuffer kin, DeviceBuffer vin, DeviceBuffer kcode,
-            DeviceBuffer vcode, DeviceBuffer ksig, DeviceBuffer kalp, DeviceBuffer vsig, DeviceBuffer valp,
+    public void quantizePack(QuantizePlan plan, DeviceBuffer kin, DeviceBuffer vin, CachePointers cache,
             DeviceBuffer tables, long tableOffset, DeviceBuffer scratch, float clipK, float clipV, CudaStream stream) {
         Kernel k = quantizePack();
         plan.requireGeometry(headDim, bits);
-        plan.requireWithin(Math.min(kin.byteSize(), vin.byteSize()) / 2, Math.min(kcode.byteSize(), vcode.byteSize()),
-                Math.min(Math.min(ksig.byteSize(), kalp.byteSize()), Math.min(vsig.byteSize(), valp.byteSize())) / 4);
+        plan.requireWithin(Math.min(kin.byteSize(), vin.byteSize()) / 2,
+                Math.min(bytesFrom(cache.kcode()), bytesFrom(cache.vcode())),
+                Math.min(Math.min(bytesFrom(cache.ksig()), bytesFrom(cache.kalp())),
+                        Math.min(bytesFrom(cache.vsig()), bytesFrom(cache.valp()))) / 4);
         requireBytes("quantize tables", tables, tableOffset, plan.tableBytes());
         requireBytes("quantize scratch", scratch, 0, plan.scratchBytes());
         if (tableOffset % 16 != 0) {
             throw new IllegalArgumentException("quantize table offset " + tableOffset + " is not 16-byte aligned");
         }
         scratch.fillAsync((byte) 0, 0, plan.scratchBytes(), stream);
-        k.args().pointer(kin).pointer(vin).pointer(kcode).pointer(vcode)
-                .pointer(ksig).pointer(kalp).pointer(vsig).pointer(valp)
+        k.args().pointer(kin).pointer(vin)
+                .pointer(cache.kcode().buffer(), cache.kcode().offset())
+                .pointer(cache.vcode().buffer(), cache.vcode().offset())
+                .pointer(cache.ksig().buffer(), cache.ksig().offset())
+                .pointer(cache.kalp().buffer(), cache.kalp().offset())
+                .pointer(cache.vsig().buffer(), cache.vsig().offset())
+                .pointer(cache.valp().buffer(), cache.valp().offset())
                 .pointer(tables, tableOffset).pointer(tables, tableOffset + plan.chunkTableOffset())
                 .pointer(scratch, plan.statsOffset()).pointer(scratch).f32(clipK).f32(clipV)
                 .i32(plan.kvHeads()).i32(plan.tilesPerProgram())
                 .launch(plan.programs(), 1, 1, stream);
+    }
+
+    /** Bytes of a pointer's buffer from its offset on. */
+    private static long bytesFrom(DevicePointer p) {
+        return Math.max(0, p.buffer().byteSize() - p.offset());
     }
 
     private static void requireBytes(String what, DeviceBuffer buffer, long offset, long bytes) {
@@ -244,10 +255,19 @@ public final class CalibQuantKernels {
         }
     }
 
-    /** Writes row {@code fp_len} of every sequence of {@code seq_tab} from {@code knew}/{@code vnew} [B][KVH][D]. */
-    public void appendToken(DeviceBuffer kfp, DeviceBuffer vfp, DeviceBuffer knew, DeviceBuffer vnew,
-            DeviceBuffer tables, long seqOffset, int sequences, int kvHeads, CudaStream stream) {
-        append().args().pointer(kfp).pointer(vfp).pointer(knew).pointer(vnew).pointer(tables, seqOffset).i32(kvHeads)
+    /**
+     * Writes row {@code fp_len} of every sequence of the {@code seq_tab} rows at {@code seqTable} from {@code knew} /
+     * {@code vnew}, each {@code [sequences][kvHeads][headDim]} fp16.
+     */
+    public void appendToken(DeviceBuffer kfp, DeviceBuffer vfp, DevicePointer knew, DevicePointer vnew,
+            DevicePointer seqTable, int sequences, int kvHeads, CudaStream stream) {
+        long rows = 2L * sequences * kvHeads * headDim;
+        if (bytesFrom(knew) < rows || bytesFrom(vnew) < rows || bytesFrom(seqTable) < 8L * SEQ_COLS * sequences) {
+            throw new IllegalArgumentException("append of " + sequences + " sequences × " + kvHeads + " heads needs "
+                    + rows + " bytes of keys and of values and " + 8L * SEQ_COLS * sequences + " of table");
+        }
+        append().args().pointer(kfp).pointer(vfp).pointer(knew.buffer(), knew.offset())
+                .pointer(vnew.buffer(), vnew.offset()).pointer(seqTable.buffer(), seqTable.offset()).i32(kvHeads)
                 .launch(sequences, kvHeads, 1, stream);
     }
 

@@ -92,6 +92,11 @@ public final class KernelCatalog implements AutoCloseable {
         return major >= 8 ? Optional.of(AMPERE) : Optional.empty();
     }
 
+    /** Which image this catalog loads where both ship. */
+    public Image image() {
+        return image;
+    }
+
     public String target() {
         return target;
     }

@@ -85,10 +85,14 @@ class DemoCommandTest {
     void gpuRunsOnTheGpuOrSaysWhyItRunsOnTheCpu() throws Exception {
         Result r = run("--weights", tinyWeights(), "--gpu", "--images", "1", "--no-png", "--no-progress");
         assertThat(r.exitCode()).as(r.err()).isZero();
-        if (Cuda.isAvailable()) {
-            assertThat(r.out()).contains("decode attention on the GPU");
+        if (r.out().contains("decode attention on the GPU")) {
+            assertThat(Cuda.isAvailable()).isTrue();
+            assertThat(r.err()).doesNotContain("runs on the CPU");
         } else {
-            assertThat(r.err()).contains("no usable GPU, decode attention runs on the CPU", Cuda.availability().reason());
+            // no GPU here, or the tiny test model's shape is one the shipped kernels do not take: said, not hidden
+            String why = Cuda.isAvailable() ? "the GPU kernels are compiled for head dim 64 and 128"
+                    : Cuda.availability().reason();
+            assertThat(r.err()).contains("--gpu: decode attention runs on the CPU: ", why);
             assertThat(r.out()).contains("decode attention on the CPU");
         }
     }

@@ -4,11 +4,15 @@ import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import dev.calibquant.cache.MemoryUsage;
+import dev.calibquant.cache.Sequence;
 import dev.calibquant.cache.ModelGeometry;
 import dev.calibquant.cache.TokenSpan;
+import dev.calibquant.quant.DType;
 import dev.calibquant.quant.QuantConfig;
 import dev.calibquant.testing.GpuFixture;
 import dev.calibquant.testing.GpuTest;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
 import java.util.List;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.extension.RegisterExtension;
@@ -25,23 +29,30 @@ class BudgetBenchmarkGpuTest {
         for (int generated : new int[] {0, 256, odd}) {
             for (boolean oneBit : new boolean[] {false, true}) {
                 QuantConfig config = oneBit ? QuantConfig.defaults(1) : null;
-                MemoryUsage usage = BudgetBenchmark.sequenceUsage(gpu.context(), gpu.catalog(), config, 32, generated);
+                MemoryUsage usage = BudgetBenchmark.sequenceUsage(gpu.context(), config, 32, generated);
                 assertThat(usage).as("seed %d, %d generated, %s", gpu.seed(), generated, oneBit ? "1-bit" : "fp16")
                         .isEqualTo(BudgetFormula.sequence(oneBit, 32, generated));
             }
         }
     }
 
-    /** What the pools hand out for a sequence is what its usage says: the accounting is the allocation. */
+    /** What the device storage hands out for a sequence is what its usage says, up to the 64-byte block rounding. */
     @Test
-    void theAccountingIsWhatThePoolsHandOut() {
-        int generated = gpu.random().nextInt(300);
+    void theAccountingIsWhatTheStorageHandsOut() {
+        int generated = 1 + gpu.random().nextInt(300);
         ModelGeometry g = new ModelGeometry(3, 32, 8, 128);
-        try (GpuKvCache cache = new GpuKvCache(gpu.context(), gpu.catalog(), g, QuantConfig.defaults(1),
-                        new GpuKvCache.Capacity(10_000, 20_000, 10));
-                GpuSequence s = cache.createSequence(3433, List.of(new TokenSpan(41, 3369)), generated)) {
-            long handedOut = cache.fullPool().usedBytes() + cache.codePool().usedBytes() + cache.scalePool().usedBytes();
-            assertThat(s.usage().totalBytes()).as("seed %d, %d generated", gpu.seed(), generated).isEqualTo(handedOut);
+        try (Arena arena = Arena.ofConfined(); DeviceKvCache cache = DeviceKvCache.open(gpu.context(), g, 1L << 28);
+                Sequence s = cache.manager().createSequence(3433, List.of(new TokenSpan(41, 3369)),
+                        QuantConfig.defaults(1), generated)) {
+            MemorySegment k = GpuScenario.fp16(arena, GpuScenario.normal(gpu.random(), 8, 3433, 128, 4));
+            for (int l = 0; l < 3; l++) {
+                s.fill(l, k, k, DType.FP16);
+            }
+            long handedOut = cache.usedDeviceBytes();
+            long blocks = 3 * 4; // per layer: the full-precision pair and the span's pair
+            assertThat(s.usage().totalBytes()).as("seed %d, %d generated", gpu.seed(), generated)
+                    .isLessThanOrEqualTo(handedOut).isGreaterThan(handedOut - 64 * blocks);
+            assertThat(s.usage()).isEqualTo(BudgetFormula.sequence(true, 3, generated));
         }
     }
 

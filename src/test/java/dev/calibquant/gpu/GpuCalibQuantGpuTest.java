@@ -4,7 +4,9 @@ import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import dev.calibquant.cache.CacheMemoryLimitException;
+import dev.calibquant.cache.KvCacheManager;
 import dev.calibquant.cache.ModelGeometry;
+import dev.calibquant.cache.Sequence;
 import dev.calibquant.cache.TokenSpan;
 import dev.calibquant.kernels.KernelCatalog;
 import dev.calibquant.quant.CalibrationPolicy;
@@ -81,43 +83,50 @@ class GpuCalibQuantGpuTest {
     @Test
     void badInputIsRejectedBeforeTheGpuSeesIt() {
         ModelGeometry g = new ModelGeometry(2, 8, 2, 128);
-        try (Arena arena = Arena.ofConfined();
-                GpuKvCache cache = new GpuKvCache(gpu.context(), gpu.catalog(), g, QuantConfig.defaults(1),
-                        new GpuKvCache.Capacity(200, 200, 4));
-                GpuDecodeAttention attention = new GpuDecodeAttention(cache)) {
-            GpuSequence s = cache.createSequence(100, List.of(new TokenSpan(10, 90)), 1);
+        // layer 0 holds 30,720 bytes (20 + 1 reserved fp16 rows, an 80-token 1-bit span); growing by even one row
+        // while the old block is copied needs 22,528 more
+        long limit = 40_000;
+        try (Arena arena = Arena.ofConfined(); DeviceKvCache device = DeviceKvCache.open(gpu.context(), g, limit)) {
+            KvCacheManager cache = device.manager();
+            DeviceDecodeAttention attention = device.attention(QuantConfig.defaults(1).calibration());
+            Sequence s = cache.createSequence(100, List.of(new TokenSpan(10, 90)), QuantConfig.defaults(1), 1);
             float[] k = TestTensors.normal(gpu.random(), 2, 100, 128, 4);
             MemorySegment keys = TestTensors.write(arena, DType.FP16, k);
             MemorySegment values = TestTensors.write(arena, DType.FP16,
                     TestTensors.normal(gpu.random(), 2, 100, 128, 0));
-            assertThatThrownBy(() -> cache.fill(s, 0, keys.asSlice(2), values))
-                    .hasMessageContaining("expected");
+            long deviceBytes = device.usedDeviceBytes();
+            assertThatThrownBy(() -> s.fill(0, keys.asSlice(2), values, DType.FP16))
+                    .hasMessageContaining("bytes");
             MemorySegment nan = arena.allocate(keys.byteSize());
             nan.copyFrom(keys);
             nan.set(ValueLayout.JAVA_SHORT_UNALIGNED, 2L * (128 * 150 + 7), (short) 0x7e00);
-            assertThatThrownBy(() -> cache.fill(s, 0, nan, values)).isInstanceOf(NonFiniteInputException.class)
+            assertThatThrownBy(() -> s.fill(0, nan, values, DType.FP16)).isInstanceOf(NonFiniteInputException.class)
                     .hasMessageContaining("head 1").hasMessageContaining("token 50");
             assertThat(s.isFilled(0)).isFalse();
-            assertThatThrownBy(() -> cache.fill(s, 2, keys, values)).isInstanceOf(IndexOutOfBoundsException.class);
-            cache.fill(s, 0, keys, values);
-            assertThatThrownBy(() -> cache.fill(s, 0, keys, values)).isInstanceOf(IllegalStateException.class);
+            assertThat(device.usedDeviceBytes()).isEqualTo(deviceBytes);
+            assertThatThrownBy(() -> s.fill(2, keys, values, DType.FP16)).isInstanceOf(IndexOutOfBoundsException.class);
+            s.fill(0, keys, values, DType.FP16);
+            assertThatThrownBy(() -> s.fill(0, keys, values, DType.FP16)).isInstanceOf(IllegalStateException.class);
             MemorySegment q = arena.allocate(2L * 8 * 128);
             MemorySegment out = arena.allocate(4L * 8 * 128);
-            assertThatThrownBy(() -> attention.decode(1, List.of(s), q, out)).isInstanceOf(IllegalStateException.class)
-                    .hasMessageContaining("not filled");
-            assertThatThrownBy(() -> attention.decode(0, List.of(s), q.asSlice(2), out)).hasMessageContaining("queries");
+            assertThatThrownBy(() -> attention.decode(1, List.of(s), q, DType.FP16, 8, out))
+                    .isInstanceOf(IllegalStateException.class).hasMessageContaining("not filled");
+            assertThatThrownBy(() -> attention.decode(0, List.of(s), q.asSlice(2), DType.FP16, 8, out))
+                    .hasMessageContaining("queries");
             MemorySegment kn = arena.allocate(2L * 2 * 128);
-            cache.append(List.of(s), 0, kn, kn);
-            assertThatThrownBy(() -> cache.append(List.of(s), 0, kn, kn)).isInstanceOf(CacheMemoryLimitException.class)
-                    .hasMessageContaining("reserved");
-            assertThatThrownBy(() -> cache.createSequence(100, List.of(new TokenSpan(0, 100)), 1000))
+            cache.append(0, List.of(s), kn, kn, DType.FP16); // the reserved token
+            long before = device.usedDeviceBytes();
+            assertThatThrownBy(() -> cache.append(0, List.of(s), kn, kn, DType.FP16)) // growing passes the limit
                     .isInstanceOf(CacheMemoryLimitException.class);
+            assertThat(device.usedDeviceBytes()).isEqualTo(before);
+            assertThat(s.tokens(0)).isEqualTo(101);
             assertThat(cache.openSequences()).isEqualTo(1);
             s.close();
             s.close();
-            assertThatThrownBy(() -> attention.decode(0, List.of(s), q, out)).isInstanceOf(IllegalStateException.class)
-                    .hasMessageContaining("closed");
+            assertThatThrownBy(() -> attention.decode(0, List.of(s), q, DType.FP16, 8, out))
+                    .isInstanceOf(IllegalStateException.class).hasMessageContaining("closed");
             assertThat(cache.usage().totalBytes()).isZero();
+            assertThat(device.usedDeviceBytes()).isZero();
         }
     }
 }

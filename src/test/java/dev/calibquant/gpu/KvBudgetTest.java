@@ -47,13 +47,15 @@ class KvBudgetTest {
     }
 
     @Test
-    void withNothingGeneratedTheFormulaIsTheBenchmarkFp16FloorOfOneSequence() {
+    void withOneTokenReservedTheFormulaIsTheBenchmarkFloorOfOneSequencePlusThatToken() {
         // BENCHMARKS.md counts 2 · B · 8 · 3433 · 128 · 2 bytes for an fp16 step: one sequence, one layer, B = 1
-        assertThat(BudgetFormula.sequence(false, 1, 0).totalBytes()).isEqualTo((long) DecodeBenchmark.fp16FloorBytes(1));
+        long token = 2L * 8 * 128 * 2;
+        assertThat(BudgetFormula.sequence(false, 1, 1).totalBytes())
+                .isEqualTo((long) DecodeBenchmark.fp16FloorBytes(1) + token);
         // and for 1-bit, 2 · B · 8 · 3328 · 16 code bytes plus 2 · B · 8 · 105 · 128 · 2 fp16 bytes, before scales
-        MemoryUsage one = BudgetFormula.sequence(true, 1, 0);
+        MemoryUsage one = BudgetFormula.sequence(true, 1, 1);
         assertThat(one.visualCodeBytes() + one.fullPrecisionBytes())
-                .isEqualTo(2L * 8 * 3328 * 16 + 2L * 8 * 105 * 128 * 2);
+                .isEqualTo(2L * 8 * 3328 * 16 + 2L * 8 * 105 * 128 * 2 + token);
     }
 
     /**

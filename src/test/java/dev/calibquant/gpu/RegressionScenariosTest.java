@@ -150,7 +150,7 @@ class RegressionScenariosTest {
             for (int b = 0; b < c.batch(); b++) {
                 for (int h = 0; h < hq; h++) {
                     int row = (b * hq + h) * c.headDim();
-                    double tol = GpuVerification.attentionTolerance(Arrays.copyOfRange(o.queries(), row, row + c.headDim()),
+                    double tol = DecodeErrorBound.attentionTolerance(Arrays.copyOfRange(o.queries(), row, row + c.headDim()),
                             o.views().get(b), o.workItems(), o.block());
                     for (int j = 0; j < c.headDim(); j++) {
                         assertThat(a.values()[row + j]).isEqualTo(o.gpuOut().getAtIndex(ValueLayout.JAVA_FLOAT, row + j));

@@ -3,14 +3,12 @@ package dev.calibquant.gpu;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import dev.calibquant.attention.ReferenceAttention;
-import dev.calibquant.cache.KvCacheManager;
 import dev.calibquant.cache.LayerKvView;
 import dev.calibquant.cache.ModelGeometry;
 import dev.calibquant.cache.Sequence;
 import dev.calibquant.cache.TokenSpan;
 import dev.calibquant.cuda.Cuda;
 import dev.calibquant.cuda.CudaContext;
-import dev.calibquant.kernels.KernelCatalog;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.QuantConfig;
 import dev.calibquant.testing.GpuTest;
@@ -26,14 +24,14 @@ import java.util.List;
 import java.util.Random;
 import org.junit.jupiter.api.Test;
 
-/** The README's sample of the device-stored manager: the same text as here, and it runs and gives the right answer. */
-class DeviceStorageReadmeGpuTest {
-    private static final Path SOURCE = Path.of("src/test/java/dev/calibquant/gpu/DeviceStorageReadmeGpuTest.java");
+/** The README's sample of the device KV cache: the same text as here, and it runs and gives the right answer. */
+class DeviceKvCacheReadmeGpuTest {
+    private static final Path SOURCE = Path.of("src/test/java/dev/calibquant/gpu/DeviceKvCacheReadmeGpuTest.java");
 
     @Test
     void theReadmeShowsThisTestsCode() throws IOException {
         String readme = Files.readString(Path.of("README.md"));
-        int section = readme.indexOf("## The KV-cache manager in GPU memory");
+        int section = readme.indexOf("## Embedding: the KV cache in GPU memory");
         assertThat(section).as("README section").isNotNegative();
         int start = readme.indexOf("```java\n", section) + "```java\n".length();
         String shown = readme.substring(start, readme.indexOf("```\n", start));
@@ -76,37 +74,33 @@ class DeviceStorageReadmeGpuTest {
             double[] worst = {0};
             // README begin
             try (CudaContext ctx = Cuda.device(0).openContext();
-                    KernelCatalog kernels = KernelCatalog.open(ctx);
+                    DeviceKvCache cache = DeviceKvCache.open(ctx, geometry, 256L << 20); // kernels loaded, memory reserved
                     Arena arena = Arena.ofConfined()) {
-                long limit = 256L << 20;                                       // bytes the cache may hold
-                DeviceStorage storage = DeviceStorage.forLimit(ctx, limit);    // device memory reserved now
                 QuantConfig oneBit = QuantConfig.defaults(1);
-                try (KvCacheManager cache = new KvCacheManager(geometry, DType.FP16, storage, limit); // owns the storage
-                        ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, kernels, oneBit.calibration())) {
-                    Sequence s = cache.createSequence(prompt, List.of(new TokenSpan(41, 41 + 3328)), oneBit);
-                    s.fill(0, keys, values, DType.FP16);          // host [kvHeads][prompt][headDim], quantized and uploaded
-                    s.append(0, key, value, DType.FP16);          // one decode step's key and value, [kvHeads][headDim]
-                    attention.decode(0, List.of(s), queries, DType.FP16, geometry.queryHeads(), out); // out: fp32, on the host
-                    LayerKvView copy = storage.download(s, 0, arena); // the layer in host memory, for the CPU reference
-                    System.out.println(cache.usage() + "; " + storage.deviceBytes() + " device bytes reserved");
-                    s.close();
-                    // README end
-                    worst[0] = worstRatio(copy, qf, queries, out, oneBit, attention);
-                }
+                DeviceDecodeAttention attention = cache.attention(oneBit.calibration()); // owned by the cache
+                Sequence s = cache.manager().createSequence(prompt, List.of(new TokenSpan(41, 41 + 3328)), oneBit);
+                s.fill(0, keys, values, DType.FP16);    // host [kvHeads][prompt][headDim]: one upload, quantized on the GPU
+                cache.manager().append(0, List.of(s), key, value, DType.FP16); // [batch][kvHeads][headDim]: one launch
+                attention.decode(0, List.of(s), queries, DType.FP16, geometry.queryHeads(), out); // fp32, on the host
+                LayerKvView copy = cache.download(s, 0, arena); // the layer in host memory, for the CPU reference
+                System.out.println(cache.manager().usage() + "; " + cache.deviceBytes() + " device bytes reserved");
+                s.close();
+                // README end
+                worst[0] = worstRatio(copy, qf, queries, out, oneBit, attention);
             }
             assertThat(worst[0]).as("worst error / tolerance, seed " + seed).isLessThanOrEqualTo(1);
         }
     }
 
     private static double worstRatio(LayerKvView copy, float[] qf, MemorySegment queries, MemorySegment out,
-            QuantConfig config, ManagedDecodeAttention attention) {
+            QuantConfig config, DeviceDecodeAttention attention) {
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment cpu = arena.allocate(out.byteSize());
             new ReferenceAttention(config.calibration()).decode(List.of(copy), queries, DType.FP16, 32, cpu);
             double worst = 0;
             for (int h = 0; h < 32; h++) {
-                double tol = GpuVerification.attentionTolerance(Arrays.copyOfRange(qf, h * 128, h * 128 + 128), copy,
-                        attention.lastPlan().workItems(), attention.decodeBlock(128));
+                double tol = DecodeErrorBound.attentionTolerance(Arrays.copyOfRange(qf, h * 128, h * 128 + 128), copy,
+                        attention.lastStep());
                 for (int j = 0; j < 128; j++) {
                     float g = out.getAtIndex(ValueLayout.JAVA_FLOAT, h * 128 + j);
                     float c = cpu.getAtIndex(ValueLayout.JAVA_FLOAT, h * 128 + j);

@@ -39,12 +39,12 @@ import org.junit.jupiter.params.provider.MethodSource;
  * visual spans, appended tokens (crossing a growth of the full-precision pair in one case), outputs poisoned (NaN)
  * before each launch.
  *
- * <p>The tolerance is {@link GpuVerification#attentionTolerance}, derived there from the kernels' arithmetic:
+ * <p>The tolerance is {@link DecodeErrorBound#attentionTolerance}, derived there from the kernels' arithmetic:
  * {@code tol = (6E + 2^-21 + (BN + N/BN + items + 8)·2^-24)·Vmax} with {@code E = (D + 4)·2^-23·‖q‖₁·Kmax/√D}, per
- * output row. The data are the manager's own (quantized on the CPU), so only attention error is measured.
+ * output row. The reference reads the cache as the GPU wrote it (downloaded), so only attention error is measured.
  */
 @GpuTest
-class ManagedDecodeAttentionGpuTest {
+class DeviceDecodeAttentionGpuTest {
     private static final long LIMIT = 1L << 30;
 
     @RegisterExtension
@@ -87,19 +87,26 @@ class ManagedDecodeAttentionGpuTest {
         QuantConfig config = c.bits() == 0 ? null
                 : QuantConfig.defaults(c.bits()).withCalibrate(c.calibrate()).withPolicy(c.policy());
         Calibration calibration = config == null ? Calibration.OFF : config.calibration();
-        DeviceStorage storage = DeviceStorage.forLimit(gpu.context(), LIMIT);
         try (Arena arena = Arena.ofConfined();
-                KernelCatalog catalog = KernelCatalog.open(gpu.context(), target);
-                KvCacheManager cache = new KvCacheManager(g, DType.FP16, storage, LIMIT);
-                ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, catalog, calibration)) {
+                DeviceKvCache device = DeviceKvCache.open(gpu.context(), g, LIMIT,
+                        DeviceKvCache.KernelChoice.of(target, false))) {
+            KvCacheManager cache = device.manager();
+            DeviceDecodeAttention attention = device.attention(calibration);
             List<Sequence> batch = new ArrayList<>();
             for (int b = 0; b < c.batch(); b++) {
                 batch.add(prompt(arena, cache, c, config));
             }
             for (int step = 0; step < c.appends(); step++) {
-                for (Sequence s : batch) {
-                    s.append(0, GpuScenario.fp16(arena, GpuScenario.normal(random, 1, c.kvHeads(), c.headDim(), 4)),
-                            GpuScenario.fp16(arena, GpuScenario.normal(random, 1, c.kvHeads(), c.headDim(), 0)),
+                if (step % 2 == 0) { // one sequence at a time, and the whole batch in one launch
+                    for (Sequence s : batch) {
+                        s.append(0, GpuScenario.fp16(arena, GpuScenario.normal(random, 1, c.kvHeads(), c.headDim(), 4)),
+                                GpuScenario.fp16(arena, GpuScenario.normal(random, 1, c.kvHeads(), c.headDim(), 0)),
+                                DType.FP16);
+                    }
+                } else {
+                    cache.append(0, batch,
+                            GpuScenario.fp16(arena, GpuScenario.normal(random, c.batch(), c.kvHeads(), c.headDim(), 4)),
+                            GpuScenario.fp16(arena, GpuScenario.normal(random, c.batch(), c.kvHeads(), c.headDim(), 0)),
                             DType.FP16);
                 }
             }
@@ -108,23 +115,40 @@ class ManagedDecodeAttentionGpuTest {
             MemorySegment gpuOut = arena.allocate(4L * qf.length);
             attention.poisonOutputs(true);
             attention.decode(0, batch, q, DType.FP16, g.queryHeads(), gpuOut);
-            DecodePlan plan = attention.lastPlan();
+            DecodeStepInfo plan = attention.lastStep();
 
             List<LayerKvView> views = new ArrayList<>();
             for (Sequence s : batch) {
-                views.add(storage.download(s, 0, arena));
+                views.add(device.download(s, 0, arena));
             }
             MemorySegment cpuOut = arena.allocate(gpuOut.byteSize());
             new ReferenceAttention(calibration).decode(views, q, DType.FP16, g.queryHeads(), cpuOut);
-            String failure = compare(qf, views, gpuOut, cpuOut, g, plan.workItems(), attention.decodeBlock(c.headDim()));
+            String failure = compare(qf, views, gpuOut, cpuOut, g, plan.workItems(), plan.tokenBlock());
             assertThat(failure).as("seed " + gpu.seed() + " " + target + " " + c + " (" + plan.workItems()
-                    + " items, mode " + plan.mmMode() + ")").isNull();
+                    + " items, mode " + plan.calibrationMode() + ")").isNull();
 
             // the same step through the DecodeAttention interface, over views taken by the caller
             MemorySegment viaViews = arena.allocate(gpuOut.byteSize());
             attention.decode(batch.stream().map(s -> s.layer(0)).toList(), q, DType.FP16, g.queryHeads(), viaViews);
-            assertThat(compare(qf, views, viaViews, cpuOut, g, plan.workItems(), attention.decodeBlock(c.headDim())))
+            assertThat(compare(qf, views, viaViews, cpuOut, g, plan.workItems(), plan.tokenBlock()))
                     .as("seed " + gpu.seed() + " " + target + " " + c + " through views").isNull();
+
+            // the same step prepared once on the device, launched on device queries into a poisoned device output
+            try (var dq = gpu.context().allocate(q.byteSize()); var dout = gpu.context().allocate(gpuOut.byteSize());
+                    var stream = gpu.context().createStream();
+                    DeviceDecodeAttention.PreparedStep step = attention.prepare(0, batch)) {
+                dq.copyFrom(q);
+                step.launch(dq, dout, stream);
+                stream.synchronize();
+                MemorySegment prepared = arena.allocate(gpuOut.byteSize());
+                dout.copyTo(prepared);
+                assertThat(compare(qf, views, prepared, cpuOut, g, step.info().workItems(), step.info().tokenBlock()))
+                        .as("seed " + gpu.seed() + " " + target + " " + c + " prepared").isNull();
+                cache.append(0, batch, arena.allocate(2L * c.batch() * c.kvHeads() * c.headDim()),
+                        arena.allocate(2L * c.batch() * c.kvHeads() * c.headDim()), DType.FP16);
+                assertThatThrownBy(() -> step.launch(dq, dout, stream)).isInstanceOf(IllegalStateException.class)
+                        .hasMessageContaining("prepare the step again");
+            }
             batch.forEach(Sequence::close);
         }
     }
@@ -155,7 +179,7 @@ class ManagedDecodeAttentionGpuTest {
         for (int b = 0; b < views.size(); b++) {
             for (int h = 0; h < g.queryHeads(); h++) {
                 int row = (b * g.queryHeads() + h) * d;
-                double tol = GpuVerification.attentionTolerance(Arrays.copyOfRange(qf, row, row + d), views.get(b),
+                double tol = DecodeErrorBound.attentionTolerance(Arrays.copyOfRange(qf, row, row + d), views.get(b),
                         workItems, block);
                 for (int j = 0; j < d; j++) {
                     float gv = gpu.getAtIndex(ValueLayout.JAVA_FLOAT, row + j);
@@ -176,12 +200,11 @@ class ManagedDecodeAttentionGpuTest {
     void badInputIsRefusedBeforeTheGpuSeesIt() {
         Random random = gpu.random();
         ModelGeometry g = new ModelGeometry(1, 8, 2, 128);
-        DeviceStorage storage = DeviceStorage.forLimit(gpu.context(), LIMIT);
         try (Arena arena = Arena.ofConfined();
-                KvCacheManager cache = new KvCacheManager(g, DType.FP16, storage, LIMIT);
-                KvCacheManager host = KvCacheManager.onHost(g, DType.FP16);
-                ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, gpu.catalog(),
-                        QuantConfig.defaults(1).calibration())) {
+                DeviceKvCache device = DeviceKvCache.open(gpu.context(), g, LIMIT);
+                KvCacheManager host = KvCacheManager.onHost(g, DType.FP16)) {
+            KvCacheManager cache = device.manager();
+            DeviceDecodeAttention attention = device.attention(QuantConfig.defaults(1).calibration());
             Case c = new Case(1, 2, 4, 128, 1, true, CalibrationPolicy.REFERENCE, new int[] {100}, 1, 10, 10, 0);
             Sequence one = prompt(arena, cache, c, QuantConfig.defaults(1));
             Sequence two = prompt(arena, cache, c, QuantConfig.defaults(2));
@@ -232,32 +255,30 @@ class ManagedDecodeAttentionGpuTest {
     void aStepRefusedAtLaunchLeavesTheOutputUntouchedAndTheStorageUsable() {
         ModelGeometry g = new ModelGeometry(1, 8, 2, 128);
         Case c = new Case(1, 2, 4, 128, 0, false, CalibrationPolicy.REFERENCE, new int[] {}, 0, 41, 64, 0);
-        DeviceStorage storage = DeviceStorage.forLimit(gpu.context(), LIMIT);
-        try (Arena arena = Arena.ofConfined(); KvCacheManager cache = new KvCacheManager(g, DType.FP16, storage, LIMIT)) {
+        try (Arena arena = Arena.ofConfined(); KernelCatalog unloaded = KernelCatalog.open(gpu.context());
+                DeviceStorage storage = new DeviceStorage(gpu.context(), DeviceStorage.planeBytesFor(LIMIT), unloaded);
+                KvCacheManager cache = new KvCacheManager(g, DType.FP16, storage, LIMIT);
+                DeviceDecodeAttention attention = new DeviceDecodeAttention(storage, g, Calibration.OFF)) {
             Sequence s = prompt(arena, cache, c, null);
             float[] qf = GpuScenario.normal(gpu.random(), 1, g.queryHeads(), g.headDim(), 0);
             MemorySegment q = GpuScenario.fp16(arena, qf);
             MemorySegment out = arena.allocate(4L * qf.length);
-            try (KernelCatalog unloaded = KernelCatalog.open(gpu.context());
-                    ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, unloaded, Calibration.OFF)) {
-                attention.decode(0, List.of(s), q, DType.FP16, g.queryHeads(), out); // resolves the step's kernel
-                unloaded.close(); // the kernel object stays cached; its module is gone, so its launch is refused
-                out.fill((byte) 0x5a);
-                MemorySegment untouched = arena.allocate(out.byteSize()).copyFrom(out);
-                assertThatThrownBy(() -> attention.decode(0, List.of(s), q, DType.FP16, g.queryHeads(), out))
-                        .isInstanceOf(IllegalStateException.class).hasMessageContaining("CUDA module")
-                        .hasMessageContaining("closed");
-                assertThat(out.mismatch(untouched)).isEqualTo(-1);
-            }
-            try (KernelCatalog catalog = KernelCatalog.open(gpu.context());
-                    ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, catalog, Calibration.OFF)) {
-                attention.decode(0, List.of(s), q, DType.FP16, g.queryHeads(), out);
-                List<LayerKvView> views = List.of(storage.download(s, 0, arena));
-                MemorySegment cpu = arena.allocate(out.byteSize());
-                new ReferenceAttention(Calibration.OFF).decode(views, q, DType.FP16, g.queryHeads(), cpu);
-                assertThat(compare(qf, views, out, cpu, g, attention.lastPlan().workItems(),
-                        attention.decodeBlock(g.headDim()))).as("seed " + gpu.seed()).isNull();
-            }
+            attention.decode(0, List.of(s), q, DType.FP16, g.queryHeads(), out); // resolves the step's kernel
+            List<LayerKvView> views = List.of(storage.download(s, 0, arena));
+            MemorySegment cpu = arena.allocate(out.byteSize());
+            new ReferenceAttention(Calibration.OFF).decode(views, q, DType.FP16, g.queryHeads(), cpu);
+            assertThat(compare(qf, views, out, cpu, g, attention.lastStep().workItems(),
+                    attention.lastStep().tokenBlock())).as("seed " + gpu.seed()).isNull();
+            unloaded.close(); // the kernel object stays cached; its module is gone, so its launch is refused
+            out.fill((byte) 0x5a);
+            MemorySegment untouched = arena.allocate(out.byteSize()).copyFrom(out);
+            assertThatThrownBy(() -> attention.decode(0, List.of(s), q, DType.FP16, g.queryHeads(), out))
+                    .isInstanceOf(IllegalStateException.class).hasMessageContaining("CUDA module")
+                    .hasMessageContaining("closed");
+            assertThat(out.mismatch(untouched)).isEqualTo(-1);
+            // the storage's stream still serves: the layer reads back as before
+            LayerKvView again = storage.download(s, 0, arena);
+            assertThat(again.fullKeys().mismatch(views.getFirst().fullKeys())).isEqualTo(-1);
             s.close();
         }
     }
@@ -290,9 +311,9 @@ class ManagedDecodeAttentionGpuTest {
     private String refusal(Arena arena, KernelCatalog catalog, ModelGeometry g, DType dtype, Case c,
             QuantConfig config) {
         Random random = gpu.random();
-        DeviceStorage storage = DeviceStorage.forLimit(gpu.context(), 1 << 24);
-        try (KvCacheManager cache = new KvCacheManager(g, dtype, storage, 1 << 24);
-                ManagedDecodeAttention attention = new ManagedDecodeAttention(storage, catalog, Calibration.OFF)) {
+        try (DeviceStorage storage = new DeviceStorage(gpu.context(), DeviceStorage.planeBytesFor(1 << 24), catalog);
+                KvCacheManager cache = new KvCacheManager(g, dtype, storage, 1 << 24);
+                DeviceDecodeAttention attention = new DeviceDecodeAttention(storage, g, Calibration.OFF)) {
             int tokens = c.prefix() + c.spanLengths()[0] + c.text();
             List<TokenSpan> spans = config == null ? List.of()
                     : List.of(new TokenSpan(c.prefix(), c.prefix() + c.spanLengths()[0]));
