@@ -1,0 +1,33 @@
+package dev.calibquant.testing;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.Random;
+
+/** Random keys, values and queries as the GPU tests feed them: normal values rounded to fp16, in native segments. */
+public final class Fp16Data {
+    private Fp16Data() {}
+
+    /**
+     * Normal values rounded to fp16, {@code [a][b][d]}; in each {@code [a]} the first {@code outliers} channels are
+     * scaled ×8, like the outlier channels of real post-RoPE keys.
+     */
+    public static float[] normal(Random random, int a, int b, int d, int outliers) {
+        float[] x = new float[a * b * d];
+        for (int i = 0; i < x.length; i++) {
+            double v = random.nextGaussian() * ((i % d) < outliers ? 8 : 1);
+            x[i] = Float.float16ToFloat(Float.floatToFloat16((float) v));
+        }
+        return x;
+    }
+
+    /** {@code x} as fp16 in a new 16-byte-aligned segment of {@code arena}. */
+    public static MemorySegment fp16(Arena arena, float[] x) {
+        MemorySegment s = arena.allocate(2L * x.length, 16);
+        for (int i = 0; i < x.length; i++) {
+            s.setAtIndex(ValueLayout.JAVA_SHORT, i, Float.floatToFloat16(x[i]));
+        }
+        return s;
+    }
+}
