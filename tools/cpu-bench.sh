@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs the CPU decode-step JMH benchmark (src/test/java/dev/calibquant/bench) on the test classpath and writes
-# JMH's JSON to target/jmh/cpu-bench.json (or $CPU_BENCH_JSON). Extra arguments go to JMH, e.g.
+# Runs the CPU decode-step JMH benchmark (src/cli/test/java/dev/calibquant/bench) on the test classpath and writes
+# JMH's JSON to src/cli/target/jmh/cpu-bench.json (or $CPU_BENCH_JSON). Extra arguments go to JMH, e.g.
 #   tools/cpu-bench.sh -f 1 -wi 3 -i 5          (the default when none are given)
 #   tools/cpu-bench.sh -p batch=1,4 -prof gc
 set -euo pipefail
@@ -20,12 +20,15 @@ else
   fi
 fi
 
-./mvnw -q -B -ntp test-compile
-cp_file="target/jmh/test-classpath.txt"
-mkdir -p target/jmh
-./mvnw -q -B -ntp dependency:build-classpath -Dmdep.includeScope=test -Dmdep.outputFile="$cp_file" >/dev/null
-classpath="target/test-classes:target/classes:$(cat "$cp_file")"
-json="${CPU_BENCH_JSON:-target/jmh/cpu-bench.json}"
+export JAVA_HOME
+# the library's jar and test jar are the CLI module's dependencies: install builds them first
+./mvnw -q -B -ntp install -DskipTests
+cli=src/cli
+cp_file="$cli/target/jmh/test-classpath.txt"
+mkdir -p "$cli/target/jmh"
+./mvnw -q -B -ntp -pl "$cli" dependency:build-classpath -Dmdep.includeScope=test -Dmdep.outputFile="$PWD/$cp_file" >/dev/null
+classpath="$cli/target/test-classes:$cli/target/classes:$(cat "$cp_file")"
+json="${CPU_BENCH_JSON:-$cli/target/jmh/cpu-bench.json}"
 
 args=("$@")
 if [ ${#args[@]} -eq 0 ]; then

@@ -16,17 +16,20 @@ fi
 java_ok "${JAVA_HOME:-/nonexistent}" || { echo "gpu-bundle: needs a JDK 22+ with jlink; set JAVA_HOME" >&2; exit 2; }
 
 rm -rf "$out"; mkdir -p "$out/app/lib"
-./mvnw -q -B -ntp -DskipTests package
+export JAVA_HOME
+./mvnw -q -B -ntp -DskipTests install   # the CLI module resolves the library's jar and test jar from the install
 # test-only jars: the main ones are inside the runnable jar, and JMH is not needed there
 # (the device call carries at most 64 MiB with the working tree; byte-buddy only serves AssertJ's soft assertions;
 # the JUnit console launcher below already holds the Jupiter and Platform jars)
-./mvnw -q -B -ntp dependency:copy-dependencies -DincludeScope=test -DoutputDirectory="$out/app/lib" \
-    -DexcludeArtifactIds=jmh-core,jmh-generator-annprocess,commons-math3,jopt-simple,byte-buddy,picocli,jackson-databind,jackson-core,jackson-annotations,jfreechart,progressbar,jline-terminal,jline-native,junit-jupiter,junit-jupiter-api,junit-jupiter-engine,junit-jupiter-params,junit-platform-commons,junit-platform-engine,junit-platform-launcher,opentest4j,apiguardian-api
-./mvnw -q -B -ntp dependency:copy -Dartifact="org.junit.platform:junit-platform-console-standalone:$console_version" \
+./mvnw -q -B -ntp -pl src/cli dependency:copy-dependencies -DincludeScope=test -DoutputDirectory="$out/app/lib" \
+    -DexcludeGroupIds=dev.calibquant -DexcludeArtifactIds=jmh-core,jmh-generator-annprocess,commons-math3,jopt-simple,byte-buddy,picocli,jackson-databind,jackson-core,jackson-annotations,jfreechart,progressbar,jline-terminal,jline-native,junit-jupiter,junit-jupiter-api,junit-jupiter-engine,junit-jupiter-params,junit-platform-commons,junit-platform-engine,junit-platform-launcher,opentest4j,apiguardian-api
+./mvnw -q -B -ntp -N dependency:copy -Dartifact="org.junit.platform:junit-platform-console-standalone:$console_version" \
     -DoutputDirectory="$out/app"
 # the runnable jar carries the main classes and resources: no separate classes/ (the device tree limit is 64 MiB)
-cp -r target/test-classes "$out/app/test-classes"
-cp target/calibquant-cli.jar "$out/app/"
+# both modules' test classes in one folder (the packages do not collide)
+mkdir -p "$out/app/test-classes"
+cp -r src/library/target/test-classes/. src/cli/target/test-classes/. "$out/app/test-classes"
+cp src/cli/target/calibquant-cli.jar "$out/app/"
 # the PTX and the model weights travel in the working tree anyway: gpu-run.sh puts them on the class path
 zip -q -d "$out/app/calibquant-cli.jar" 'dev/calibquant/ptx/*' 'dev/calibquant/model/*.safetensors' > /dev/null
 cp tools/gpu-run.sh tools/bench_sdpa.py tools/profile-gpu.sh tools/ncu_summary.py "$out/"

@@ -38,7 +38,7 @@ jar="$app/calibquant-cli.jar"
 # working tree, which has them): they come from the checkout the bundle sits in, on the class path
 repo="$(cd "$bundle/.." && pwd)"
 res="$work/resources"; mkdir -p "$res/dev/calibquant"; ln -s "$repo/ptx" "$res/dev/calibquant/ptx"
-cp_main="$jar:$res:$repo/src/main/resources"
+cp_main="$jar:$res:$repo/src/cli/main/resources"
 jflags=(--enable-native-access=ALL-UNNAMED -Djava.awt.headless=true)
 cq=("$java" "${jflags[@]}" -Xmx24g -cp "$cp_main" dev.calibquant.cli.CalibQuantCli)
 cp_test="$app/test-classes:$cp_main:$(ls "$app"/lib/*.jar | tr '\n' ':')"

@@ -48,7 +48,7 @@ jar="$bundle/app/calibquant-cli.jar"
 # as in gpu-run.sh: the bundle's jar leaves out the PTX and the model weights, the checkout around it has them
 repo="$(cd "$bundle/.." && pwd)"
 res="$work/resources"; mkdir -p "$res/dev/calibquant"; ln -sfn "$repo/ptx" "$res/dev/calibquant/ptx"
-cp_main="$jar:$res:$repo/src/main/resources"
+cp_main="$jar:$res:$repo/src/cli/main/resources"
 
 # The NVTX ranges need the CUDA toolkit's libnvtx3interop.so.1; without it they are no-ops and a filter matches nothing.
 nvtx_lib="${CALIBQUANT_NVTX_LIBRARY:-}"
