@@ -473,6 +473,112 @@ class KvCacheManagerTest {
     }
 
     @Test
+    void aBatchAppendWritesEachSequenceItsOwnRowAsSingleAppendsWould() {
+        Random random = seed.random();
+        try (Arena arena = Arena.ofConfined();
+                KvCacheManager batched = KvCacheManager.onHost(GEOMETRY, DType.FP16);
+                KvCacheManager single = KvCacheManager.onHost(GEOMETRY, DType.FP16)) {
+            List<Sequence> a = new ArrayList<>();
+            List<Sequence> b = new ArrayList<>();
+            for (int i = 0; i < 3; i++) {
+                Prompt p = Prompt.random(arena, random, DType.FP16, 20 + 30 * i, List.of(new TokenSpan(2, 12 + i)));
+                a.add(batched.createSequence(p.tokens(), p.spans(), ONE_BIT));
+                b.add(single.createSequence(p.tokens(), p.spans(), ONE_BIT));
+                p.fillAll(a.getLast());
+                p.fillAll(b.getLast());
+            }
+            long item = 2L * GEOMETRY.kvHeads() * GEOMETRY.headDim();
+            for (int step = 0; step < 70; step++) { // past the first capacity of every sequence: layers grow
+                MemorySegment k = KvData.normal(arena, random, DType.FP16, 3, GEOMETRY.kvHeads(), GEOMETRY.headDim());
+                MemorySegment v = KvData.normal(arena, random, DType.FP16, 3, GEOMETRY.kvHeads(), GEOMETRY.headDim());
+                batched.append(1, a, k, v, DType.FP16);
+                for (int i = 0; i < 3; i++) {
+                    b.get(i).append(1, k.asSlice(i * item, item), v.asSlice(i * item, item), DType.FP16);
+                }
+            }
+            for (int i = 0; i < 3; i++) {
+                LayerKvView x = a.get(i).layer(1);
+                LayerKvView y = b.get(i).layer(1);
+                assertThat(x.fullTokens()).isEqualTo(y.fullTokens()).isEqualTo(a.get(i).tokens(1) - (10 + i));
+                assertSameBytes(x.fullKeys(), y.fullKeys(), "sequence " + i + " keys");
+                assertSameBytes(x.fullValues(), y.fullValues(), "sequence " + i + " values");
+                assertThat(a.get(i).usage()).isEqualTo(b.get(i).usage());
+            }
+            assertThat(batched.usage()).isEqualTo(single.usage());
+            a.forEach(Sequence::close);
+            b.forEach(Sequence::close);
+        }
+    }
+
+    @Test
+    void aRefusedBatchAppendAppendsNothingAndNamesTheSequence() {
+        Random random = seed.random();
+        try (Arena arena = Arena.ofConfined(); KvCacheManager cache = KvCacheManager.onHost(GEOMETRY, DType.FP16);
+                KvCacheManager other = KvCacheManager.onHost(GEOMETRY, DType.FP16)) {
+            Prompt p = Prompt.random(arena, random, DType.FP16, 30, List.of(new TokenSpan(5, 25)));
+            Sequence s1 = cache.createSequence(30, p.spans(), ONE_BIT);
+            Sequence s2 = cache.createSequence(30, p.spans(), ONE_BIT);
+            Sequence unfilled = cache.createSequence(30, p.spans(), ONE_BIT);
+            Sequence foreign = other.createSequence(30, p.spans(), ONE_BIT);
+            p.fillAll(s1);
+            p.fillAll(s2);
+            p.fillAll(foreign);
+            MemorySegment k = KvData.normal(arena, random, DType.FP16, 2, GEOMETRY.kvHeads(), GEOMETRY.headDim());
+            MemorySegment v = KvData.normal(arena, random, DType.FP16, 2, GEOMETRY.kvHeads(), GEOMETRY.headDim());
+            MemoryUsage before = cache.usage();
+            assertThatThrownBy(() -> cache.append(0, List.of(), k, v, DType.FP16))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("empty batch");
+            assertThatThrownBy(() -> cache.append(0, List.of(s1, s1), k, v, DType.FP16))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("twice");
+            assertThatThrownBy(() -> cache.append(0, List.of(s1, foreign), k, v, DType.FP16))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("another cache manager");
+            assertThatThrownBy(() -> cache.append(0, List.of(s1, unfilled), k, v, DType.FP16))
+                    .isInstanceOf(IllegalStateException.class).hasMessageContaining("not filled");
+            assertThatThrownBy(() -> cache.append(0, List.of(s1, s2), k.asSlice(2), v, DType.FP16))
+                    .isInstanceOf(InvalidShapeException.class).hasMessageContaining("[2][2][32] FP16");
+            assertThatThrownBy(() -> cache.append(0, List.of(s1, s2), k, v, DType.BF16))
+                    .isInstanceOf(InvalidShapeException.class);
+            MemorySegment nan = arena.allocate(v.byteSize()).copyFrom(v);
+            Elements.write(nan, DType.FP16, GEOMETRY.kvHeads() * GEOMETRY.headDim() + 5, Float.NaN); // sequence 2
+            assertThatThrownBy(() -> cache.append(0, List.of(s1, s2), k, nan, DType.FP16))
+                    .isInstanceOf(NonFiniteInputException.class).hasMessageContaining("sequence " + s2.id());
+            assertThat(s1.tokens(0)).isEqualTo(30);
+            assertThat(s2.tokens(0)).isEqualTo(30);
+            assertThat(cache.usage()).isEqualTo(before);
+            s1.close();
+            assertThatThrownBy(() -> cache.append(0, List.of(s2, s1), k, v, DType.FP16))
+                    .isInstanceOf(IllegalStateException.class).hasMessageContaining("closed");
+            assertThat(s2.tokens(0)).isEqualTo(30);
+            s2.close();
+            unfilled.close();
+            foreign.close();
+        }
+    }
+
+    @Test
+    void aReservationIsExactAndAppendingWithinItNeverMovesTheBlock() {
+        Random random = seed.random();
+        try (Arena arena = Arena.ofConfined(); KvCacheManager cache = KvCacheManager.onHost(GEOMETRY, DType.FP16)) {
+            Prompt p = Prompt.random(arena, random, DType.FP16, 50, List.of(new TokenSpan(10, 40)));
+            Sequence s = cache.createSequence(50, p.spans(), ONE_BIT, 37);
+            assertThat(s.reservedNewTokens()).isEqualTo(37);
+            p.fillAll(s);
+            LayerKvView first = s.layer(0);
+            assertThat(first.fullCapacity()).isEqualTo(20 + 37);
+            MemorySegment k = KvData.normal(arena, random, DType.FP16, 1, GEOMETRY.kvHeads(), GEOMETRY.headDim());
+            for (int i = 0; i < 37; i++) {
+                s.append(0, k, k, DType.FP16);
+            }
+            assertThat(s.layer(0).fullKeys().address()).isEqualTo(first.fullKeys().address());
+            s.append(0, k, k, DType.FP16); // one past the reservation: the layer grows
+            assertThat(s.layer(0).fullCapacity()).isGreaterThan(57);
+            assertThatThrownBy(() -> cache.createSequence(50, p.spans(), ONE_BIT, -1))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("reservedNewTokens");
+            s.close();
+        }
+    }
+
+    @Test
     void useAfterCloseNamesTheSequence() {
         Random random = seed.random();
         try (Arena arena = Arena.ofConfined(); KvCacheManager cache = KvCacheManager.onHost(GEOMETRY, DType.FP16)) {
