@@ -511,22 +511,12 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
         }
 
         private void freeBuffers() {
-            RuntimeException failure = null;
+            Closer closer = new Closer();
             for (DeviceBuffer b : new DeviceBuffer[] {buffers.tables(), buffers.counters(), buffers.mmBuf(),
                     buffers.partMl(), buffers.partAcc()}) {
-                try {
-                    b.close();
-                } catch (RuntimeException e) {
-                    if (failure == null) {
-                        failure = e;
-                    } else {
-                        failure.addSuppressed(e);
-                    }
-                }
+                closer.close(b);
             }
-            if (failure != null) {
-                throw failure;
-            }
+            closer.rethrow();
         }
     }
 
@@ -549,35 +539,13 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
             steps = new ArrayList<>(prepared);
             prepared.clear();
         }
-        RuntimeException failure = null;
-        try {
-            storage.stream().synchronize();
-        } catch (RuntimeException e) {
-            failure = e;
+        Closer closer = new Closer();
+        closer.close(storage.stream()::synchronize); // queued launches may still read the buffers freed below
+        for (PreparedStep step : steps) {
+            step.open = false;
+            closer.close(step::freeBuffers);
         }
-        for (PreparedStep s : steps) {
-            s.open = false;
-            try {
-                s.freeBuffers();
-            } catch (RuntimeException e) {
-                failure = addTo(failure, e);
-            }
-        }
-        try {
-            scratch.close();
-        } catch (RuntimeException e) {
-            failure = addTo(failure, e);
-        }
-        if (failure != null) {
-            throw failure;
-        }
-    }
-
-    private static RuntimeException addTo(RuntimeException failure, RuntimeException e) {
-        if (failure == null) {
-            return e;
-        }
-        failure.addSuppressed(e);
-        return failure;
+        closer.close(scratch);
+        closer.rethrow();
     }
 }

@@ -209,39 +209,11 @@ public final class DeviceKvCache implements AutoCloseable {
             made = new ArrayList<>(attentions.values());
             attentions.clear();
         }
-        RuntimeException failure = null;
-        for (DeviceDecodeAttention a : made) {
-            try {
-                a.close();
-            } catch (RuntimeException e) {
-                failure = addTo(failure, e);
-            }
-        }
-        try {
-            manager.close();
-        } catch (RuntimeException e) {
-            failure = addTo(failure, e);
-        }
-        try {
-            kernels.close();
-        } catch (RuntimeException e) {
-            failure = addTo(failure, e);
-        }
-        if (failure != null) {
-            throw failure;
-        }
-    }
-
-    private static RuntimeException addTo(RuntimeException failure, RuntimeException e) {
-        if (failure == null) {
-            return e;
-        }
-        if (e instanceof dev.calibquant.cache.CacheLeakException) { // the leak report leads
-            e.addSuppressed(failure);
-            return e;
-        }
-        failure.addSuppressed(e);
-        return failure;
+        Closer closer = new Closer();
+        made.forEach(closer::close);
+        closer.close(manager);
+        closer.close(kernels);
+        closer.rethrow();
     }
 
     private static void closeSuppressing(AutoCloseable c, Throwable primary) {

@@ -691,41 +691,18 @@ final class DeviceStorage implements KvStorage {
             live.clear();
             liveBytes = 0;
         }
-        RuntimeException failure = null;
-        try {
-            stream.synchronize(); // queued copies may still read or write the planes
-        } catch (RuntimeException e) {
-            failure = e;
+        Closer closer = new Closer();
+        if (!leaked.isEmpty()) { // the leak report leads; failures while freeing are suppressed by it
+            closer.add(new IllegalStateException("device storage " + name + " closed with " + leaked.size()
+                    + " blocks still open, now freed: " + String.join(", ", leaked)));
         }
-        List<AutoCloseable> owned = new ArrayList<>();
-        owned.add(scratch);
-        if (staging != null) {
-            owned.add(staging);
-        }
-        owned.addAll(List.of(planes[1], planes[0], stream));
-        for (AutoCloseable c : owned) {
-            try {
-                c.close();
-            } catch (Exception e) {
-                RuntimeException r = e instanceof RuntimeException re ? re : new IllegalStateException(e);
-                if (failure == null) {
-                    failure = r;
-                } else {
-                    failure.addSuppressed(r);
-                }
-            }
-        }
-        if (!leaked.isEmpty()) {
-            IllegalStateException leak = new IllegalStateException("device storage " + name + " closed with "
-                    + leaked.size() + " blocks still open, now freed: " + String.join(", ", leaked));
-            if (failure != null) {
-                leak.addSuppressed(failure);
-            }
-            throw leak;
-        }
-        if (failure != null) {
-            throw failure;
-        }
+        closer.close(stream::synchronize); // queued copies may still read or write the planes
+        closer.close(scratch);
+        closer.close(staging);
+        closer.close(planes[1]);
+        closer.close(planes[0]);
+        closer.close(stream);
+        closer.rethrow();
     }
 
     @Override

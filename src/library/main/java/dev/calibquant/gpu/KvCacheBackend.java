@@ -112,30 +112,10 @@ public final class KvCacheBackend implements AutoCloseable {
     /** Closes the cache (freeing every sequence, reported if still open) and the GPU context it opened. */
     @Override
     public void close() {
-        RuntimeException failure = null;
-        try {
-            if (device != null) {
-                device.close();
-            } else {
-                manager.close();
-            }
-        } catch (RuntimeException e) {
-            failure = e;
-        }
-        if (context != null) {
-            try {
-                context.close();
-            } catch (RuntimeException e) {
-                if (failure == null) {
-                    failure = e;
-                } else {
-                    failure.addSuppressed(e);
-                }
-            }
-        }
-        if (failure != null) {
-            throw failure;
-        }
+        Closer closer = new Closer();
+        closer.close(device != null ? device : manager);
+        closer.close(context);
+        closer.rethrow();
     }
 
     /** The device attention where the kernels take the batch; the CPU attention on a downloaded copy elsewhere. */
