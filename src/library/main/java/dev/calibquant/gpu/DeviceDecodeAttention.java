@@ -63,6 +63,8 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
     private final Staging scratch;
     private final List<PreparedStep> prepared = new ArrayList<>();
     private boolean oneLaunch = true;
+    /** A failed launch may leave the step counters non-zero: zero them before the next. */
+    private boolean rezeroCounters;
     private DecodeStepInfo lastStep;
     private boolean poisonOutputs;
     private boolean closed;
@@ -212,13 +214,10 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
         if (out.isReadOnly()) {
             throw new IllegalArgumentException("out is read-only");
         }
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment q16 = Fp16Check.toFiniteFp16Queries(arena, queries, queryType, queryHeads, d);
-            synchronized (storage) {
-                checkOpen();
-                Planned p = plan(batch, shape, queryHeads);
-                run(p, shape, queryHeads, q16, out);
-            }
+        synchronized (storage) {
+            checkOpen();
+            Planned p = plan(batch, shape, queryHeads);
+            run(p, shape, queryHeads, queries, queryType, out);
         }
     }
 
@@ -315,8 +314,8 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
     }
 
     /** The per-step device buffers a launch reads and writes besides the cache, queries and output. */
-    private record StepBuffers(DeviceBuffer tables, DecodePlan.TableLayout layout, DeviceBuffer partMl,
-            DeviceBuffer partAcc, DeviceBuffer counters, DeviceBuffer mmBuf) {}
+    private record StepBuffers(DeviceBuffer tables, long tableBase, DecodePlan.TableLayout layout,
+            DeviceBuffer partMl, DeviceBuffer partAcc, DeviceBuffer counters, DeviceBuffer mmBuf) {}
 
     /** Queues the step's kernels on {@code stream}. */
     private void launch(Planned p, Shape shape, int queryHeads, StepBuffers b, DeviceBuffer q, DeviceBuffer o,
@@ -326,57 +325,68 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
         int kvh = shape.kvHeads();
         int group = queryHeads / kvh;
         DecodePlan.TableLayout at = b.layout();
+        long seq = b.tableBase() + at.seqOffset();
+        long span = b.tableBase() + at.spanOffset();
+        long work = b.tableBase() + at.workOffset();
         CachePointers cache = storage.cachePointers(ManagedTables.scaleBytes(kvh, shape.headDim()));
         float smScale = (float) (1.0 / Math.sqrt(shape.headDim()));
         try (Nvtx.Range r = Nvtx.range(stepRange)) {
             if (shape.bits() == 0) {
-                k.fp16Decode(q, cache, b.tables(), at.seqOffset(), at.workOffset(), b.partMl(), b.partAcc(),
-                        b.counters(), o, plan.workItems(), kvh, group, smScale, stream);
+                k.fp16Decode(q, cache, b.tables(), seq, work, b.partMl(), b.partAcc(), b.counters(), o,
+                        plan.workItems(), kvh, group, smScale, stream);
                 return;
             }
             if (plan.mmMode() == 1) {
-                k.minmax(q, cache, b.tables(), at.seqOffset(), at.spanOffset(), at.mmOffset(), b.mmBuf(),
+                k.minmax(q, cache, b.tables(), seq, span, b.tableBase() + at.mmOffset(), b.mmBuf(),
                         plan.minmaxChunks(), kvh, group, smScale, stream);
             }
-            k.decode(plan.mmMode(), q, cache, b.tables(), at.seqOffset(), at.spanOffset(), at.workOffset(), b.mmBuf(),
+            k.decode(plan.mmMode(), q, cache, b.tables(), seq, span, work, b.mmBuf(),
                     b.partMl(), b.partAcc(), b.counters(), o, plan.workItems(), kvh, group, smScale,
                     calibration.tauMin(), calibration.tauMax(), calibration.policy() == CalibrationPolicy.CLAMP_AT_ZERO,
                     stream);
         }
     }
 
-    /** Uploads, launches and downloads one step; caller holds the storage's lock. */
-    private void run(Planned p, Shape shape, int queryHeads, MemorySegment q16, MemorySegment out) {
+    /**
+     * Uploads, launches and downloads one step; caller holds the storage's lock. Four driver calls: one upload
+     * (queries rounded to fp16, then the tables), the launch, one download, the wait. The queries are checked (and
+     * rounded) into the pinned upload buffer before anything is queued.
+     */
+    private void run(Planned p, Shape shape, int queryHeads, MemorySegment queries, DType queryType,
+            MemorySegment out) {
         DecodePlan plan = p.plan();
         int kvh = shape.kvHeads();
         int d = shape.headDim();
         CudaStream stream = storage.stream();
+        long qBytes = 2 * (queries.byteSize() / queryType.byteSize());
+        DecodePlan.TableLayout at = plan.tableLayout();
+        long tableBase = Math.ceilDiv(qBytes, DecodePlan.TABLE_ALIGN) * DecodePlan.TABLE_ALIGN;
+        long upBytes = tableBase + at.bytes();
+        PinnedHostBuffer up = scratch.pinned("step upload", upBytes);
+        // the previous step waited for its stream, so the pinned buffers are free to rewrite
+        Fp16Check.writeFiniteFp16Queries(queries, queryType, queryHeads, d, up.segment());
+        plan.writeTables(up.segment().asSlice(tableBase), at);
         PinnedHostBuffer hostOut;
         try {
-            // one upload: the tables, then the queries
-            DecodePlan.TableLayout at = plan.tableLayout();
-            long qOffset = at.bytes();
-            long upBytes = qOffset + q16.byteSize();
-            PinnedHostBuffer up = scratch.pinned("step upload", upBytes);
-            plan.writeTables(up.segment(), at);
-            MemorySegment.copy(q16, 0, up.segment(), qOffset, q16.byteSize());
-            DeviceBuffer tables = scratch.device("step upload", upBytes);
-            tables.copyFromAsync(up, 0, 0, upBytes, stream);
-            DeviceBuffer q = scratch.device("queries", q16.byteSize());
-            q.copyFromAsync(tables, qOffset, 0, q16.byteSize(), stream);
-
+            DeviceBuffer upload = scratch.device("step upload", upBytes);
+            upload.copyFromAsync(up, 0, 0, upBytes, stream);
             DeviceBuffer o = scratch.device("outputs", out.byteSize());
             if (poisonOutputs) {
                 o.fillAsync((byte) 0xff, 0, out.byteSize(), stream); // 0xffffffff is a NaN
             }
             int items = plan.workItems();
             long counterBytes = 4L * plan.sequences() * kvh;
-            DeviceBuffer counters = scratch.device("counters", counterBytes);
-            counters.fillAsync((byte) 0, 0, counterBytes, stream); // zero in stream order, even after a failed step
-            StepBuffers buffers = new StepBuffers(tables, at, scratch.device("partial m, l", 4L * 2 * items * queryHeads),
+            DeviceBuffer counters = scratch.deviceZeroed("counters", counterBytes); // every launch leaves them zero
+            if (rezeroCounters) {
+                counters.fillAsync((byte) 0, 0, counters.byteSize(), stream);
+            }
+            StepBuffers buffers = new StepBuffers(upload, tableBase, at,
+                    scratch.device("partial m, l", 4L * 2 * items * queryHeads),
                     scratch.device("partial outputs", 4L * items * queryHeads * d), counters,
                     scratch.minmax(plan, kvh, queryHeads));
-            launch(p, shape, queryHeads, buffers, q, o, stream);
+            rezeroCounters = true; // until this launch is queued
+            launch(p, shape, queryHeads, buffers, upload, o, stream);
+            rezeroCounters = false;
             hostOut = scratch.pinned("outputs", out.byteSize());
             o.copyToAsync(0, hostOut, 0, out.byteSize(), stream);
         } catch (RuntimeException | Error e) {
@@ -388,13 +398,11 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
         stream.synchronize();
         lastStep = new DecodeStepInfo(plan.sequences(), plan.workItems(), plan.mmMode(), p.kernels().decodeBlock());
         MemorySegment result = hostOut.segment();
-        long n = out.byteSize() / 4;
-        for (long i = 0; i < n; i++) {
-            float v = result.getAtIndex(ValueLayout.JAVA_FLOAT, i);
-            if (!Float.isFinite(v)) {
-                long row = i / d;
-                throw new NonFiniteResultException((int) (row / queryHeads), (int) (row % queryHeads), (int) (i % d), v);
-            }
+        long bad = Fp16Check.firstNonFiniteFp32(result, out.byteSize() / 4);
+        if (bad >= 0) {
+            long row = bad / d;
+            throw new NonFiniteResultException((int) (row / queryHeads), (int) (row % queryHeads), (int) (bad % d),
+                    result.getAtIndex(ValueLayout.JAVA_FLOAT, bad));
         }
         MemorySegment.copy(result, 0, out, 0, out.byteSize());
     }
@@ -430,7 +438,7 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
                 DeviceBuffer mm = add(made, ctx.allocate(Math.max(4, plan.minmaxBufferBytes(shape.kvHeads(),
                         queryHeads))));
                 mm.fill((byte) 0); // mode 3's rendezvous slots start zero; every launch leaves them zero
-                this.buffers = new StepBuffers(tables, at, add(made, ctx.allocate(Math.max(4, 8L * items * queryHeads))),
+                this.buffers = new StepBuffers(tables, 0, at, add(made, ctx.allocate(Math.max(4, 8L * items * queryHeads))),
                         add(made, ctx.allocate(Math.max(4, 4L * items * queryHeads * shape.headDim()))), counters, mm);
             } catch (RuntimeException | Error e) {
                 for (DeviceBuffer b : made) {

@@ -161,4 +161,36 @@ class Fp16CheckTest {
                     0, D)).isInstanceOf(IllegalArgumentException.class);
         }
     }
+
+    /** The word-at-a-time scans find the first NaN or infinity in every lane and tail position, and no false one. */
+    @Test
+    void theWordScansFindEveryPositionAndNothingElse() {
+        java.util.Random random = new java.util.Random(Seeds.fresh("Fp16CheckTest"));
+        try (Arena arena = Arena.ofConfined()) {
+            for (int n = 1; n <= 11; n++) {
+                MemorySegment h = arena.allocate(2L * n);
+                MemorySegment f = arena.allocate(4L * n);
+                for (int i = 0; i < n; i++) { // finite values, the largest magnitudes included
+                    h.setAtIndex(java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED, i,
+                            (short) (random.nextBoolean() ? 0x7bff : 0xfbff));
+                    f.setAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT_UNALIGNED, i,
+                            random.nextBoolean() ? Float.MAX_VALUE : -Float.MAX_VALUE);
+                }
+                assertThat(Fp16Check.firstNonFinite(h, n)).isEqualTo(-1);
+                assertThat(Fp16Check.firstNonFiniteFp32(f, n)).isEqualTo(-1);
+                for (int at = 0; at < n; at++) {
+                    MemorySegment hb = arena.allocate(2L * n).copyFrom(h);
+                    MemorySegment fb = arena.allocate(4L * n).copyFrom(f);
+                    hb.setAtIndex(java.lang.foreign.ValueLayout.JAVA_SHORT_UNALIGNED, at,
+                            new short[] {(short) 0x7e00, (short) 0x7c00, (short) 0xfc00}[at % 3]);
+                    fb.setAtIndex(java.lang.foreign.ValueLayout.JAVA_FLOAT_UNALIGNED, at,
+                            new float[] {Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY}[at % 3]);
+                    assertThat(Fp16Check.firstNonFinite(hb, n)).as("fp16 n %d at %d", n, at).isEqualTo(at);
+                    assertThat(Fp16Check.firstNonFiniteFp32(fb, n)).as("fp32 n %d at %d", n, at).isEqualTo(at);
+                    assertThat(Fp16Check.firstNonFinite(hb, at)).as("fp16 before %d", at).isEqualTo(-1);
+                    assertThat(Fp16Check.firstNonFiniteFp32(fb, at)).as("fp32 before %d", at).isEqualTo(-1);
+                }
+            }
+        }
+    }
 }
