@@ -32,6 +32,9 @@ cp -r src/library/target/test-classes/. src/cli/target/test-classes/. "$out/app/
 cp src/cli/target/calibquant-cli.jar "$out/app/"
 # the PTX and the model weights travel in the working tree anyway: gpu-run.sh puts them on the class path
 zip -q -d "$out/app/calibquant-cli.jar" 'dev/calibquant/ptx/*' 'dev/calibquant/model/*.safetensors' > /dev/null
+# the embedding example, compiled against the installed library (gpu-run.sh runs it on the GPU)
+./mvnw -q -B -ntp -f examples/embedding/pom.xml compile
+cp -r examples/embedding/target/classes "$out/app/example-classes"
 cp tools/gpu-run.sh tools/bench_sdpa.py tools/profile-gpu.sh tools/ncu_summary.py "$out/"
 
 rm -rf "$out/jre"

@@ -77,6 +77,11 @@ if [ "$junit_only" = 0 ]; then
 step "demo on the GPU"
 (cd "$work" && "${cq[@]}" demo --gpu --images 20 --no-progress --png "$logs/demo.png") 2>&1 \
     | tee "$logs/demo.txt" || status=1
+if [ -d "$app/example-classes" ]; then
+  step "the embedding example (examples/embedding) on the GPU"
+  "$java" "${jflags[@]}" -cp "$app/example-classes:$cp_main" dev.calibquant.examples.EmbeddingExample 2>&1 \
+      | tee "$logs/example.txt" || status=1
+fi
 fi
 fi
 
