@@ -285,7 +285,7 @@ public final class CalibQuantKernels {
      * The eight cache pointers of the decode kernels, each a base the tables' offsets count from. A cache whose
      * arrays do not start their own buffers (the manager's device storage: a span's scales and offsets lie at a fixed
      * distance inside one buffer) gives their offsets; one whose arrays each start a buffer of their own (the pools of
-     * {@code GpuKvCache}) uses {@link #atStart}.
+     * the benchmark's and checks' own buffers) uses {@link #atStart}.
      */
     public record CachePointers(DevicePointer kfp, DevicePointer vfp, DevicePointer kcode, DevicePointer vcode,
             DevicePointer ksig, DevicePointer kalp, DevicePointer vsig, DevicePointer valp) {

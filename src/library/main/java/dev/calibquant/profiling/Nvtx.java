@@ -14,8 +14,8 @@ import java.util.concurrent.ConcurrentHashMap;
  * kernels by phase, e.g. {@code ncu --nvtx --nvtx-include "calibquant@decode_step/"}. All ranges are push/pop ranges
  * of the NVTX domain {@value #DOMAIN}, on the thread that does the work:
  * <ul>
- *   <li>{@value #PREFILL}: the end of prefill of one layer ({@code GpuKvCache.fill}: upload, copies, quantize_pack);
- *   <li>{@value #DECODE_STEP}: one decode step's launches ({@code GpuDecodeAttention.PreparedStep.launch});
+ *   <li>{@value #PREFILL}: the end of prefill of one layer (the device storage's {@code storePrefill}: upload, copies, quantize_pack);
+ *   <li>{@value #DECODE_STEP}: one decode step's launches ({@code DeviceDecodeAttention}'s decode and prepared-step launch);
  *   <li>each kernel launch, named by its manifest variant (e.g. {@code calibquant_decode_b1_d128_mm2}).
  * </ul>
  *

@@ -110,7 +110,7 @@ class ManagedTablesTest {
             long codeBytes = q.keyCodes().byteSize();
             assertSame(storage.plane(0).asSlice(code, codeBytes), q.keyCodes(), "key codes of span " + i);
             assertSame(storage.plane(1).asSlice(code, codeBytes), q.valueCodes(), "value codes of span " + i);
-            // ksig and vsig are the plane bases, kalp and valp one scale array further (ManagedDecodeAttention)
+            // ksig and vsig are the plane bases, kalp and valp one scale array further (DeviceStorage.cachePointers)
             assertSame(storage.plane(0).asSlice(4 * scale, scaleBytes), q.keyScale(), "σK of span " + i);
             assertSame(storage.plane(0).asSlice(scaleBytes + 4 * scale, scaleBytes), q.keyOffset(), "αK of span " + i);
             assertSame(storage.plane(1).asSlice(4 * scale, scaleBytes), q.valueScale(), "σV of span " + i);
