@@ -203,11 +203,7 @@ public final class GpuScenario {
     }
 
     public static MemorySegment fp16(Arena arena, float[] x) {
-        MemorySegment s = arena.allocate(2L * x.length, 16);
-        for (int i = 0; i < x.length; i++) {
-            s.setAtIndex(ValueLayout.JAVA_SHORT, i, Float.floatToFloat16(x[i]));
-        }
-        return s;
+        return dev.calibquant.quant.Elements.allocateFrom(arena, DType.FP16, x);
     }
 
     /** Non-visual prompt rows in order, then the appended rows: bit-exact copies. */

@@ -96,7 +96,7 @@ public final class DeviceKvCache implements AutoCloseable {
      * @throws IllegalArgumentException when the GPU path cannot take the geometry ({@link #unsupportedReason}) or the
      *     limit is not positive and finite
      * @throws dev.calibquant.cuda.CudaOutOfMemoryException when the device cannot hold the reservation
-     * @throws dev.calibquant.kernels.UnsupportedDeviceException when the device or driver cannot run the shipped
+     * @throws dev.calibquant.cuda.UnsupportedDeviceException when the device or driver cannot run the shipped
      *     kernels
      */
     public static DeviceKvCache open(CudaContext context, ModelGeometry geometry, long byteLimit) {

@@ -2,6 +2,7 @@ package dev.calibquant.kernels;
 
 import dev.calibquant.cuda.CudaStream;
 import dev.calibquant.cuda.DeviceBuffer;
+import dev.calibquant.cuda.UnsupportedDeviceException;
 import java.util.List;
 import java.util.Map;
 import java.util.Objects;

@@ -3,6 +3,7 @@ package dev.calibquant.kernels;
 import dev.calibquant.cuda.CudaContext;
 import dev.calibquant.cuda.CudaModule;
 import dev.calibquant.cuda.DeviceProperties;
+import dev.calibquant.cuda.UnsupportedDeviceException;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;

@@ -18,6 +18,19 @@ public final class Elements {
     private Elements() {
     }
 
+    /**
+     * {@code values} as {@code type} (rounded to nearest even for fp16 and bf16), little-endian, in a new segment of
+     * {@code allocator} aligned to 16 bytes: the form the cache takes keys, values and queries in.
+     */
+    public static MemorySegment allocateFrom(java.lang.foreign.SegmentAllocator allocator, DType type,
+            float[] values) {
+        MemorySegment s = allocator.allocate((long) values.length * type.byteSize(), 16);
+        for (int i = 0; i < values.length; i++) {
+            write(s, type, i, values[i]);
+        }
+        return s;
+    }
+
     public static float read(MemorySegment segment, DType type, long index) {
         return switch (type) {
             case FP16 -> Half.fp16ToFloat(segment.getAtIndex(SHORT_LE, index));

@@ -1,5 +1,6 @@
 package dev.calibquant.kernels;
 
+import dev.calibquant.cuda.UnsupportedDeviceException;
 import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 

@@ -2,7 +2,8 @@ package dev.calibquant.testing;
 
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
-import java.lang.foreign.ValueLayout;
+import dev.calibquant.quant.DType;
+import dev.calibquant.quant.Elements;
 import java.util.Random;
 
 /** Random keys, values and queries as the GPU tests feed them: normal values rounded to fp16, in native segments. */
@@ -24,10 +25,6 @@ public final class Fp16Data {
 
     /** {@code x} as fp16 in a new 16-byte-aligned segment of {@code arena}. */
     public static MemorySegment fp16(Arena arena, float[] x) {
-        MemorySegment s = arena.allocate(2L * x.length, 16);
-        for (int i = 0; i < x.length; i++) {
-            s.setAtIndex(ValueLayout.JAVA_SHORT, i, Float.floatToFloat16(x[i]));
-        }
-        return s;
+        return Elements.allocateFrom(arena, DType.FP16, x);
     }
 }

@@ -13,9 +13,10 @@ import dev.calibquant.cuda.CudaContext;
 import dev.calibquant.gpu.DecodeErrorBound;
 import dev.calibquant.gpu.DeviceDecodeAttention;
 import dev.calibquant.gpu.DeviceKvCache;
-import dev.calibquant.kernels.UnsupportedDeviceException;
+import dev.calibquant.cuda.UnsupportedDeviceException;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.QuantConfig;
+import dev.calibquant.quant.Elements;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
@@ -162,10 +163,6 @@ public final class EmbeddingExample {
 
     /** The values as little-endian fp16 in off-heap memory, the form the library takes. */
     private static MemorySegment fp16(Arena arena, float[] v) {
-        MemorySegment s = arena.allocate(2L * v.length, 2);
-        for (int i = 0; i < v.length; i++) {
-            s.setAtIndex(ValueLayout.JAVA_SHORT_UNALIGNED, i, Float.floatToFloat16(v[i]));
-        }
-        return s;
+        return Elements.allocateFrom(arena, DType.FP16, v);
     }
 }

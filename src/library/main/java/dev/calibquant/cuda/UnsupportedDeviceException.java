@@ -1,4 +1,4 @@
-package dev.calibquant.kernels;
+package dev.calibquant.cuda;
 
 /** The shipped kernels cannot run on this device (or target); the message says why. */
 public final class UnsupportedDeviceException extends RuntimeException {
