@@ -75,7 +75,7 @@ grep -B2 -A12 "\[X\]" "$logs/junit.txt" | head -150
 
 if [ "$junit_only" = 0 ]; then
 step "demo on the GPU"
-(cd "$work" && "${cq[@]}" demo --gpu --images 20 --no-progress --png "$logs/demo.png") 2>&1 \
+(cd "$work" && "${cq[@]}" demo --gpu --images 20 --no-progress --no-png) 2>&1 \
     | tee "$logs/demo.txt" || status=1
 if [ -d "$app/example-classes" ]; then
   step "the embedding example (examples/embedding) on the GPU"

@@ -222,7 +222,8 @@ public final class BenchCommand implements Callable<Integer> {
     }
 
     private void writeCsv(DecodeBenchmark.Report r, Map<Integer, Double> sdpaUs) throws IOException {
-        try (PrintWriter w = new PrintWriter(Files.newBufferedWriter(csv))) {
+        dev.calibquant.io.OutputFile.write(csv, out -> {
+            PrintWriter w = new PrintWriter(new java.io.OutputStreamWriter(out, java.nio.charset.StandardCharsets.UTF_8));
             w.println("batch,calibquant_1bit_us,one_bit_floor_us,fp16_us,fp16_floor_us,sdpa_us,sdpa_anchor_us,paper_ref_anchor_us,quantize_us,quantize_gbs,copy_gbs,calibration_mode,work_items,kernel_load_ms,ptx_target,device,calibquant_1bit_graph_us,calibquant_1bit_host_us,calibquant_1bit_call_us");
             for (DecodeBenchmark.Row row : r.rows()) {
                 double[] anchor = ANCHORS.getOrDefault(row.batch(), new double[] {Double.NaN, Double.NaN});
@@ -233,7 +234,11 @@ public final class BenchCommand implements Callable<Integer> {
                         row.workItems(), r.kernelLoadMs(), r.target(), r.device().replace(',', ' '), row.calibQuantGraphUs(),
                         row.calibQuantHostUs(), row.calibQuantCallUs());
             }
-        }
+            w.flush();
+            if (w.checkError()) {
+                throw new IOException("write failed");
+            }
+        });
     }
 
     private record Replay(DecodeBenchmark.Report report, Map<Integer, Double> sdpaUs) {}
@@ -321,6 +326,6 @@ public final class BenchCommand implements Callable<Integer> {
                     ? new BasicStroke(1.5f, BasicStroke.CAP_BUTT, BasicStroke.JOIN_MITER, 1, new float[] {6, 4}, 0)
                     : new BasicStroke(2.5f));
         }
-        ChartUtils.saveChartAsPNG(png.toFile(), chart, 1000, 640);
+        dev.calibquant.io.OutputFile.write(png, out -> ChartUtils.writeChartAsPNG(out, chart, 1000, 640));
     }
 }

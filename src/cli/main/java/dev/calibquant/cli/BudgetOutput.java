@@ -96,12 +96,17 @@ final class BudgetOutput {
 
     void writeCsv(Path file) throws IOException {
         List<Map<String, Object>> rows = List.of(csvRow(report.fp16()), csvRow(report.oneBit()));
-        try (PrintWriter w = new PrintWriter(Files.newBufferedWriter(file))) {
+        dev.calibquant.io.OutputFile.write(file, out -> {
+            PrintWriter w = new PrintWriter(new java.io.OutputStreamWriter(out, java.nio.charset.StandardCharsets.UTF_8));
             w.println(String.join(",", rows.getFirst().keySet()));
             for (Map<String, Object> row : rows) {
                 w.println(String.join(",", row.values().stream().map(BudgetOutput::csvField).toList()));
             }
-        }
+            w.flush();
+            if (w.checkError()) {
+                throw new IOException("write failed");
+            }
+        });
     }
 
     private Map<String, Object> csvRow(BudgetBenchmark.PathFigures p) {

@@ -156,8 +156,9 @@ public final class DemoCommand implements Callable<Integer> {
                     printAnswers(out, results, settings);
                     printSummary(out, evaluation, count);
                 }
-                if (!noPng && !table) {
-                    drawSheet(out, err, results, settings);
+                if (!noPng && !table && !drawSheet(out, err, results, settings)) {
+                    out.flush();
+                    return 1; // a requested output was not written
                 }
             }
             out.flush();
@@ -278,14 +279,19 @@ public final class DemoCommand implements Callable<Integer> {
         }
     }
 
-    private void drawSheet(PrintWriter out, PrintWriter err, List<Evaluation.Result> results,
+    /** Draws the sheet; false (said in one line) when it could not be drawn or written. */
+    private boolean drawSheet(PrintWriter out, PrintWriter err, List<Evaluation.Result> results,
             List<KvSetting> settings) {
         try {
             DemoSheet.write(png, results, List.of(settings.get(0).name(), settings.get(1).name()));
             out.println("drew the first " + Math.min(8, results.size()) + " images with both answers: " + png);
-        } catch (IOException | RuntimeException | LinkageError | java.awt.AWTError | InternalError e) {
-            // the PNG is a by-product: the answers above stand without it
-            err.println("calibquant demo: could not draw " + png + ": " + e);
+            return true;
+        } catch (IOException e) {
+            err.println("calibquant demo: " + e.getMessage() + " (the answers above stand; --no-png skips the sheet)");
+        } catch (RuntimeException | LinkageError | java.awt.AWTError | InternalError e) {
+            err.println("calibquant demo: could not draw " + png + ": " + e.getMessage()
+                    + " (the answers above stand; --no-png skips the sheet)");
         }
+        return false;
     }
 }

@@ -59,16 +59,11 @@ final class DemoSheet {
         } finally {
             g.dispose();
         }
-        Path directory = path.toAbsolutePath().getParent();
-        Path temporary = Files.createTempFile(directory, path.getFileName().toString(), ".partial");
-        try {
-            if (!ImageIO.write(sheet, "png", temporary.toFile())) {
+        dev.calibquant.io.OutputFile.write(path, out -> {
+            if (!ImageIO.write(sheet, "png", out)) {
                 throw new IOException("no PNG writer in this JDK");
             }
-            Files.move(temporary, path, java.nio.file.StandardCopyOption.REPLACE_EXISTING);
-        } finally {
-            Files.deleteIfExists(temporary);
-        }
+        });
     }
 
     private static BufferedImage enlarged(TaskSample sample) {

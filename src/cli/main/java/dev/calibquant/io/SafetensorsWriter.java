@@ -9,13 +9,8 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
-import java.nio.channels.FileChannel;
 import java.nio.charset.StandardCharsets;
-import java.nio.file.AtomicMoveNotSupportedException;
-import java.nio.file.Files;
 import java.nio.file.Path;
-import java.nio.file.StandardCopyOption;
-import java.nio.file.StandardOpenOption;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.HashSet;
@@ -29,7 +24,8 @@ import java.util.Set;
  *
  * <p>Tensors are laid out in the order they were added, the header padded with spaces so the data starts 8-byte
  * aligned (as the reference writer does). The segments are read only by {@link #write}; they stay the caller's.
- * The file is written next to its destination and moved into place, so a failed write leaves no partial file.
+ * The file is written through {@link OutputFile}: next to its destination and moved into place, so a failed write
+ * leaves no partial file.
  */
 public final class SafetensorsWriter {
 
@@ -95,33 +91,20 @@ public final class SafetensorsWriter {
     /** Writes all tensors added so far to {@code path}, replacing any file there. */
     public void write(Path path) throws IOException {
         byte[] header = header();
-        Path directory = path.toAbsolutePath().getParent();
-        Path temporary = Files.createTempFile(directory, path.getFileName().toString(), ".partial");
-        try {
-            try (FileChannel out = FileChannel.open(temporary, StandardOpenOption.WRITE,
-                    StandardOpenOption.TRUNCATE_EXISTING)) {
-                ByteBuffer length = ByteBuffer.allocate(Long.BYTES).order(ByteOrder.LITTLE_ENDIAN);
-                length.putLong(header.length).flip();
-                writeFully(out, length);
-                writeFully(out, ByteBuffer.wrap(header));
-                byte[] chunk = new byte[COPY_CHUNK];
-                for (Pending t : tensors) {
-                    for (long at = 0; at < t.data.byteSize(); at += COPY_CHUNK) {
-                        int n = (int) Math.min(COPY_CHUNK, t.data.byteSize() - at);
-                        MemorySegment.copy(t.data, ValueLayout.JAVA_BYTE, at, chunk, 0, n);
-                        writeFully(out, ByteBuffer.wrap(chunk, 0, n));
-                    }
+        OutputFile.write(path, out -> {
+            ByteBuffer length = ByteBuffer.allocate(Long.BYTES).order(ByteOrder.LITTLE_ENDIAN);
+            length.putLong(header.length);
+            out.write(length.array());
+            out.write(header);
+            byte[] chunk = new byte[COPY_CHUNK];
+            for (Pending t : tensors) {
+                for (long at = 0; at < t.data.byteSize(); at += COPY_CHUNK) {
+                    int n = (int) Math.min(COPY_CHUNK, t.data.byteSize() - at);
+                    MemorySegment.copy(t.data, ValueLayout.JAVA_BYTE, at, chunk, 0, n);
+                    out.write(chunk, 0, n);
                 }
-                out.force(false);
             }
-            try {
-                Files.move(temporary, path, StandardCopyOption.REPLACE_EXISTING, StandardCopyOption.ATOMIC_MOVE);
-            } catch (AtomicMoveNotSupportedException e) {
-                Files.move(temporary, path, StandardCopyOption.REPLACE_EXISTING);
-            }
-        } finally {
-            Files.deleteIfExists(temporary);
-        }
+        });
     }
 
     private byte[] header() {
@@ -148,9 +131,4 @@ public final class SafetensorsWriter {
         return header;
     }
 
-    private static void writeFully(FileChannel out, ByteBuffer buffer) throws IOException {
-        while (buffer.hasRemaining()) {
-            out.write(buffer);
-        }
-    }
 }

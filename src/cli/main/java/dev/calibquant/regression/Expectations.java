@@ -250,14 +250,8 @@ public record Expectations(int format, String note, Map<String, String> toleranc
     public void write(Path file) throws IOException {
         Path dir = file.toAbsolutePath().getParent();
         Files.createDirectories(dir);
-        Path tmp = Files.createTempFile(dir, ".expectations", ".json");
-        try {
-            Files.writeString(tmp, toJson(), StandardCharsets.UTF_8);
-            Files.move(tmp, file, java.nio.file.StandardCopyOption.REPLACE_EXISTING,
-                    java.nio.file.StandardCopyOption.ATOMIC_MOVE);
-        } finally {
-            Files.deleteIfExists(tmp);
-        }
+        byte[] json = toJson().getBytes(StandardCharsets.UTF_8);
+        dev.calibquant.io.OutputFile.write(file, out -> out.write(json));
     }
 
     /** Every problem that makes this file unusable for {@code manifest}'s shipped PTX, one line each. */

@@ -24,9 +24,7 @@ public final class JUnitXmlReport {
         if (dir != null) {
             Files.createDirectories(dir);
         }
-        try (OutputStream out = Files.newOutputStream(file)) {
-            write(reports, out);
-        }
+        dev.calibquant.io.OutputFile.write(file, out -> write(reports, out));
     }
 
     public static void write(List<RegressionSuite.Report> reports, OutputStream out) throws IOException {

@@ -97,6 +97,16 @@ class DemoCommandTest {
     }
 
     @Test
+    void aSheetThatCannotBeWrittenIsSaidInOneLineAndTheExitCodeIsOne() throws Exception {
+        Path sub = java.nio.file.Files.createDirectory(dir.resolve("a-directory.png"));
+        Result r = run("--weights", tinyWeights(), "--images", "1", "--no-progress", "--png", sub.toString());
+        assertThat(r.exitCode()).isEqualTo(1);
+        assertThat(r.out()).contains("exact match"); // the answers were printed
+        assertThat(r.err()).contains("--no-png skips the sheet").doesNotContain("Exception").doesNotContain(".partial");
+        assertThat(java.nio.file.Files.isDirectory(sub)).isTrue();
+    }
+
+    @Test
     void gpuRunsOnTheGpuOrSaysWhyItRunsOnTheCpu() throws Exception {
         Result r = run("--weights", tinyWeights(), "--gpu", "--images", "1", "--no-png", "--no-progress");
         assertThat(r.exitCode()).as(r.err()).isZero();
