@@ -43,7 +43,7 @@ import picocli.CommandLine.Spec;
  * {@code --budget-gb}, decode throughput at a fixed KV memory budget instead.
  */
 @Command(name = "bench", mixinStandardHelpOptions = true,
-        description = {"Time one decode step (1-bit CalibQuant and fp16) on the BENCHMARKS.md workload on this GPU.",
+        description = {"Time one decode step (1-bit CalibQuant and fp16) of one InternVL2.5-8B layer (32 query heads, 8 KV heads, head dim 128, 41 + 3328 visual + 64 tokens per sequence) on this GPU.",
             "With --budget-gb: how many sequences each cache fits in that KV budget over all layers, and the decode "
                     + "throughput (sequences × steps/s, attention only) at those batch sizes."})
 public final class BenchCommand implements Callable<Integer> {
@@ -113,6 +113,16 @@ public final class BenchCommand implements Callable<Integer> {
             }
             return 0;
         }
+        for (int b : batches) {
+            if (b < 1 || b > 65_536) {
+                throw new CommandLine.ParameterException(spec.commandLine(),
+                        "--batches takes batch sizes from 1 to 65536, got " + b);
+            }
+        }
+        if (reps < 1 || steps < 1) {
+            throw new CommandLine.ParameterException(spec.commandLine(),
+                    "--reps and --steps must be positive, got " + reps + " and " + steps);
+        }
         CudaAvailability a = Cuda.availability();
         if (!a.available()) {
             System.err.println("bench: needs a GPU: " + a.reason());
@@ -165,6 +175,16 @@ public final class BenchCommand implements Callable<Integer> {
             bytes = KvBudget.bytesOfGigabytes(budgetGb);
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(cl, "--budget-gb: " + e.getMessage());
+        }
+        for (int b : batches) {
+            if (b < 1 || b > 65_536) {
+                throw new CommandLine.ParameterException(spec.commandLine(),
+                        "--batches takes batch sizes from 1 to 65536, got " + b);
+            }
+        }
+        if (reps < 1 || steps < 1) {
+            throw new CommandLine.ParameterException(spec.commandLine(),
+                    "--reps and --steps must be positive, got " + reps + " and " + steps);
         }
         CudaAvailability a = Cuda.availability();
         if (!a.available()) {
@@ -244,7 +264,33 @@ public final class BenchCommand implements Callable<Integer> {
     private record Replay(DecodeBenchmark.Report report, Map<Integer, Double> sdpaUs) {}
 
     private static Replay readCsv(Path file) throws IOException {
-        List<String> lines = Files.readAllLines(file);
+        if (Files.isDirectory(file)) {
+            throw new IOException(file + " is a directory, not a CSV written by calibquant bench --csv");
+        }
+        if (Files.exists(file) && !Files.isRegularFile(file)) {
+            throw new IOException(file + " is not a regular file");
+        }
+        List<String> lines;
+        try {
+            lines = Files.readAllLines(file, java.nio.charset.StandardCharsets.UTF_8);
+        } catch (java.nio.charset.MalformedInputException e) {
+            throw new IOException(file + " is not text: not a CSV written by calibquant bench --csv");
+        }
+        if (lines.isEmpty() || !lines.getFirst().startsWith("batch,calibquant_1bit_us,")) {
+            throw new IOException(file + " is not a CSV written by calibquant bench --csv (its first line should "
+                    + "start with \"batch,calibquant_1bit_us,\"" + (lines.isEmpty() ? "; the file is empty)" : ")"));
+        }
+        if (lines.stream().skip(1).allMatch(String::isBlank)) {
+            throw new IOException(file + " holds the header of a bench CSV but no rows");
+        }
+        try {
+            return parseCsv(file, lines);
+        } catch (NumberFormatException | ArrayIndexOutOfBoundsException e) {
+            throw new IOException(file + ": a row of the bench CSV is malformed (" + CalibQuantCli.oneLine(e) + ")");
+        }
+    }
+
+    private static Replay parseCsv(Path file, List<String> lines) throws IOException {
         List<DecodeBenchmark.Row> rows = new java.util.ArrayList<>();
         Map<Integer, Double> sdpaUs = new TreeMap<>();
         String[] last = null;

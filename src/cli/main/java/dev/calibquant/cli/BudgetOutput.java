@@ -53,7 +53,7 @@ final class BudgetOutput {
                     f.path(), f.sequences(), mb(f.sequenceBytes()), mb(f.sequenceLayerBytes()), gb(f.layerBytes()),
                     gb(f.usedBytes()), p.layerStepUs(), t.stepsPerSecond(), t.sequenceStepsPerSecond());
         }
-        out.printf(Locale.ROOT, "1-bit / fp16: %.2f× the sequences, %.2f× the sequences × steps/s (BENCHMARKS.md target: ≥ 10×)%n",
+        out.printf(Locale.ROOT, "1-bit / fp16: %.2f× the sequences, %.2f× the sequences × steps/s (the project's target: ≥ 10×)%n",
                 r.sequenceRatio(), r.throughputRatio());
         for (BudgetBenchmark.PathFigures p : List.of(r.fp16(), r.oneBit())) {
             MemoryUsage u = p.fit().perSequence();

@@ -21,12 +21,54 @@ public final class CalibQuantCli implements Runnable {
         }
     }
 
+    /** With {@code --debug}, a failure also prints its stack trace (after the one line). */
+    @Option(names = "--debug", scope = CommandLine.ScopeType.INHERIT, description = "On a failure, print the stack "
+            + "trace after the one-line message.")
+    boolean debug;
+
     @Override
     public void run() {
         new CommandLine(this).usage(System.out);
     }
 
+    /**
+     * The command line as {@link #main} runs it: a failure that reaches it is one line on stderr,
+     * {@code calibquant SUBCOMMAND: what went wrong}, and exit code 1 (a stack trace only with {@code --debug}).
+     */
+    public static CommandLine commandLine() {
+        CalibQuantCli root = new CalibQuantCli();
+        CommandLine cl = new CommandLine(root);
+        cl.setExecutionExceptionHandler((e, command, parsed) -> {
+            java.io.PrintWriter err = cl.getErr(); // the root's writer: what the caller set for the whole command
+            err.println(command.getCommandSpec().qualifiedName() + ": " + oneLine(e));
+            if (root.debug || Boolean.getBoolean("calibquant.debug")) {
+                e.printStackTrace(err);
+            }
+            err.flush();
+            return 1;
+        });
+        return cl;
+    }
+
+    /** The failure in one line, in the user's terms: the path and what is wrong with it, not the exception's type. */
+    static String oneLine(Throwable e) {
+        if (e instanceof java.nio.file.NoSuchFileException f) {
+            return f.getFile() + ": no such file";
+        }
+        if (e instanceof java.nio.file.AccessDeniedException f) {
+            return f.getFile() + ": permission denied";
+        }
+        if (e instanceof java.nio.file.FileSystemException f && f.getReason() != null) {
+            return f.getFile() + ": " + f.getReason().toLowerCase(java.util.Locale.ROOT);
+        }
+        String message = e.getMessage();
+        if (message == null || message.isBlank()) {
+            return e.getClass().getSimpleName();
+        }
+        return message.lines().findFirst().orElse(message).strip();
+    }
+
     public static void main(String[] args) {
-        System.exit(new CommandLine(new CalibQuantCli()).execute(args));
+        System.exit(commandLine().execute(args));
     }
 }

@@ -79,7 +79,7 @@ public final class SelftestCommand implements Callable<Integer> {
         }
         CudaAvailability a = Cuda.availability();
         if (!a.available()) {
-            System.out.println("selftest: no usable GPU, nothing to test: " + a.reason());
+            System.err.println("selftest: no usable GPU, nothing to test: " + a.reason());
             return EXIT_NO_GPU;
         }
         long s = seed != null ? seed : new Random().nextLong();

@@ -206,7 +206,9 @@ public record Expectations(int format, String note, Map<String, String> toleranc
         try {
             e = mapper().readValue(json, Expectations.class);
         } catch (IOException | RuntimeException ex) {
-            throw new ExpectationsFormatException("regression expectations are malformed: " + ex.getMessage(), ex);
+            String why = ex.getMessage() == null ? ex.getClass().getSimpleName()
+                    : ex.getMessage().lines().findFirst().orElse("").replaceAll(" \\(for .*|\\s*at \\[Source.*", "");
+            throw new ExpectationsFormatException("regression expectations are malformed: " + why, ex);
         }
         if (e.format() != FORMAT) {
             throw new ExpectationsFormatException("regression expectations have format " + e.format() + "; this "
@@ -216,10 +218,17 @@ public record Expectations(int format, String note, Map<String, String> toleranc
     }
 
     public static Expectations read(Path file) {
+        if (Files.isDirectory(file)) {
+            throw new ExpectationsFormatException(file + " is a directory, not a regression expectations file", null);
+        }
         try (InputStream in = Files.newInputStream(file)) {
             return read(in);
+        } catch (java.nio.file.NoSuchFileException e) {
+            throw new ExpectationsFormatException(file + ": no such file", e);
         } catch (IOException e) {
             throw new ExpectationsFormatException("cannot read " + file + ": " + e.getMessage(), e);
+        } catch (ExpectationsFormatException e) {
+            throw new ExpectationsFormatException(file + ": " + e.getMessage(), e);
         }
     }
 

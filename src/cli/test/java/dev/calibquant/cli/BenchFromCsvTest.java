@@ -20,7 +20,7 @@ class BenchFromCsvTest {
         PrintStream before = System.out;
         System.setOut(new PrintStream(bytes, true, StandardCharsets.UTF_8));
         try {
-            int rc = new CommandLine(new CalibQuantCli()).execute(args);
+            int rc = CalibQuantCli.commandLine().execute(args);
             return rc + "\n" + bytes.toString(StandardCharsets.UTF_8);
         } finally {
             System.setOut(before);

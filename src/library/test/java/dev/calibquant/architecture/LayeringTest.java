@@ -43,7 +43,7 @@ class LayeringTest {
         allow("model", "attention", "cache", "quant", "io");
         allow("selftest", "gpu", "kernels", "cuda", "attention", "cache", "quant");
         allow("bench", "selftest", "gpu", "kernels", "cuda", "cache", "quant");
-        allow("regression", "selftest", "gpu", "kernels", "cuda", "attention", "cache", "quant");
+        allow("regression", "selftest", "io", "gpu", "kernels", "cuda", "attention", "cache", "quant");
         allow("cli", "model", "io", "selftest", "bench", "regression", "gpu", "kernels", "cuda", "profiling",
                 "attention", "cache", "quant");
     }
