@@ -99,6 +99,9 @@ public final class DemoCommand implements Callable<Integer> {
     @Spec
     CommandSpec spec;
 
+    /** The test set's size: images are generated from seeds, but a run past this is a typo, not an experiment. */
+    static final int MAX_IMAGES = 100_000;
+
     /** Where the KV cache lives and decode attention runs; open for the duration of the evaluation. */
     private KvCacheBackend backend;
 
@@ -124,8 +127,8 @@ public final class DemoCommand implements Callable<Integer> {
         PrintWriter err = spec.commandLine().getErr();
         try {
             int count = images != null ? images : table ? 500 : 20;
-            if (count < 1) {
-                throw new UsageException("--images must be at least 1, got " + count);
+            if (count < 1 || count > MAX_IMAGES) {
+                throw new UsageException("--images takes 1 to " + MAX_IMAGES + ", got " + count);
             }
             List<KvSetting> settings = table ? KvSetting.accuracyTable() : List.of(KvSetting.FP16,
                     new KvSetting(bits + "-bit CalibQuant", quantConfig()));

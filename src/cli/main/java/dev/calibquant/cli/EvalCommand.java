@@ -120,6 +120,14 @@ public final class EvalCommand implements Callable<Integer> {
                     throw new UsageException("--bits takes 1, 2, 4 or 8, got " + b);
                 }
             }
+            // a FIFO or a device would block or stream forever: only a regular file is a capture
+            if (java.nio.file.Files.isDirectory(file)) {
+                throw new CaptureException(file + " is a directory, not a safetensors capture");
+            }
+            if (java.nio.file.Files.exists(file) && !java.nio.file.Files.isRegularFile(file)) {
+                throw new CaptureException(file + " is not a regular file (a FIFO, device or socket), not a "
+                        + "safetensors capture");
+            }
             try (SafetensorsReader reader = SafetensorsReader.open(file)) {
                 Capture capture = Capture.read(reader);
                 List<Row> rows = evaluate(capture, bits.stream().distinct().sorted().toList());
@@ -142,7 +150,7 @@ public final class EvalCommand implements Callable<Integer> {
             err.println("calibquant eval: no such file: " + e.getFile());
             return 1;
         } catch (IOException e) {
-            err.println("calibquant eval: cannot read " + file + ": " + e);
+            err.println("calibquant eval: cannot read " + file + ": " + CalibQuantCli.oneLine(e));
             return 1;
         } catch (IllegalArgumentException e) {
             // the cache's or the attention's check of the data: a NaN, a span out of range, an impossible shape
@@ -240,9 +248,12 @@ public final class EvalCommand implements Callable<Integer> {
             }
             JsonNode root;
             try {
-                root = new ObjectMapper().readTree(text);
+                // one JSON value and nothing after it: "[[11, 267]] junk" is refused, not read as its prefix
+                root = new ObjectMapper().enable(com.fasterxml.jackson.databind.DeserializationFeature
+                        .FAIL_ON_TRAILING_TOKENS).readTree(text);
             } catch (JsonProcessingException e) {
-                throw new CaptureException(path + ": metadata visual_spans is not JSON: " + e.getOriginalMessage());
+                throw new CaptureException(path + ": metadata visual_spans is not one JSON value: "
+                        + e.getOriginalMessage());
             }
             if (root == null || !root.isArray() || root.isEmpty()) {
                 throw new CaptureException(path + ": metadata visual_spans must be a non-empty JSON list of "
@@ -250,10 +261,14 @@ public final class EvalCommand implements Callable<Integer> {
             }
             List<TokenSpan> spans = new ArrayList<>();
             for (JsonNode pair : root) {
-                if (!pair.isArray() || pair.size() != 2 || !pair.get(0).canConvertToInt() || !pair.get(1)
-                        .canConvertToInt() || !pair.get(0).isIntegralNumber() || !pair.get(1).isIntegralNumber()) {
+                if (!pair.isArray() || pair.size() != 2 || !pair.get(0).isIntegralNumber()
+                        || !pair.get(1).isIntegralNumber()) {
                     throw new CaptureException(path + ": metadata visual_spans holds " + pair
                             + ", not a [start, end] pair of integers");
+                }
+                if (!pair.get(0).canConvertToInt() || !pair.get(1).canConvertToInt()) {
+                    throw new CaptureException(path + ": metadata visual_spans holds " + pair
+                            + ": token positions must be from 0 to " + Integer.MAX_VALUE);
                 }
                 try {
                     spans.add(new TokenSpan(pair.get(0).intValue(), pair.get(1).intValue()));

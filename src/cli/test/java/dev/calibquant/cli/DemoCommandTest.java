@@ -143,6 +143,9 @@ class DemoCommandTest {
         assertThat(clip.exitCode()).isEqualTo(2);
         assertThat(clip.err()).contains("keyClip must be in (0, 1]");
         assertThat(run("--images", "0").exitCode()).isEqualTo(2);
+        Result huge = run("--images", "2147483647");
+        assertThat(huge.exitCode()).isEqualTo(2);
+        assertThat(huge.err()).contains("--images takes 1 to 100000, got 2147483647");
         assertThat(run("--cpu", "--gpu").exitCode()).isEqualTo(2);
     }
 }

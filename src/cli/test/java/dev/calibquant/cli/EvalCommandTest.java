@@ -317,7 +317,9 @@ class EvalCommandTest {
         assertBadCapture(c -> c.remove("layers.0.q").tensor("layers.0.q", 3, 16).remove("layers.1.q")
                 .tensor("layers.1.q", 3, 16), "3 query heads are not a multiple of 2 KV heads");
         assertBadCapture(c -> c.spans = null, "no metadata visual_spans");
-        assertBadCapture(c -> c.spans = "[[1, 2]", "visual_spans is not JSON");
+        assertBadCapture(c -> c.spans = "[[1, 2]", "visual_spans is not one JSON value");
+        assertBadCapture(c -> c.spans = "[[11, 67]] junk", "visual_spans is not one JSON value");
+        assertBadCapture(c -> c.spans = "[[10, 99999999999999999999]]", "token positions must be from 0 to 2147483647");
         assertBadCapture(c -> c.spans = "[]", "non-empty JSON list");
         assertBadCapture(c -> c.spans = "[[5]]", "holds [5], not a [start, end] pair");
         assertBadCapture(c -> c.spans = "[[5, 2.5]]", "not a [start, end] pair");
@@ -329,10 +331,20 @@ class EvalCommandTest {
     }
 
     @Test
-    void unreadableFilesExitWithOne() throws IOException {
+    void unreadableFilesExitWithOne() throws Exception {
         Result missing = run(dir.resolve("nope.safetensors").toString());
         assertThat(missing.exitCode()).isEqualTo(1);
         assertThat(missing.err()).contains("no such file").contains("nope.safetensors");
+        Result directory = run(dir.toString());
+        assertThat(directory.exitCode()).isEqualTo(1);
+        assertThat(directory.err()).isEqualTo("calibquant eval: " + dir + " is a directory, not a safetensors capture\n");
+        Path fifo = dir.resolve("fifo");
+        if (new ProcessBuilder("mkfifo", fifo.toString()).start().waitFor(10, java.util.concurrent.TimeUnit.SECONDS)
+                && Files.exists(fifo)) {
+            Result r = run(fifo.toString()); // refused at once: reading a FIFO would wait for a writer forever
+            assertThat(r.exitCode()).isEqualTo(1);
+            assertThat(r.err()).contains(fifo + " is not a regular file");
+        }
         Path garbage = dir.resolve("garbage.safetensors");
         Files.write(garbage, new byte[] {1, 2, 3});
         Result r = run(garbage.toString());
