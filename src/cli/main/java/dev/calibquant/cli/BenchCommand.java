@@ -285,9 +285,20 @@ public final class BenchCommand implements Callable<Integer> {
         }
         try {
             return parseCsv(file, lines);
-        } catch (NumberFormatException | ArrayIndexOutOfBoundsException e) {
-            throw new IOException(file + ": a row of the bench CSV is malformed (" + CalibQuantCli.oneLine(e) + ")");
+        } catch (NumberFormatException e) {
+            String value = e.getMessage() == null ? "" : e.getMessage().replaceFirst("^For input string: ", "");
+            throw new IOException(file + ": a row of the bench CSV holds " + printable(value) + " where a number "
+                    + "belongs");
+        } catch (ArrayIndexOutOfBoundsException e) {
+            throw new IOException(file + ": a row of the bench CSV is malformed");
         }
+    }
+
+    /** A value from the user's file as a message may show it: control characters as '?', at most 40 characters. */
+    static String printable(String value) {
+        String s = value.codePoints().map(c -> Character.isISOControl(c) ? '?' : c)
+                .collect(StringBuilder::new, StringBuilder::appendCodePoint, StringBuilder::append).toString();
+        return s.length() <= 40 ? s : s.substring(0, 40) + "… (" + s.length() + " characters)";
     }
 
     private static Replay parseCsv(Path file, List<String> lines) throws IOException {
@@ -300,7 +311,7 @@ public final class BenchCommand implements Callable<Integer> {
             }
             String[] f = line.split(",", -1);
             if (f.length < 16 || f.length > 19) { // older records lack the graph, host and call columns
-                throw new IOException(file + ": expected 16 to 19 columns, found " + f.length + " in: " + line);
+                throw new IOException(file + ": expected 16 to 19 columns, found " + f.length + " in: " + printable(line));
             }
             int b = Integer.parseInt(f[0]);
             rows.add(new DecodeBenchmark.Row(b, Double.parseDouble(f[1]), Double.parseDouble(f[3]), Double.parseDouble(f[8]),
