@@ -22,7 +22,7 @@ export JAVA_HOME
 # (the device call carries at most 64 MiB with the working tree; byte-buddy only serves AssertJ's soft assertions;
 # the JUnit console launcher below already holds the Jupiter and Platform jars)
 ./mvnw -q -B -ntp -pl src/cli dependency:copy-dependencies -DincludeScope=test -DoutputDirectory="$out/app/lib" \
-    -DexcludeGroupIds=dev.calibquant -DexcludeArtifactIds=jmh-core,jmh-generator-annprocess,commons-math3,jopt-simple,byte-buddy,picocli,jackson-databind,jackson-core,jackson-annotations,jfreechart,progressbar,jline-terminal,jline-native,junit-jupiter,junit-jupiter-api,junit-jupiter-engine,junit-jupiter-params,junit-platform-commons,junit-platform-engine,junit-platform-launcher,opentest4j,apiguardian-api
+    -DexcludeGroupIds=dev.calibquant -DexcludeArtifactIds=jazzer,jazzer-api,jazzer-junit,jmh-core,jmh-generator-annprocess,commons-math3,jopt-simple,byte-buddy,picocli,jackson-databind,jackson-core,jackson-annotations,jfreechart,progressbar,jline-terminal,jline-native,junit-jupiter,junit-jupiter-api,junit-jupiter-engine,junit-jupiter-params,junit-platform-commons,junit-platform-engine,junit-platform-launcher,opentest4j,apiguardian-api
 ./mvnw -q -B -ntp -N dependency:copy -Dartifact="org.junit.platform:junit-platform-console-standalone:$console_version" \
     -DoutputDirectory="$out/app"
 # the runnable jar carries the main classes and resources: no separate classes/ (the device tree limit is 64 MiB)

@@ -67,7 +67,7 @@ select=(--scan-class-path "$app/test-classes")  # JUNIT_CLASSES=a.B,c.D runs onl
 [ -n "${JUNIT_CLASSES:-}" ] && select=($(printf -- '--select-class %s ' ${JUNIT_CLASSES//,/ }))
 "$java" "${jflags[@]}" -Xmx24g -jar "$app"/junit-platform-console-standalone-*.jar execute "${tag_opt[@]}" \
     --class-path "$cp_test" "${select[@]}" \
-    --include-classname '.*(Test|Tests|Properties)$' --exclude-package dev.calibquant.bench \
+    --include-classname '.*(Test|Tests|Properties)$' --exclude-package dev.calibquant.bench --exclude-package dev.calibquant.fuzz \
     --reports-dir "$logs/junit" --details=tree --details-theme=ascii --disable-banner > "$logs/junit.txt" 2>&1 \
     || status=1
 grep -E "tests (successful|failed|skipped|aborted)|calibquant\]" "$logs/junit.txt" | tail -60
