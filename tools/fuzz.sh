@@ -20,7 +20,9 @@ fi
 # Jazzer fuzzes one @FuzzTest per JVM: one run per target
 status=0
 for target in SafetensorsReaderFuzzTest#readsOrRefusesWithItsOwnException \
-    CliInputFuzzTest#regressionExpectationsReadOrRefuseByName CliInputFuzzTest#benchFromCsvPrintsTheTableOrOneLine; do
+    CliInputFuzzTest#regressionExpectationsReadOrRefuseByName CliInputFuzzTest#benchFromCsvPrintsTheTableOrOneLine \
+    CliInputFuzzTest#evalReadsACaptureOrRefusesInOneLine CliInputFuzzTest#modelWeightsLoadOrRefuseByName \
+    CliInputFuzzTest#kernelManifestParsesOrRefusesByName; do
   echo "== $target"
   JAZZER_FUZZ=1 ./mvnw -B -ntp -o -pl src/cli test-compile surefire:test@fuzz-regression -Dtest="dev.calibquant.fuzz.$target" \
       -Dsurefire.failIfNoSpecifiedTests=false "$@" > "src/cli/target/fuzz-${target#*#}.log" 2>&1 || status=1

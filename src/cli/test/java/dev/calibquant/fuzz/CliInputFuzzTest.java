@@ -56,4 +56,49 @@ class CliInputFuzzTest {
             Files.deleteIfExists(file);
         }
     }
+
+    @FuzzTest(maxDuration = "30s")
+    void evalReadsACaptureOrRefusesInOneLine(byte[] bytes) throws IOException {
+        if (bytes.length > 4096) {
+            return; // small captures only: a valid one is evaluated, which must stay quick
+        }
+        Path file = Files.createTempFile("fuzz", ".safetensors");
+        java.io.StringWriter err = new java.io.StringWriter();
+        try {
+            Files.write(file, bytes);
+            int code = new picocli.CommandLine(new dev.calibquant.cli.EvalCommand())
+                    .setOut(new java.io.PrintWriter(new java.io.StringWriter()))
+                    .setErr(new java.io.PrintWriter(err, true)).execute(file.toString());
+            String said = err.toString().strip();
+            if (code != 0 && (said.isEmpty() || said.lines().count() != 1 || said.contains("\tat "))) {
+                throw new AssertionError("exit " + code + " without one line: " + said);
+            }
+        } finally {
+            Files.deleteIfExists(file);
+        }
+    }
+
+    @FuzzTest(maxDuration = "30s")
+    void modelWeightsLoadOrRefuseByName(byte[] bytes) throws IOException {
+        Path file = Files.createTempFile("fuzz", ".safetensors");
+        try {
+            Files.write(file, bytes);
+            try {
+                dev.calibquant.model.SceneModel.load(file);
+            } catch (dev.calibquant.io.SafetensorsFormatException | dev.calibquant.model.WeightsFormatException expected) {
+                // refused by name
+            }
+        } finally {
+            Files.deleteIfExists(file);
+        }
+    }
+
+    @FuzzTest(maxDuration = "30s")
+    void kernelManifestParsesOrRefusesByName(byte[] bytes) {
+        try {
+            dev.calibquant.kernels.KernelManifest.parse(new ByteArrayInputStream(bytes));
+        } catch (dev.calibquant.kernels.KernelManifestException expected) {
+            // refused by name
+        }
+    }
 }
