@@ -176,16 +176,6 @@ public final class BenchCommand implements Callable<Integer> {
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(cl, "--budget-gb: " + e.getMessage());
         }
-        for (int b : batches) {
-            if (b < 1 || b > 65_536) {
-                throw new CommandLine.ParameterException(spec.commandLine(),
-                        "--batches takes batch sizes from 1 to 65536, got " + b);
-            }
-        }
-        if (reps < 1 || steps < 1) {
-            throw new CommandLine.ParameterException(spec.commandLine(),
-                    "--reps and --steps must be positive, got " + reps + " and " + steps);
-        }
         CudaAvailability a = Cuda.availability();
         if (!a.available()) {
             System.err.println("bench: needs a GPU: " + a.reason());
