@@ -154,7 +154,7 @@ public final class BudgetBenchmark {
         String reason = split.whole() ? "" : "at most " + maxStepBatch + " sequences per step asked for";
         while (true) {
             try {
-                double[] t = timeStep(config, split.subBatchSize(), generatedTokens);
+                double[] t = timeStep(config, split.subBatchSize(), generatedTokens, fit.sequenceLayerBytes());
                 return new PathFigures(fit, split, reason, t[0], (int) t[1], (int) t[2]);
             } catch (CudaOutOfMemoryException e) {
                 if (split.subBatchSize() == 1) {
@@ -166,12 +166,15 @@ public final class BudgetBenchmark {
         }
     }
 
-    /** {median µs of one layer's step over {@code batch} sequences, work items, calibration mode}. */
-    private double[] timeStep(QuantConfig config, int batch, int generatedTokens) {
+    /**
+     * {median µs of one layer's step over {@code batch} sequences, work items, calibration mode}; one sequence's layer
+     * holds {@code layerBytes} (the fit's own accounting).
+     */
+    private double[] timeStep(QuantConfig config, int batch, int generatedTokens, long layerBytes) {
         ModelGeometry g = new ModelGeometry(1, QUERY_HEADS, KV_HEADS, HEAD_DIM);
         // A few distinct prompts, cycled: the data does not change the work, and host time stays small.
         int templates = Math.min(batch, 4);
-        long perSequence = sequenceUsage(ctx, config, 1, generatedTokens).totalBytes() + 4096;
+        long perSequence = layerBytes + 4096; // and room for the storage's 64-byte rounding of each block
         try (Arena arena = Arena.ofConfined();
                 DeviceKvCache cache = DeviceKvCache.open(ctx, g, batch * perSequence);
                 DeviceBuffer dq = ctx.allocate(2L * batch * QUERY_HEADS * HEAD_DIM);

@@ -254,11 +254,9 @@ public final class BenchCommand implements Callable<Integer> {
     private record Replay(DecodeBenchmark.Report report, Map<Integer, Double> sdpaUs) {}
 
     private static Replay readCsv(Path file) throws IOException {
-        if (Files.isDirectory(file)) {
-            throw new IOException(file + " is a directory, not a CSV written by calibquant bench --csv");
-        }
-        if (Files.exists(file) && !Files.isRegularFile(file)) {
-            throw new IOException(file + " is not a regular file");
+        java.util.Optional<String> notAFile = dev.calibquant.io.InputFile.whyNotARegularFile(file);
+        if (notAFile.isPresent()) {
+            throw new IOException(notAFile.get() + ", not a CSV written by calibquant bench --csv");
         }
         List<String> lines;
         try {

@@ -121,12 +121,9 @@ public final class EvalCommand implements Callable<Integer> {
                 }
             }
             // a FIFO or a device would block or stream forever: only a regular file is a capture
-            if (java.nio.file.Files.isDirectory(file)) {
-                throw new CaptureException(file + " is a directory, not a safetensors capture");
-            }
-            if (java.nio.file.Files.exists(file) && !java.nio.file.Files.isRegularFile(file)) {
-                throw new CaptureException(file + " is not a regular file (a FIFO, device or socket), not a "
-                        + "safetensors capture");
+            java.util.Optional<String> notAFile = dev.calibquant.io.InputFile.whyNotARegularFile(file);
+            if (notAFile.isPresent()) {
+                throw new CaptureException(notAFile.get() + ", not a safetensors capture");
             }
             try (SafetensorsReader reader = SafetensorsReader.open(file)) {
                 Capture capture = Capture.read(reader);

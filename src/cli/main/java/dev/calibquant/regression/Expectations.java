@@ -218,8 +218,9 @@ public record Expectations(int format, String note, Map<String, String> toleranc
     }
 
     public static Expectations read(Path file) {
-        if (Files.isDirectory(file)) {
-            throw new ExpectationsFormatException(file + " is a directory, not a regression expectations file", null);
+        java.util.Optional<String> notAFile = dev.calibquant.io.InputFile.whyNotARegularFile(file);
+        if (notAFile.isPresent()) {
+            throw new ExpectationsFormatException(notAFile.get() + ", not a regression expectations file", null);
         }
         try (InputStream in = Files.newInputStream(file)) {
             return read(in);

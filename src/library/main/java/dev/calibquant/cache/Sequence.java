@@ -211,29 +211,49 @@ public final class Sequence implements AutoCloseable {
         if (batch.isEmpty()) {
             throw new IllegalArgumentException("append to an empty batch");
         }
-        java.util.IdentityHashMap<Sequence, Boolean> seen = new java.util.IdentityHashMap<>();
         for (Sequence s : batch) {
-            Objects.requireNonNull(s, "sequence");
-            if (s.manager != manager) {
+            if (Objects.requireNonNull(s, "sequence").manager != manager) {
                 throw new IllegalArgumentException(s + " belongs to another cache manager");
             }
-            if (seen.put(s, Boolean.TRUE) != null) {
+        }
+        holdingLocks(batch, () -> {
+            appendLocked(manager, layer, batch, keys, values, dtype);
+            return null;
+        });
+    }
+
+    /**
+     * Runs {@code action} holding the lock of every sequence of {@code batch}, taken in id order: the order every
+     * batch operation (a batch append, a GPU decode step) takes them, so that two of them never deadlock. A sequence's
+     * own methods lock it and then its storage, never another sequence.
+     *
+     * @throws IllegalArgumentException when the batch names a sequence twice
+     */
+    public static <T> T holdingLocks(List<Sequence> batch, java.util.function.Supplier<T> action) {
+        java.util.IdentityHashMap<Sequence, Boolean> seen = new java.util.IdentityHashMap<>();
+        for (Sequence s : batch) {
+            if (seen.put(Objects.requireNonNull(s, "sequence"), Boolean.TRUE) != null) {
                 throw new IllegalArgumentException(s + " appears twice in the batch");
             }
         }
         List<Sequence> order = new ArrayList<>(batch);
-        order.sort(java.util.Comparator.comparingLong(Sequence::id));
-        appendLocked(order, 0, manager, layer, batch, keys, values, dtype);
+        // ids are unique within a manager; the identity hash orders sequences of different managers
+        order.sort(java.util.Comparator.comparingLong(Sequence::id).thenComparingInt(System::identityHashCode));
+        return locked(order, 0, action);
     }
 
-    private static void appendLocked(List<Sequence> order, int locked, KvCacheManager manager, int layer,
-            List<Sequence> batch, MemorySegment keys, MemorySegment values, DType dtype) {
-        if (locked < order.size()) {
-            synchronized (order.get(locked)) {
-                appendLocked(order, locked + 1, manager, layer, batch, keys, values, dtype);
-            }
-            return;
+    private static <T> T locked(List<Sequence> order, int i, java.util.function.Supplier<T> action) {
+        if (i == order.size()) {
+            return action.get();
         }
+        synchronized (order.get(i)) {
+            return locked(order, i + 1, action);
+        }
+    }
+
+    /** {@link #appendAll} once every lock is held. */
+    private static void appendLocked(KvCacheManager manager, int layer, List<Sequence> batch, MemorySegment keys,
+            MemorySegment values, DType dtype) {
         ModelGeometry g = manager.geometry();
         int n = batch.size();
         long itemBytes = (long) g.kvHeads() * g.headDim() * dtype.byteSize();

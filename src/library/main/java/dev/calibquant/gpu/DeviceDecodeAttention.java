@@ -16,19 +16,14 @@ import dev.calibquant.profiling.Nvtx;
 import dev.calibquant.quant.Calibration;
 import dev.calibquant.quant.CalibrationPolicy;
 import dev.calibquant.quant.DType;
-import dev.calibquant.quant.Granularity;
 import dev.calibquant.quant.InvalidShapeException;
 import dev.calibquant.quant.QuantizedSpan;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.ArrayList;
-import java.util.Comparator;
-import java.util.IdentityHashMap;
 import java.util.List;
-import java.util.Map;
 import java.util.Objects;
-import java.util.function.Supplier;
 
 /**
  * Decode attention on the GPU over the sequences of a {@link DeviceKvCache}, read in place by the CalibQuant kernels
@@ -148,7 +143,12 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
             synchronized (storage) {
                 checkOpen();
                 Planned p = plan(views, shape, geometry.queryHeads());
-                PreparedStep step = new PreparedStep(p, shape);
+                List<MemorySegment> full = new ArrayList<>(2 * views.size());
+                for (LayerKvView v : views) { // appends write these blocks, growth and close free them
+                    full.add(v.fullKeys());
+                    full.add(v.fullValues());
+                }
+                PreparedStep step = new PreparedStep(p, shape, storage.watch(full));
                 prepared.add(step);
                 return step;
             }
@@ -158,30 +158,14 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
     /** Runs {@code action} on the batch's views of {@code layer} while holding every sequence's lock, in id order. */
     private <T> T withViews(int layer, List<Sequence> batch, java.util.function.Function<List<LayerKvView>, T> action) {
         Objects.requireNonNull(batch, "batch");
-        Map<Sequence, Boolean> seen = new IdentityHashMap<>();
-        for (Sequence s : batch) {
-            if (seen.put(Objects.requireNonNull(s, "sequence"), Boolean.TRUE) != null) {
-                throw new IllegalArgumentException(s + " appears twice in the batch");
-            }
-        }
-        List<Sequence> order = new ArrayList<>(batch);
-        order.sort(Comparator.comparingLong(Sequence::id).thenComparingInt(System::identityHashCode));
-        return locked(order, 0, () -> {
+        // Sequence's methods lock the sequence, then the storage: the same order here
+        return Sequence.holdingLocks(batch, () -> {
             List<LayerKvView> views = new ArrayList<>(batch.size());
             for (Sequence s : batch) {
                 views.add(s.layer(layer));
             }
             return action.apply(views);
         });
-    }
-
-    private static <T> T locked(List<Sequence> order, int i, Supplier<T> action) {
-        if (i == order.size()) {
-            return action.get();
-        }
-        synchronized (order.get(i)) { // Sequence's methods lock the sequence, then the storage: same order here
-            return locked(order, i + 1, action);
-        }
     }
 
     /** The batch's shape as the kernels see it. */
@@ -229,7 +213,7 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
         LayerKvView first = Objects.requireNonNull(batch.getFirst(), "sequence 0");
         int kvh = first.kvHeads();
         int d = first.headDim();
-        if (d != 64 && d != 128) {
+        if (!DeviceKvCache.kernelsTakeHeadDim(d)) {
             throw new InvalidShapeException("the GPU kernels are compiled for head dim 64 and 128, not " + d);
         }
         int bits = 0;
@@ -257,13 +241,10 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
                     + v.fullValues().byteSize() + " bytes; expected " + fullBytes + " each");
         }
         for (QuantizedSpan q : v.visualSpans()) {
-            if (q.keyGranularity() != Granularity.PER_CHANNEL || q.valueGranularity() != Granularity.PER_CHANNEL) {
-                throw new IllegalArgumentException(what + ": the GPU kernels implement per-channel statistics, not "
-                        + q.keyGranularity() + "/" + q.valueGranularity());
-            }
-            if (q.bits() != 1 && q.bits() != 2 && q.bits() != 4) {
-                throw new IllegalArgumentException(what + ": the GPU decode kernels handle 1, 2 and 4 bits, not "
-                        + q.bits());
+            java.util.Optional<String> unsupported = DeviceKvCache.unsupportedSpans(q.bits(), q.keyGranularity(),
+                    q.valueGranularity());
+            if (unsupported.isPresent()) {
+                throw new IllegalArgumentException(what + ": " + unsupported.get());
             }
             if (bits != 0 && q.bits() != bits) {
                 throw new IllegalArgumentException("the batch mixes " + bits + "- and " + q.bits() + "-bit spans");
@@ -280,24 +261,16 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
         return bits;
     }
 
-    /** A step's plan, its kernels, and the blocks it reads (with their write counts, to tell when it went stale). */
-    private record Planned(DecodePlan plan, CalibQuantKernels kernels, List<MemorySegment> watched, long[] versions) {}
+    /** A step's plan and its kernels. */
+    private record Planned(DecodePlan plan, CalibQuantKernels kernels) {}
 
     /** Plans a step over {@code views}; caller holds the storage's lock. */
     private Planned plan(List<? extends LayerKvView> views, Shape shape, int queryHeads) {
         int kvh = shape.kvHeads();
         int group = queryHeads / kvh;
         List<DecodePlan.Entry> entries = new ArrayList<>(views.size());
-        List<MemorySegment> watched = new ArrayList<>(2 * views.size());
         for (int b = 0; b < views.size(); b++) {
-            LayerKvView v = views.get(b);
-            entries.add(ManagedTables.entry(b, v, storage::locate));
-            watched.add(v.fullKeys());
-            watched.add(v.fullValues());
-        }
-        long[] versions = new long[watched.size()];
-        for (int i = 0; i < versions.length; i++) {
-            versions[i] = storage.version(watched.get(i));
+            entries.add(ManagedTables.entry(b, views.get(b), storage::locate));
         }
         boolean quantized = shape.bits() != 0;
         CalibQuantKernels k = storage.kernels(shape.headDim(), quantized ? shape.bits() : 1);
@@ -310,7 +283,7 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
                 quantized && calibration.enabled(), perSm * multiprocessors, k.decodeBlock(),
                 quantized ? k.decodeMaxChunk(group) : 0,
                 quantized && oneLaunch ? DecodePlan.OneLaunch.of(k, group) : DecodePlan.OneLaunch.NONE);
-        return new Planned(plan, k, watched, versions);
+        return new Planned(plan, k);
     }
 
     /** The per-step device buffers a launch reads and writes besides the cache, queries and output. */
@@ -414,13 +387,15 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
      */
     public final class PreparedStep implements AutoCloseable {
         private final Planned planned;
+        private final DeviceStorage.Watch blocks;
         private final Shape shape;
         private final StepBuffers buffers;
         private boolean rezero;
         private boolean open = true;
 
-        private PreparedStep(Planned planned, Shape shape) {
+        private PreparedStep(Planned planned, Shape shape, DeviceStorage.Watch blocks) {
             this.planned = planned;
+            this.blocks = blocks;
             this.shape = shape;
             DecodePlan plan = planned.plan();
             int queryHeads = shape.kvHeads() * shape.group();
@@ -485,7 +460,7 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
                     throw new IllegalStateException("prepared decode step is closed");
                 }
                 checkOpen();
-                if (!storage.unchanged(planned.watched(), planned.versions())) {
+                if (!blocks.unchanged()) {
                     throw new IllegalStateException("a sequence of this prepared step was appended to, grown or "
                             + "closed since it was prepared: prepare the step again");
                 }

@@ -8,6 +8,7 @@ import dev.calibquant.cuda.CudaContext;
 import dev.calibquant.kernels.KernelCatalog;
 import dev.calibquant.quant.Calibration;
 import dev.calibquant.quant.DType;
+import dev.calibquant.quant.Granularity;
 import java.lang.foreign.Arena;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
@@ -39,6 +40,11 @@ public final class DeviceKvCache implements AutoCloseable {
 
     /** Head dims the shipped kernels are compiled for. */
     private static final List<Integer> HEAD_DIMS = List.of(64, 128);
+
+    /** Whether the shipped kernels are compiled for head dim {@code d}. */
+    static boolean kernelsTakeHeadDim(int d) {
+        return HEAD_DIMS.contains(d);
+    }
     /** Query heads per KV head the shipped decode kernels take at most. */
     static final int MAX_GROUP = 8;
 
@@ -78,12 +84,27 @@ public final class DeviceKvCache implements AutoCloseable {
         if (dtype != DType.FP16) {
             return Optional.of("the GPU kernels read fp16 caches, not " + dtype);
         }
-        if (!HEAD_DIMS.contains(geometry.headDim())) {
+        if (!kernelsTakeHeadDim(geometry.headDim())) {
             return Optional.of("the GPU kernels are compiled for head dim 64 and 128, not " + geometry.headDim());
         }
         if (geometry.groupSize() > MAX_GROUP) {
             return Optional.of("the GPU kernels take up to " + MAX_GROUP + " query heads per KV head, not "
                     + geometry.groupSize());
+        }
+        return Optional.empty();
+    }
+
+    /**
+     * Why the GPU kernels do not take visual spans of {@code bits} bits with these statistics, or empty when they do:
+     * per-channel statistics at 1, 2 or 4 bits. (Other spans are stored, quantized on the CPU, and decoded by the CPU
+     * attention.)
+     */
+    static Optional<String> unsupportedSpans(int bits, Granularity keys, Granularity values) {
+        if (keys != Granularity.PER_CHANNEL || values != Granularity.PER_CHANNEL) {
+            return Optional.of("the GPU kernels implement per-channel statistics, not " + keys + "/" + values);
+        }
+        if (bits != 1 && bits != 2 && bits != 4) {
+            return Optional.of("the GPU decode kernels handle 1, 2 and 4 bits, not " + bits);
         }
         return Optional.empty();
     }

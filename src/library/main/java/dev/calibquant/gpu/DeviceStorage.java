@@ -22,7 +22,6 @@ import dev.calibquant.kernels.KernelCatalog;
 import dev.calibquant.kernels.QuantizePlan;
 import dev.calibquant.profiling.Nvtx;
 import dev.calibquant.quant.DType;
-import dev.calibquant.quant.Granularity;
 import dev.calibquant.quant.QuantConfig;
 import dev.calibquant.quant.QuantizedSpan;
 import java.lang.foreign.Arena;
@@ -71,7 +70,6 @@ final class DeviceStorage implements KvStorage {
     static final long ALIGNMENT = 64;
     /** Extra room per plane beyond half a manager's byte limit, as a fraction: see {@link #planeBytesFor}. */
     static final int HEADROOM_DIVISOR = 16;
-    private static final long MIN_STAGING_BYTES = 1L << 16;
     /** Alignment of the host segments {@link #download} makes, as {@link dev.calibquant.cache.HostStorage}'s. */
     private static final long HOST_ALIGNMENT = 64;
 
@@ -88,8 +86,7 @@ final class DeviceStorage implements KvStorage {
     private final KernelCatalog catalog;
     private final Map<Integer, CalibQuantKernels> kernels = new HashMap<>();
     private final Nvtx.Name prefillRange = Nvtx.rangeName(Nvtx.PREFILL);
-    private Staging scratch;
-    private PinnedHostBuffer staging;
+    private final Staging scratch;
     private long liveBytes;
     private boolean closed;
 
@@ -161,11 +158,6 @@ final class DeviceStorage implements KvStorage {
     /** A storage sized for a manager with {@code byteLimit} (see {@link #planeBytesFor}). */
     public static DeviceStorage forLimit(CudaContext context, long byteLimit) {
         return new DeviceStorage(context, planeBytesFor(byteLimit));
-    }
-
-    /** A storage sized for a manager with {@code byteLimit} that quantizes and appends with {@code catalog}. */
-    static DeviceStorage forLimit(KernelCatalog catalog, long byteLimit) {
-        return new DeviceStorage(catalog.context(), planeBytesFor(byteLimit), catalog);
     }
 
     @Override
@@ -319,12 +311,12 @@ final class DeviceStorage implements KvStorage {
 
     /** Whether the shipped kernels quantize this prefill where it lies: fp16 rows, head dim 64/128, their configs. */
     private boolean quantizesOnGpu(LayerPrefill p) {
-        if (catalog == null || p.dtype() != DType.FP16 || (p.headDim() != 64 && p.headDim() != 128)) {
+        if (catalog == null || p.dtype() != DType.FP16 || !DeviceKvCache.kernelsTakeHeadDim(p.headDim())) {
             return false;
         }
         QuantConfig c = p.quantConfig();
-        return p.spans().isEmpty() || (c.keyGranularity() == Granularity.PER_CHANNEL
-                && c.valueGranularity() == Granularity.PER_CHANNEL && c.bits() != 8);
+        return p.spans().isEmpty()
+                || DeviceKvCache.unsupportedSpans(c.bits(), c.keyGranularity(), c.valueGranularity()).isEmpty();
     }
 
     /**
@@ -424,7 +416,7 @@ final class DeviceStorage implements KvStorage {
     public void appendRows(MemorySegment keys, MemorySegment values, int kvHeads, long rowBytes,
             List<RowAppend> appends) {
         int d = (int) (rowBytes / 2);
-        if (catalog == null || (rowBytes != 128 && rowBytes != 256)) {
+        if (catalog == null || rowBytes % 2 != 0 || !DeviceKvCache.kernelsTakeHeadDim(d)) { // fp16 rows of the kernels' D
             KvStorage.super.appendRows(keys, values, kvHeads, rowBytes, appends);
             return;
         }
@@ -534,16 +526,9 @@ final class DeviceStorage implements KvStorage {
         return device;
     }
 
-    /** A pinned buffer of at least {@code bytes}, reused across calls; caller holds the lock. */
+    /** The pinned buffer host rows pass through, at least {@code bytes}, reused across calls; caller holds the lock. */
     private PinnedHostBuffer staging(long bytes) {
-        if (staging == null || staging.byteSize() < bytes) {
-            if (staging != null) {
-                staging.close();
-                staging = null;
-            }
-            staging = context.allocatePinned(Math.max(MIN_STAGING_BYTES, bytes));
-        }
-        return staging;
+        return scratch.pinned("host rows", bytes);
     }
 
     /**
@@ -566,25 +551,45 @@ final class DeviceStorage implements KvStorage {
         return new Placement(block.plane, block.range.offset + inBlock);
     }
 
-    /** The write count of the live block {@code segment} lies in; caller holds the lock. */
-    long version(MemorySegment segment) {
-        DeviceBlock block = live.get(segment.scope());
-        if (block == null) {
-            throw new IllegalArgumentException("a segment of " + segment.byteSize() + " bytes is not in a live block of "
-                    + "device storage " + name);
+    /**
+     * The blocks {@code segments} lie in, with their write counts now: a prepared step asks it, at every launch,
+     * whether its sequences were written or freed since. Caller holds the lock.
+     *
+     * @throws IllegalArgumentException when a segment is not in a live block of this storage
+     */
+    Watch watch(List<MemorySegment> segments) {
+        DeviceBlock[] blocks = new DeviceBlock[segments.size()];
+        long[] versions = new long[blocks.length];
+        for (int i = 0; i < blocks.length; i++) {
+            blocks[i] = live.get(segments.get(i).scope());
+            if (blocks[i] == null) {
+                throw new IllegalArgumentException("a segment of " + segments.get(i).byteSize() + " bytes is not in a "
+                        + "live block of device storage " + name);
+            }
+            versions[i] = blocks[i].version;
         }
-        return block.version;
+        return new Watch(blocks, versions);
     }
 
-    /** Whether every segment still lies in a live block written {@code versions[i]} times; caller holds the lock. */
-    boolean unchanged(List<MemorySegment> segments, long[] versions) {
-        for (int i = 0; i < versions.length; i++) {
-            DeviceBlock block = live.get(segments.get(i).scope());
-            if (block == null || block.version != versions[i]) {
-                return false;
-            }
+    /** Blocks and the write counts they had when watched. */
+    final class Watch {
+        private final DeviceBlock[] blocks;
+        private final long[] versions;
+
+        private Watch(DeviceBlock[] blocks, long[] versions) {
+            this.blocks = blocks;
+            this.versions = versions;
         }
-        return true;
+
+        /** Whether every block is still open and unwritten since; caller holds the storage's lock. */
+        boolean unchanged() {
+            for (int i = 0; i < blocks.length; i++) {
+                if (!blocks[i].open || blocks[i].version != versions[i]) {
+                    return false;
+                }
+            }
+            return true;
+        }
     }
 
     /**
@@ -698,7 +703,6 @@ final class DeviceStorage implements KvStorage {
         }
         closer.close(stream::synchronize); // queued copies may still read or write the planes
         closer.close(scratch);
-        closer.close(staging);
         closer.close(planes[1]);
         closer.close(planes[0]);
         closer.close(stream);

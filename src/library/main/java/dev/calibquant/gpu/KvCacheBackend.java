@@ -10,7 +10,6 @@ import dev.calibquant.cuda.CudaAvailability;
 import dev.calibquant.cuda.CudaContext;
 import dev.calibquant.quant.Calibration;
 import dev.calibquant.quant.DType;
-import dev.calibquant.quant.Granularity;
 import dev.calibquant.quant.QuantizedSpan;
 import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
@@ -139,7 +138,7 @@ public final class KvCacheBackend implements AutoCloseable {
                 return;
             }
             if (REPORTED_FALLBACK.compareAndSet(false, true)) {
-                LOG.log(System.Logger.Level.WARNING, "decode attention runs on the CPU for " + why
+                LOG.log(System.Logger.Level.WARNING, "decode attention runs on the CPU for spans the kernels do not take (" + why + ")"
                         + " (a copy of the layer is downloaded every step)");
             }
             try (Arena arena = Arena.ofConfined()) {
@@ -154,12 +153,10 @@ public final class KvCacheBackend implements AutoCloseable {
         private static String unsupportedSpans(List<? extends LayerKvView> batch) {
             for (LayerKvView v : batch) {
                 for (QuantizedSpan q : v.visualSpans()) {
-                    if (q.bits() == 8) {
-                        return "8-bit visual spans";
-                    }
-                    if (q.keyGranularity() != Granularity.PER_CHANNEL
-                            || q.valueGranularity() != Granularity.PER_CHANNEL) {
-                        return q.keyGranularity() + "/" + q.valueGranularity() + " visual spans";
+                    java.util.Optional<String> why = DeviceKvCache.unsupportedSpans(q.bits(), q.keyGranularity(),
+                            q.valueGranularity());
+                    if (why.isPresent()) {
+                        return why.get();
                     }
                 }
             }
