@@ -74,7 +74,7 @@ public record DecodePlan(int sequences, int mmMode, long[] seqTab, long[] spanTa
 
     /**
      * Smallest visual item of mode 3, in blocks: 4 blocks (256 tokens) beat 2 on the H200 at B = 1 (15.7 against
-     * 18.7 µs) and B = 8 (19.1 against 25.2 µs; docs/gpu-runs/2026-11-29-s4/).
+     * 18.7 µs) and B = 8 (19.1 against 25.2 µs; e679b9e:docs/gpu-runs/2026-11-29-s4/).
      */
     public static final int ONE_LAUNCH_MIN_BLOCKS = 4;
 

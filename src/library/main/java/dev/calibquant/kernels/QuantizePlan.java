@@ -47,7 +47,7 @@ public final class QuantizePlan {
 
     /**
      * A program takes at least this many tokens (several tiles if {@code BT} is smaller): fewer, longer programs pay
-     * the group barrier less often. Measured on the H200 (docs/gpu-runs/2026-11-29-quantize-6-bracket.json): BT 64
+     * the group barrier less often. Measured on the H200 (e679b9e:docs/gpu-runs/2026-11-29-quantize-6-bracket.json): BT 64
      * with 2 tiles per program 57 % of copy bandwidth at B = 256, with 1 tile 35 %.
      */
     public static final int MIN_CHUNK_TOKENS = 128;
