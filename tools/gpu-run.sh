@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs on the GPU host (no JDK there) from a bundle made by tools/gpu-bundle.sh:
-#   tools/gpu-run.sh BUNDLE_DIR OUT_DIR [--bench] [--sanitize] [--regression] [--regression-record] [--profile]
-#                    [--only-extras]
+#   tools/gpu-run.sh BUNDLE_DIR OUT_DIR [--bench] [--sanitize] [--sanitize-junit] [--regression]
+#                    [--regression-record] [--profile] [--only-extras]
 # Unpacks the runtime; runs `calibquant info` and `selftest`, then every test (GPU tests included) with the JUnit
 # console launcher and XML reports. --bench adds `calibquant bench` with PyTorch SDPA measured in the same run
 # (tools/bench_sdpa.py, where torch is installed), then `calibquant bench --budget-gb ${BUDGET_GB:-100}` (decode
 # throughput at a fixed KV budget: logs/bench-budget.txt and .csv). --sanitize runs `selftest` under
-# compute-sanitizer memcheck and racecheck. --regression runs the kernel regression suite against the expectations
+# compute-sanitizer memcheck and racecheck. --sanitize-junit runs every GPU-tagged JUnit test but the soak and the
+# stress test (10⁵ steps each: hours under a sanitizer) under compute-sanitizer memcheck, racecheck and synccheck
+# (${SANITIZE_SECONDS:-150} s each at most). --regression runs the kernel regression suite against the expectations
 # shipped in the jar on both PTX targets (JUnit XML in logs/regression-*.xml). --regression-record records them first
 # into logs/expectations.json (copy it to ptx/regression/expectations.json and commit it), then checks both targets
 # against that file.
@@ -19,10 +21,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 bundle="$(cd "${1:-.gpu-bundle}" && pwd)"
 out="${2:-${OUT:-/tmp/gpu-run-out}}"
 shift 2 || true
-bench=0; sanitize=0; regression=0; record=0; profile=0; extras_only=0; junit_only=0
+bench=0; sanitize=0; sanitize_junit=0; regression=0; record=0; profile=0; extras_only=0; junit_only=0
 for a in "$@"; do
   case "$a" in
-    --bench) bench=1 ;; --sanitize) sanitize=1 ;; --regression) regression=1 ;;
+    --bench) bench=1 ;; --sanitize) sanitize=1 ;; --sanitize-junit) sanitize_junit=1 ;; --regression) regression=1 ;;
     --regression-record) record=1; regression=1 ;; --profile) profile=1 ;; --only-extras) extras_only=1 ;;
     --junit-only) junit_only=1 ;;
     *) echo "unknown option $a" >&2; exit 2 ;;
@@ -132,6 +134,22 @@ if [ "$sanitize" = 1 ]; then
     echo "compute-sanitizer $tool: exit $rc (124 = stopped at the time limit)" | tee -a "$logs/sanitizer-$tool.txt"
     [ $rc -ne 0 ] && [ $rc -ne 124 ] && status=1
     grep -E "ERROR SUMMARY|PASS|FAIL" "$logs/sanitizer-$tool.txt" | tail -45
+  done
+fi
+
+if [ "$sanitize_junit" = 1 ]; then
+  for tool in memcheck racecheck synccheck; do
+    step "compute-sanitizer $tool over the GPU JUnit tests (at most ${SANITIZE_SECONDS:-150} s)"
+    timeout "${SANITIZE_SECONDS:-150}" compute-sanitizer --tool "$tool" --error-exitcode 99 --target-processes all \
+        "$java" "${jflags[@]}" -Xmx24g -jar "$app"/junit-platform-console-standalone-*.jar execute --include-tag gpu \
+        --class-path "$cp_test" --scan-class-path "$app/test-classes" \
+        --include-classname '.*(Test|Tests|Properties)$' --exclude-classname '.*(Soak|Stress).*' \
+        --exclude-package dev.calibquant.bench --exclude-package dev.calibquant.fuzz \
+        --details=summary --disable-banner > "$logs/sanitizer-junit-$tool.txt" 2>&1
+    rc=$?
+    echo "compute-sanitizer $tool: exit $rc (124 = stopped at the time limit)" | tee -a "$logs/sanitizer-junit-$tool.txt"
+    [ $rc -ne 0 ] && [ $rc -ne 124 ] && status=1
+    grep -E "ERROR SUMMARY|tests (successful|failed|skipped|aborted)" "$logs/sanitizer-junit-$tool.txt" | tail -8
   done
 fi
 

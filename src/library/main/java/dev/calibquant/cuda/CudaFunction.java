@@ -80,6 +80,7 @@ public final class CudaFunction {
         }
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment params = args.toKernelParams(arena);
+            InjectedFaults.before("cuLaunchKernel");
             Driver.check(cuLaunchKernel(handle, gx, gy, gz, threads, 1, 1, sharedBytes, stream.handle(), params,
                     MemorySegment.NULL), "cuLaunchKernel(" + entry + ")");
         }

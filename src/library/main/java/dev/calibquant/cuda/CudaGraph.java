@@ -51,6 +51,7 @@ public final class CudaGraph extends NativeResource {
     /** Replays the captured work on {@code stream}. */
     public void launch(CudaStream stream) {
         checkOpen();
+        InjectedFaults.before("cuGraphLaunch");
         Driver.check(cuGraphLaunch(exec, stream.handle()), "cuGraphLaunch");
     }
 

@@ -30,6 +30,7 @@ public final class CudaStream extends NativeResource {
     /** Waits until all work queued on this stream has finished; a failed kernel surfaces here. */
     public void synchronize() {
         checkOpen();
+        InjectedFaults.before("cuStreamSynchronize");
         Driver.check(cuStreamSynchronize(handle), "cuStreamSynchronize");
     }
 

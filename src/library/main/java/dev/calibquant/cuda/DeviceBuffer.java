@@ -23,6 +23,7 @@ public final class DeviceBuffer extends NativeResource {
     static DeviceBuffer allocate(CudaContext owner, long bytes) {
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(C_LONG_LONG);
+            InjectedFaults.before("cuMemAlloc_v2");
             Driver.check(cuMemAlloc_v2(out, bytes), "cuMemAlloc_v2(" + bytes + " bytes)");
             return new DeviceBuffer(owner, out.get(C_LONG_LONG, 0), bytes);
         }
@@ -56,6 +57,7 @@ public final class DeviceBuffer extends NativeResource {
         if (bytes == 0) {
             return;
         }
+        InjectedFaults.before("cuMemcpyHtoD_v2");
         withNative(src, srcOffset, bytes, true, (seg) ->
                 Driver.check(cuMemcpyHtoD_v2(address + dstOffset, seg, bytes), "cuMemcpyHtoD_v2"));
         finishLegacyStream("cuMemcpyHtoD_v2");
@@ -78,10 +80,12 @@ public final class DeviceBuffer extends NativeResource {
             return;
         }
         if (dst.isNative()) {
+            InjectedFaults.before("cuMemcpyDtoH_v2");
             Driver.check(cuMemcpyDtoH_v2(dst.asSlice(dstOffset, bytes), address + srcOffset, bytes), "cuMemcpyDtoH_v2");
         } else {
             try (Arena arena = Arena.ofConfined()) {
                 MemorySegment staging = arena.allocate(bytes, 16);
+                InjectedFaults.before("cuMemcpyDtoH_v2");
                 Driver.check(cuMemcpyDtoH_v2(staging, address + srcOffset, bytes), "cuMemcpyDtoH_v2");
                 MemorySegment.copy(staging, 0, dst, dstOffset, bytes);
             }
@@ -95,6 +99,7 @@ public final class DeviceBuffer extends NativeResource {
         src.checkOpen();
         checkOpen();
         if (bytes > 0) {
+            InjectedFaults.before("cuMemcpyDtoD_v2");
             Driver.check(cuMemcpyDtoD_v2(address + dstOffset, src.address + srcOffset, bytes), "cuMemcpyDtoD_v2");
             finishLegacyStream("cuMemcpyDtoD_v2");
         }
@@ -108,6 +113,7 @@ public final class DeviceBuffer extends NativeResource {
         stream.checkOpen();
         checkOpen();
         if (bytes > 0) {
+            InjectedFaults.before("cuMemcpyDtoDAsync_v2");
             Driver.check(cuMemcpyDtoDAsync_v2(address + dstOffset, src.address + srcOffset, bytes, stream.handle()),
                     "cuMemcpyDtoDAsync_v2");
         }
@@ -121,6 +127,7 @@ public final class DeviceBuffer extends NativeResource {
         stream.checkOpen();
         checkOpen();
         if (bytes > 0) {
+            InjectedFaults.before("cuMemcpyHtoDAsync_v2");
             Driver.check(cuMemcpyHtoDAsync_v2(address + dstOffset, src.segment().asSlice(srcOffset, bytes), bytes,
                     stream.handle()), "cuMemcpyHtoDAsync_v2");
         }
@@ -134,6 +141,7 @@ public final class DeviceBuffer extends NativeResource {
         stream.checkOpen();
         checkOpen();
         if (bytes > 0) {
+            InjectedFaults.before("cuMemcpyDtoHAsync_v2");
             Driver.check(cuMemcpyDtoHAsync_v2(dst.segment().asSlice(dstOffset, bytes), address + srcOffset, bytes,
                     stream.handle()), "cuMemcpyDtoHAsync_v2");
         }
@@ -144,6 +152,7 @@ public final class DeviceBuffer extends NativeResource {
         checkRange(describe(), byteSize, offset, bytes);
         checkOpen();
         if (bytes > 0) {
+            InjectedFaults.before("cuMemsetD8_v2");
             Driver.check(cuMemsetD8_v2(address + offset, value, bytes), "cuMemsetD8_v2");
             finishLegacyStream("cuMemsetD8_v2");
         }
@@ -159,6 +168,7 @@ public final class DeviceBuffer extends NativeResource {
         stream.checkOpen();
         checkOpen();
         if (bytes > 0) {
+            InjectedFaults.before("cuMemsetD8Async");
             Driver.check(cuMemsetD8Async(address + offset, value, bytes, stream.handle()), "cuMemsetD8Async");
         }
     }
@@ -174,6 +184,7 @@ public final class DeviceBuffer extends NativeResource {
         checkRange(describe(), byteSize, offset, count * 4);
         checkOpen();
         if (count > 0) {
+            InjectedFaults.before("cuMemsetD32_v2");
             Driver.check(cuMemsetD32_v2(address + offset, bits, count), "cuMemsetD32_v2");
             finishLegacyStream("cuMemsetD32_v2");
         }

@@ -20,6 +20,7 @@ public final class PinnedHostBuffer extends NativeResource {
     static PinnedHostBuffer allocate(CudaContext owner, long bytes) {
         try (Arena arena = Arena.ofConfined()) {
             MemorySegment out = arena.allocate(C_POINTER);
+            InjectedFaults.before("cuMemHostAlloc");
             Driver.check(cuMemHostAlloc(out, bytes, CU_MEMHOSTALLOC_PORTABLE()), "cuMemHostAlloc(" + bytes + " bytes)");
             return new PinnedHostBuffer(owner, out.get(C_POINTER, 0), bytes);
         }

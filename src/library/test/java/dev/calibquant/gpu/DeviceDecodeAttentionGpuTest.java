@@ -125,14 +125,14 @@ class DeviceDecodeAttentionGpuTest {
             }
             MemorySegment cpuOut = arena.allocate(gpuOut.byteSize());
             new ReferenceAttention(calibration).decode(views, q, DType.FP16, g.queryHeads(), cpuOut);
-            String failure = compare(qf, views, gpuOut, cpuOut, g, plan.workItems(), plan.tokenBlock());
+            String failure = DecodeComparison.firstOutOfBound(qf, views, gpuOut, cpuOut, g, plan.workItems(), plan.tokenBlock());
             assertThat(failure).as("seed " + gpu.seed() + " " + target + " " + c + " (" + plan.workItems()
                     + " items, mode " + plan.calibrationMode() + ")").isNull();
 
             // the same step through the DecodeAttention interface, over views taken by the caller
             MemorySegment viaViews = arena.allocate(gpuOut.byteSize());
             attention.decode(batch.stream().map(s -> s.layer(0)).toList(), q, DType.FP16, g.queryHeads(), viaViews);
-            assertThat(compare(qf, views, viaViews, cpuOut, g, plan.workItems(), plan.tokenBlock()))
+            assertThat(DecodeComparison.firstOutOfBound(qf, views, viaViews, cpuOut, g, plan.workItems(), plan.tokenBlock()))
                     .as("seed " + gpu.seed() + " " + target + " " + c + " through views").isNull();
 
             // the same step prepared once on the device, launched on device queries into a poisoned device output
@@ -144,7 +144,7 @@ class DeviceDecodeAttentionGpuTest {
                 stream.synchronize();
                 MemorySegment prepared = arena.allocate(gpuOut.byteSize());
                 dout.copyTo(prepared);
-                assertThat(compare(qf, views, prepared, cpuOut, g, step.info().workItems(), step.info().tokenBlock()))
+                assertThat(DecodeComparison.firstOutOfBound(qf, views, prepared, cpuOut, g, step.info().workItems(), step.info().tokenBlock()))
                         .as("seed " + gpu.seed() + " " + target + " " + c + " prepared").isNull();
                 cache.append(0, batch, arena.allocate(2L * c.batch() * c.kvHeads() * c.headDim()),
                         arena.allocate(2L * c.batch() * c.kvHeads() * c.headDim()), DType.FP16);
@@ -173,30 +173,6 @@ class DeviceDecodeAttentionGpuTest {
         return s;
     }
 
-    /** The first output element off by more than its row's tolerance (or not finite), or null. */
-    private static String compare(float[] qf, List<LayerKvView> views, MemorySegment gpu, MemorySegment cpu,
-            ModelGeometry g, int workItems, int block) {
-        int d = g.headDim();
-        double worst = 0;
-        for (int b = 0; b < views.size(); b++) {
-            for (int h = 0; h < g.queryHeads(); h++) {
-                int row = (b * g.queryHeads() + h) * d;
-                double tol = DecodeErrorBound.attentionTolerance(Arrays.copyOfRange(qf, row, row + d), views.get(b),
-                        workItems, block);
-                for (int j = 0; j < d; j++) {
-                    float gv = gpu.getAtIndex(ValueLayout.JAVA_FLOAT, row + j);
-                    float cv = cpu.getAtIndex(ValueLayout.JAVA_FLOAT, row + j);
-                    double ratio = Math.abs(gv - cv) / tol;
-                    if (!Float.isFinite(gv) || !(ratio <= 1)) {
-                        return "out[" + b + "][" + h + "][" + j + "] GPU " + gv + " CPU " + cv + " tolerance " + tol;
-                    }
-                    worst = Math.max(worst, ratio);
-                }
-            }
-        }
-        System.out.printf("[calibquant] worst error %.3f of tolerance%n", worst);
-        return null;
-    }
 
     @Test
     void badInputIsRefusedBeforeTheGpuSeesIt() {
@@ -269,7 +245,7 @@ class DeviceDecodeAttentionGpuTest {
             List<LayerKvView> views = List.of(storage.download(s, 0, arena));
             MemorySegment cpu = arena.allocate(out.byteSize());
             new ReferenceAttention(Calibration.OFF).decode(views, q, DType.FP16, g.queryHeads(), cpu);
-            assertThat(compare(qf, views, out, cpu, g, attention.lastStep().workItems(),
+            assertThat(DecodeComparison.firstOutOfBound(qf, views, out, cpu, g, attention.lastStep().workItems(),
                     attention.lastStep().tokenBlock())).as("seed " + gpu.seed()).isNull();
             unloaded.close(); // the kernel object stays cached; its module is gone, so its launch is refused
             out.fill((byte) 0x5a);
