@@ -300,10 +300,11 @@ public final class EvalCommand implements Callable<Integer> {
         List<Sequence> sequences = new ArrayList<>();
         try (KvCacheManager cache = KvCacheManager.onHost(g, c.kvType()); Arena arena = Arena.ofConfined()) {
             try {
-                Sequence exact = fill(cache.createSequence(c.tokens()), c, sequences);
+                Sequence exact = fill(cache.createSequence(c.tokens()).label("the capture in fp16"), c, sequences);
                 List<Sequence> quantized = new ArrayList<>();
                 for (int b : bitsList) {
-                    quantized.add(fill(cache.createSequence(c.tokens(), c.spans(), QuantConfig.defaults(b)), c,
+                    quantized.add(fill(cache.createSequence(c.tokens(), c.spans(), QuantConfig.defaults(b))
+                            .label("the capture at " + b + " bits"), c,
                             sequences));
                 }
                 long fp16Bytes = 2L * g.kvHeads() * c.tokens() * g.headDim() * 2;

@@ -68,7 +68,7 @@ final class DecodeInputs {
         int kvHeads = first.kvHeads();
         int headDim = first.headDim();
         if (kvHeads <= 0 || headDim <= 0) {
-            throw new InvalidShapeException("sequence 0: kvHeads and headDim must be > 0, got " + kvHeads + ", "
+            throw new InvalidShapeException("sequence 0 of the batch: kvHeads and headDim must be > 0, got " + kvHeads + ", "
                     + headDim);
         }
         if (queryHeads <= 0 || queryHeads % kvHeads != 0) {
@@ -76,7 +76,7 @@ final class DecodeInputs {
                     + kvHeads);
         }
         for (int b = 0; b < batch.size(); b++) {
-            checkView(b, Objects.requireNonNull(batch.get(b), "sequence " + b), kvHeads, headDim, allowSpans,
+            checkView(b, Objects.requireNonNull(batch.get(b), "sequence " + b + " of the batch"), kvHeads, headDim, allowSpans,
                     queryHeads / kvHeads);
         }
         long elements = (long) batch.size() * queryHeads * headDim;
@@ -95,7 +95,7 @@ final class DecodeInputs {
                 int d = i % headDim;
                 int h = (i / headDim) % queryHeads;
                 int b = i / headDim / queryHeads;
-                throw new NonFiniteInputException("queries of sequence " + b, h, -1, d, v);
+                throw new NonFiniteInputException("queries of sequence " + b + " of the batch", h, -1, d, v);
             }
             q[i] = v;
         }
@@ -104,7 +104,7 @@ final class DecodeInputs {
 
     /** {@code group}: query heads per KV head; the engine keeps {@code group × tokens} scores in one array. */
     private static void checkView(int b, LayerKvView view, int kvHeads, int headDim, boolean allowSpans, int group) {
-        String name = "sequence " + b;
+        String name = "sequence " + b + " of the batch";
         if (view.kvHeads() != kvHeads || view.headDim() != headDim) {
             throw new InvalidShapeException(name + " has " + view.kvHeads() + " KV heads of dim " + view.headDim()
                     + ", sequence 0 has " + kvHeads + " of dim " + headDim);

@@ -8,8 +8,8 @@ import java.util.List;
  */
 public final class CacheLeakException extends IllegalStateException {
 
-    /** One sequence that was open at close, with what it held. */
-    public record LeakedSequence(long sequenceId, MemoryUsage usage) {
+    /** One sequence that was open at close ({@link Sequence#id()}, as messages name it), with what it held. */
+    public record LeakedSequence(long sequenceId, String description, MemoryUsage usage) {
     }
 
     private final List<LeakedSequence> leaked;
@@ -27,7 +27,7 @@ public final class CacheLeakException extends IllegalStateException {
         StringBuilder text = new StringBuilder("KV cache closed with ").append(leaked.size())
                 .append(" sequence(s) still open, now freed:");
         for (LeakedSequence s : leaked) {
-            text.append("\n  sequence ").append(s.sequenceId()).append(": ").append(s.usage());
+            text.append("\n  ").append(s.description()).append(": ").append(s.usage());
         }
         return text.toString();
     }

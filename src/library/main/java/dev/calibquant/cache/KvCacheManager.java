@@ -179,7 +179,7 @@ public final class KvCacheManager implements AutoCloseable {
             try {
                 MemoryUsage held = s.freeForManager();
                 if (held != null) {
-                    leaked.add(new CacheLeakException.LeakedSequence(s.id(), held));
+                    leaked.add(new CacheLeakException.LeakedSequence(s.id(), s.toString(), held));
                 }
             } catch (RuntimeException e) {
                 failure = addTo(failure, e);

@@ -35,6 +35,7 @@ public final class Sequence implements AutoCloseable {
     private final LayerCache[] layers;
     private MemoryUsage usage = MemoryUsage.ZERO;
     private State state = State.OPEN;
+    private volatile String label;
 
     Sequence(KvCacheManager manager, long id, int promptTokens, List<TokenSpan> visualSpans, QuantConfig quantConfig,
             int reservedNewTokens) {
@@ -52,8 +53,31 @@ public final class Sequence implements AutoCloseable {
         this.layers = new LayerCache[manager.geometry().layers()];
     }
 
+    /** The manager's number for this sequence: 1 for the first it created, 2 for the next, and so on. */
     public long id() {
         return id;
+    }
+
+    /**
+     * Names this sequence in every message about it (a service's request id, say) instead of its manager's number:
+     * "sequence 'req-7f3a'" rather than "sequence #12 (900-token prompt)". Returns this sequence.
+     *
+     * @throws IllegalArgumentException when {@code label} is blank, longer than 200 characters or holds a control
+     *     character (it goes into one-line messages)
+     */
+    public Sequence label(String label) {
+        Objects.requireNonNull(label, "label");
+        if (label.isBlank() || label.length() > 200 || label.chars().anyMatch(Character::isISOControl)) {
+            throw new IllegalArgumentException("a sequence label must be 1 to 200 printable characters, got \""
+                    + label.replaceAll("\\p{Cntrl}", "?").substring(0, Math.min(label.length(), 40)) + "\"");
+        }
+        this.label = label;
+        return this;
+    }
+
+    /** The label given by {@link #label(String)}, or null. */
+    public String label() {
+        return label;
     }
 
     /** Tokens given to {@link #fill}: prefix, visual and text. */
@@ -121,7 +145,7 @@ public final class Sequence implements AutoCloseable {
     public synchronized void fill(int layer, MemorySegment keys, MemorySegment values, DType dtype) {
         checkOpen();
         checkLayerIndex(layer);
-        String what = "layer " + layer + " of sequence " + id;
+        String what = "layer " + layer + " of " + this;
         if (layers[layer] != null) {
             throw new IllegalStateException(what + " is already filled");
         }
@@ -455,7 +479,7 @@ public final class Sequence implements AutoCloseable {
 
     private void checkLayerIndex(int layer) {
         if (layer < 0 || layer >= layers.length) {
-            throw new IndexOutOfBoundsException("layer " + layer + " of sequence " + id + ": the model has "
+            throw new IndexOutOfBoundsException("layer " + layer + " of " + this + ": the model has "
                     + layers.length + " layers");
         }
     }
@@ -464,7 +488,7 @@ public final class Sequence implements AutoCloseable {
         checkLayerIndex(layer);
         LayerCache cache = layers[layer];
         if (cache == null) {
-            throw new IllegalStateException("layer " + layer + " of sequence " + id + " is not filled yet");
+            throw new IllegalStateException("layer " + layer + " of " + this + " is not filled yet");
         }
         return cache;
     }
@@ -473,8 +497,8 @@ public final class Sequence implements AutoCloseable {
         switch (state) {
             case OPEN -> {
             }
-            case CLOSED -> throw new IllegalStateException("sequence " + id + " is closed");
-            case FREED_BY_MANAGER -> throw new IllegalStateException("sequence " + id
+            case CLOSED -> throw new IllegalStateException(this + " is closed");
+            case FREED_BY_MANAGER -> throw new IllegalStateException(this
                     + " was freed when its cache manager closed");
         }
     }
@@ -489,6 +513,7 @@ public final class Sequence implements AutoCloseable {
 
     @Override
     public String toString() {
-        return "sequence " + id;
+        String l = label;
+        return l != null ? "sequence '" + l + "'" : "sequence #" + id + " (" + promptTokens + "-token prompt)";
     }
 }

@@ -201,7 +201,7 @@ class DecodeAttentionTest {
     @Test
     void nonFiniteQueriesAreRejectedNamingTheirPosition() {
         for (float bad : new float[] {Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY}) {
-            assertRejected(NonFiniteInputException.class, true, "queries of sequence 1: non-finite value " + bad
+            assertRejected(NonFiniteInputException.class, true, "queries of sequence 1 of the batch: non-finite value " + bad
                     + " at head 2, channel 5", c -> c.queries.setAtIndex(Elements.FLOAT_LE, (4 + 2) * 16 + 5, bad));
         }
     }
@@ -239,7 +239,7 @@ class DecodeAttentionTest {
         assertRejected(InvalidShapeException.class, true, "out holds",
                 c -> c.out = c.arena.allocate(4L * 2 * 4 * 16 + 4));
         assertRejected(InvalidShapeException.class, true, "not a positive multiple", c -> c.queryHeads = 3);
-        assertRejected(InvalidShapeException.class, true, "sequence 1 has 1 KV heads", c -> c.batch.set(1,
+        assertRejected(InvalidShapeException.class, true, "sequence 1 of the batch has 1 KV heads", c -> c.batch.set(1,
                 TestKvViews.singleHead(c.batch.get(1), 0)));
         assertRejected(InvalidShapeException.class, true, "fullTokens 7 outside", c -> c.batch.set(1,
                 withFull(c.batch.get(1), 7)));

@@ -326,7 +326,7 @@ class KvCacheManagerTest {
             assertThat(cache.usage().totalBytes()).isEqualTo(layerBytes);
             MemoryUsage before = cache.usage();
             assertThatThrownBy(() -> prompt.fill(sequence, 1)).isInstanceOf(CacheMemoryLimitException.class)
-                    .hasMessageContaining("filling layer 1 of sequence " + sequence.id())
+                    .hasMessageContaining("filling layer 1 of " + sequence)
                     .hasMessageContaining("needs " + layerBytes + " bytes")
                     .hasMessageContaining(layerBytes + " of its " + (layerBytes + 100) + "-byte limit");
             assertThat(cache.usage()).isEqualTo(before);
@@ -358,7 +358,7 @@ class KvCacheManagerTest {
             MemoryUsage before = cache.usage();
             assertThatThrownBy(() -> sequence.append(0, step, step, DType.FP16))
                     .isInstanceOf(CacheMemoryLimitException.class)
-                    .hasMessageContaining("growing layer 0 of sequence " + sequence.id() + " to 66 tokens");
+                    .hasMessageContaining("growing layer 0 of " + sequence + " to 66 tokens");
             assertThat(sequence.tokens(0)).isEqualTo(65);
             assertThat(cache.usage()).isEqualTo(before);
             assertThat(storage.liveBytes()).isEqualTo(before.totalBytes());
@@ -379,7 +379,7 @@ class KvCacheManagerTest {
             float saved = Elements.read(prompt.keys[0], DType.FP16, nanAt);
             Elements.write(prompt.keys[0], DType.FP16, nanAt, Float.NaN);
             assertThatThrownBy(() -> prompt.fill(sequence, 0)).isInstanceOf(NonFiniteInputException.class)
-                    .hasMessageContaining("layer 0 of sequence " + sequence.id() + " keys")
+                    .hasMessageContaining("layer 0 of " + sequence + " keys")
                     .hasMessageContaining("head 1, token 17, channel 5");
             Elements.write(prompt.keys[0], DType.FP16, nanAt, saved);
             // +Inf in a text value: head 0, token 35, channel 31
@@ -541,7 +541,7 @@ class KvCacheManagerTest {
             MemorySegment nan = arena.allocate(v.byteSize()).copyFrom(v);
             Elements.write(nan, DType.FP16, GEOMETRY.kvHeads() * GEOMETRY.headDim() + 5, Float.NaN); // sequence 2
             assertThatThrownBy(() -> cache.append(0, List.of(s1, s2), k, nan, DType.FP16))
-                    .isInstanceOf(NonFiniteInputException.class).hasMessageContaining("sequence " + s2.id());
+                    .isInstanceOf(NonFiniteInputException.class).hasMessageContaining(s2.toString());
             assertThat(s1.tokens(0)).isEqualTo(30);
             assertThat(s2.tokens(0)).isEqualTo(30);
             assertThat(cache.usage()).isEqualTo(before);
@@ -589,7 +589,7 @@ class KvCacheManagerTest {
             sequence.close(); // idempotent
             assertThat(sequence.isOpen()).isFalse();
             assertThat(sequence.usage()).isEqualTo(MemoryUsage.ZERO);
-            String closed = "sequence " + sequence.id() + " is closed";
+            String closed = sequence + " is closed";
             assertThatThrownBy(() -> sequence.layer(0)).isInstanceOf(IllegalStateException.class)
                     .hasMessageContaining(closed);
             assertThatThrownBy(() -> prompt.fill(sequence, 1)).isInstanceOf(IllegalStateException.class)
@@ -620,16 +620,16 @@ class KvCacheManagerTest {
         }
         assertThatThrownBy(cache::close).isInstanceOfSatisfying(CacheLeakException.class, e -> {
             assertThat(e.leaked()).containsExactly(
-                    new CacheLeakException.LeakedSequence(leakedFilled.id(), held),
-                    new CacheLeakException.LeakedSequence(leakedEmpty.id(), MemoryUsage.ZERO));
+                    new CacheLeakException.LeakedSequence(leakedFilled.id(), leakedFilled.toString(), held),
+                    new CacheLeakException.LeakedSequence(leakedEmpty.id(), leakedEmpty.toString(), MemoryUsage.ZERO));
             assertThat(e.getMessage()).contains("2 sequence(s) still open")
-                    .contains("sequence " + leakedFilled.id() + ": " + held.totalBytes() + " bytes");
+                    .contains(leakedFilled + ": " + held.totalBytes() + " bytes");
         });
         assertThat(storage.liveBytes()).isZero();
         assertThat(cache.usage()).isEqualTo(MemoryUsage.ZERO);
         cache.close(); // idempotent: reported once
         assertThatThrownBy(() -> leakedFilled.layer(0)).isInstanceOf(IllegalStateException.class)
-                .hasMessageContaining("sequence " + leakedFilled.id() + " was freed when its cache manager closed");
+                .hasMessageContaining(leakedFilled + " was freed when its cache manager closed");
         assertThatThrownBy(() -> cache.createSequence(3)).isInstanceOf(IllegalStateException.class)
                 .hasMessageContaining("manager is closed");
         leakedFilled.close(); // harmless after the manager freed it

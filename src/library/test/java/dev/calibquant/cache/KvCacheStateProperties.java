@@ -158,7 +158,7 @@ class KvCacheStateProperties {
     static void closeAndCheck(World world) {
         List<CacheLeakException.LeakedSequence> expectedLeaks = new ArrayList<>();
         for (ModelSequence s : world.open) {
-            expectedLeaks.add(new CacheLeakException.LeakedSequence(s.handle.id(), s.expected()));
+            expectedLeaks.add(new CacheLeakException.LeakedSequence(s.handle.id(), s.handle.toString(), s.expected()));
         }
         if (expectedLeaks.isEmpty()) {
             world.cache.close();
@@ -370,7 +370,7 @@ class KvCacheStateProperties {
             return Arbitraries.just(Transformer.mutate("use freed sequences", world -> {
                 for (Sequence s : world.freed) {
                     assertThatThrownBy(() -> s.layer(0)).isInstanceOf(IllegalStateException.class)
-                            .hasMessageContaining("sequence " + s.id());
+                            .hasMessageContaining(s.toString());
                     assertThatThrownBy(() -> s.append(0, MemorySegment.NULL, MemorySegment.NULL, DType.FP16))
                             .isInstanceOf(IllegalStateException.class);
                 }

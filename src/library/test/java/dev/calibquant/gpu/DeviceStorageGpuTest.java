@@ -144,7 +144,7 @@ class DeviceStorageGpuTest {
             MemoryUsage filled = cache.usage();
             long deviceBytes = gpu.context().liveDeviceBytes();
             assertThatThrownBy(() -> s.fill(1, k, v, DType.FP16)).isInstanceOf(DeviceOutOfMemoryError.class)
-                    .isInstanceOf(OutOfMemoryError.class).hasMessageContaining("layer 1 of sequence " + s.id())
+                    .isInstanceOf(OutOfMemoryError.class).hasMessageContaining("layer 1 of " + s)
                     .hasMessageContaining("largest free range");
             assertThat(cache.usage()).isEqualTo(filled);
             assertThat(storage.liveBlocks()).isEqualTo(2);
@@ -182,7 +182,7 @@ class DeviceStorageGpuTest {
             s.fill(0, k, k, DType.FP16);
         }
         assertThatThrownBy(cache::close).isInstanceOf(CacheLeakException.class)
-                .hasMessageContaining("sequence " + s.id());
+                .hasMessageContaining(s.toString());
         assertThat(gpu.context().liveDeviceBytes()).isEqualTo(before);
 
         DeviceStorage direct = new DeviceStorage(gpu.context(), 1 << 16);
