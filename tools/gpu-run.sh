@@ -59,8 +59,10 @@ step selftest
 "${cq[@]}" selftest 2>&1 | tee "$logs/selftest.txt" || status=1
 step selftest sm_80
 "${cq[@]}" selftest --target sm_80 2>&1 | tee "$logs/selftest-sm80.txt" || status=1
+if [ -z "${SKIP_PTX:-}" ]; then  # SKIP_PTX=1 leaves out the driver-JIT selftest (40 s) when device time is short
 step "selftest sm_90a from PTX (driver JIT, the path of GPUs without a shipped cubin)"
 "${cq[@]}" selftest --ptx 2>&1 | tee "$logs/selftest-ptx.txt" || status=1
+fi
 
 fi
 step "junit${GPU_TESTS_ONLY:+ (GPU-tagged tests only)}"
@@ -114,14 +116,18 @@ fi
 if [ "$bench" = 1 ]; then
   step sdpa
   if python3 -c 'import torch' 2>/dev/null; then
-    PYTHONUNBUFFERED=1 python3 "$here/bench_sdpa.py" --out "$logs/sdpa.json" 2>&1 | tee "$logs/sdpa.txt" || status=1
+    PYTHONUNBUFFERED=1 python3 "$here/bench_sdpa.py" ${BENCH_BATCHES:+--batches "$BENCH_BATCHES"} --out "$logs/sdpa.json" 2>&1 | tee "$logs/sdpa.txt" || status=1
   fi
   step bench
   sdpa_opt=(); [ -f "$logs/sdpa.json" ] && sdpa_opt=(--sdpa "$logs/sdpa.json")
-  "${cq[@]}" bench "${sdpa_opt[@]}" --csv "$logs/bench.csv" 2>&1 | tee "$logs/bench.txt" || status=1
+  "${cq[@]}" bench "${sdpa_opt[@]}" ${BENCH_BATCHES:+--batches "$BENCH_BATCHES"} --csv "$logs/bench.csv" 2>&1 \
+      | tee "$logs/bench.txt" || status=1
+  # BENCH_BATCHES=1,64,256 times only those batch sizes; NO_BUDGET=1 leaves out the fixed-budget bench
+  [ -n "${NO_BUDGET:-}" ] || {
   step "bench at a fixed KV budget (${BUDGET_GB:-100} GB, all 32 layers, 256 generated tokens reserved)"
   "${cq[@]}" bench --budget-gb "${BUDGET_GB:-100}" --csv "$logs/bench-budget.csv" 2>&1 \
       | tee "$logs/bench-budget.txt" || status=1
+  }
 fi
 
 if [ "$sanitize" = 1 ]; then
