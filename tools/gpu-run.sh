@@ -13,7 +13,7 @@
 # into logs/expectations.json (copy it to ptx/regression/expectations.json and commit it), then checks both targets
 # against that file.
 # --junit-only runs only the JUnit step (with GPU_TESTS_ONLY=1, only the GPU-tagged tests).
-# --profile runs tools/profile-gpu.sh on the BENCHMARKS.md step at B = 64 (decode steps) and B = 1 (quantize at
+# --profile runs tools/profile-gpu.sh on the docs/benchmarks.md step at B = 64 (decode steps) and B = 1 (quantize at
 # prefill) into logs/profile-*/. --only-extras skips info, selftest, the JUnit run and the demo. Logs, reports and
 # results are packed into OUT_DIR/gpu-run.tar.gz; the exit status is non-zero if anything failed.
 set -uo pipefail

@@ -10,7 +10,7 @@
 #   profile-raw.csv      ncu --import ... --csv --page raw (kernels named by their NVTX variant range where ncu can)
 #   profile-summary.csv, profile-summary.md   per launch: duration, DRAM bytes and GB/s, % of peak DRAM, SM
 #                        throughput, achieved/theoretical occupancy, registers/thread, shared memory/block
-# Workloads: bench = `calibquant bench --batches BATCH --reps 1 --steps 1` (the BENCHMARKS.md step, default B 64);
+# Workloads: bench = `calibquant bench --batches BATCH --reps 1 --steps 1` (the docs/benchmarks.md step, default B 64);
 # demo = `calibquant demo --gpu --images N` (the built-in model; default 2 images, first 12 launches).
 # Filters (push/pop ranges of the NVTX domain "calibquant"; a trailing '/' marks a push/pop range):
 #   calibquant@decode_step/                               every kernel of every decode step (the default)

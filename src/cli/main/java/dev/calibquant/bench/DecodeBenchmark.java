@@ -29,7 +29,7 @@ import java.util.List;
 import java.util.Random;
 
 /**
- * The BENCHMARKS.md workload on the GPU: one decode step of one layer of InternVL2.5-8B (32 query heads, 8 KV
+ * The workload of docs/benchmarks.md on the GPU: one decode step of one layer of InternVL2.5-8B (32 query heads, 8 KV
  * heads, head dim 128; per sequence 41 prefix + 3328 visual + 64 text tokens), for the 1-bit CalibQuant cache and
  * the fp16 cache on the same layout. Times are medians over repetitions of the GPU time of {@code steps}
  * back-to-back steps launched from Java (CUDA events), so launch overhead counts where it limits. Each figure is taken

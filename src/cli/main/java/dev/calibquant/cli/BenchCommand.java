@@ -39,7 +39,7 @@ import picocli.CommandLine.Option;
 import picocli.CommandLine.Spec;
 
 /**
- * {@code calibquant bench}: the BENCHMARKS.md decode workload on this GPU, next to its byte floors; with
+ * {@code calibquant bench}: the decode workload of docs/benchmarks.md on this GPU, next to its byte floors; with
  * {@code --budget-gb}, decode throughput at a fixed KV memory budget instead.
  */
 @Command(name = "bench", mixinStandardHelpOptions = true,
@@ -48,7 +48,7 @@ import picocli.CommandLine.Spec;
                     + "throughput (sequences × steps/s, attention only) at those batch sizes."})
 public final class BenchCommand implements Callable<Integer> {
 
-    /** Measured on one H200 on 2026-11-28 (BENCHMARKS.md): PyTorch 2.11 SDPA fp16 and the paper's reference path. */
+    /** Measured on one H200 on 2026-11-28 (docs/benchmarks.md): PyTorch 2.11 SDPA fp16 and the paper's reference path. */
     static final Map<Integer, double[]> ANCHORS = Map.of(
             1, new double[] {15.6, 1451}, 8, new double[] {44.4, 1402}, 32, new double[] {114.5, 951},
             64, new double[] {213.5, 1746}, 128, new double[] {407.1, 3307}, 256, new double[] {792.3, 6418});
