@@ -17,6 +17,7 @@ module dev.calibquant {
     exports dev.calibquant.attention;
     exports dev.calibquant.cuda;
     exports dev.calibquant.gpu;
+    exports dev.calibquant.sharding;
 
     // the kernel manifest is read into records by Jackson
     opens dev.calibquant.kernels to com.fasterxml.jackson.databind;
