@@ -6,7 +6,6 @@ import static org.assertj.core.api.Assertions.assertThat;
 import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import dev.calibquant.attention.CpuCalibQuantAttention;
-import dev.calibquant.attention.DecodeAttention;
 import dev.calibquant.cache.CacheLeakException;
 import dev.calibquant.cache.CacheMemoryLimitException;
 import dev.calibquant.cache.HostStorage;
@@ -434,68 +433,11 @@ class ShardedKvCacheTest {
         }
     }
 
-    /**
-     * A host shard whose decode fails while {@link #failing} is set, and waits at {@link #meet} (when set) for the
-     * other shards' decodes: it passes only if they run at the same time.
-     */
-    static final class FailingDecodeShard implements CacheShard {
-        final HostCacheShard host;
-        volatile boolean failing;
-        volatile CyclicBarrier meet;
-        volatile String decodedOn;
-
-        FailingDecodeShard(HostCacheShard host) {
-            this.host = host;
-        }
-
-        @Override
-        public String name() {
-            return host.name();
-        }
-
-        @Override
-        public KvCacheManager manager() {
-            return host.manager();
-        }
-
-        @Override
-        public DecodeAttention attention(Calibration calibration) {
-            return host.attention(calibration);
-        }
-
-        @Override
-        public void decode(Calibration calibration, int layer, List<Sequence> batch, MemorySegment queries,
-                DType queryType, int queryHeads, MemorySegment out) {
-            if (failing) {
-                throw new IllegalStateException("injected decode failure");
-            }
-            decodedOn = Thread.currentThread().getName();
-            if (meet != null) {
-                try {
-                    meet.await(20, TimeUnit.SECONDS);
-                } catch (Exception e) {
-                    throw new IllegalStateException("the other shards did not decode at the same time", e);
-                }
-            }
-            host.decode(calibration, layer, batch, queries, queryType, queryHeads, out);
-        }
-
-        @Override
-        public LayerKvView download(Sequence sequence, int layer, Arena arena) {
-            return host.download(sequence, layer, arena);
-        }
-
-        @Override
-        public void close() {
-            host.close();
-        }
-    }
-
     @ParameterizedTest
     @CsvSource({"BY_SEQUENCE_ROUND_ROBIN", "BY_KV_HEAD"})
     void aShardFailingInDecodeIsNamedAndTheOtherShardsSequencesStayUsable(Placement placement) {
         ModelGeometry each = ShardedKvCache.shardGeometry(GEOMETRY, placement, 2);
-        FailingDecodeShard flaky = new FailingDecodeShard(HostCacheShard.onHost("flaky", each, DType.FP16, LIMIT));
+        FlakyShard flaky = new FlakyShard(HostCacheShard.onHost("flaky", each, DType.FP16, LIMIT));
         try (Arena arena = Arena.ofShared();
                 ShardedKvCache set = ShardedKvCache.of(GEOMETRY, placement,
                         List.of(HostCacheShard.onHost("good", each, DType.FP16, LIMIT), flaky));
@@ -535,10 +477,10 @@ class ShardedKvCacheTest {
     @Test
     void everyShardDecodesOnItsOwnThreadAtTheSameTime() {
         ModelGeometry each = ShardedKvCache.shardGeometry(GEOMETRY, Placement.BY_KV_HEAD, 4);
-        List<FailingDecodeShard> shards = new ArrayList<>();
+        List<FlakyShard> shards = new ArrayList<>();
         CyclicBarrier meet = new CyclicBarrier(4);
         for (int i = 0; i < 4; i++) {
-            FailingDecodeShard s = new FailingDecodeShard(HostCacheShard.onHost("s" + i, each, DType.FP16, LIMIT));
+            FlakyShard s = new FlakyShard(HostCacheShard.onHost("s" + i, each, DType.FP16, LIMIT));
             s.meet = meet;
             shards.add(s);
         }
