@@ -13,6 +13,7 @@ import dev.calibquant.gpu.DeviceKvCache;
 import dev.calibquant.quant.Calibration;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.InvalidShapeException;
+import dev.calibquant.quant.NonFiniteInputException;
 import dev.calibquant.quant.QuantConfig;
 import dev.calibquant.quant.QuantizedSpan;
 import java.lang.foreign.Arena;
@@ -43,9 +44,10 @@ import java.util.function.Supplier;
  *
  * <p><b>All or nothing.</b> What the set can check itself it checks for every shard before any shard does anything:
  * shapes and dtype, NaN and infinity, sequence states, each shard's free bytes for a fill; such a refusal throws the
- * cache's usual typed exception and changes nothing anywhere. What a shard throws while doing its part (a device
- * error, another thread having taken the bytes) comes as a {@link ShardFailureException} naming the shard, after the
- * parts other shards did were undone: a fill or restore by freeing the layer on them ({@link Sequence#clearLayer}),
+ * cache's usual typed exception and changes nothing anywhere (so does a shard's own refusal of the input, which
+ * it makes before writing). What a shard throws while doing its part (a device error, another thread having taken
+ * the bytes) comes as a {@link ShardFailureException} naming the shard, after the parts other shards did were
+ * undone: a fill or restore by freeing the layer on them ({@link Sequence#clearLayer}),
  * an append by dropping the token again ({@link Sequence#truncate}; a layer that grew keeps its larger block, as
  * {@link KvCacheManager#append} says), a decode by discarding their outputs (the caller's output is written only when
  * every shard succeeded). Undoing instead of writing into fresh sequences and swapping them in keeps a fill at one
@@ -332,8 +334,10 @@ public final class ShardedKvCache implements AutoCloseable {
             String shape = "[" + kvHeads + "][" + prompt + "][" + geometry.headDim() + "] " + dtype;
             Inputs.checkSize(what + " keys", keys, bytes, shape);
             Inputs.checkSize(what + " values", values, bytes, shape);
-            Inputs.requireFinite(what + " keys", keys, dtype, kvHeads, prompt, geometry.headDim(), 0);
-            Inputs.requireFinite(what + " values", values, dtype, kvHeads, prompt, geometry.headDim(), 0);
+            if (parts.length > 1) { // one part checks its input itself before it writes: no second pass over it
+                Inputs.requireFinite(what + " keys", keys, dtype, kvHeads, prompt, geometry.headDim(), 0);
+                Inputs.requireFinite(what + " values", values, dtype, kvHeads, prompt, geometry.headDim(), 0);
+            }
             int[] on = sequence.shardIndexes();
             for (int i = 0; i < parts.length; i++) {
                 CacheShard shard = shards.get(on[i]);
@@ -441,6 +445,13 @@ public final class ShardedKvCache implements AutoCloseable {
                         kvHeads, 1, geometry.headDim(), position);
             }
             List<ShardPart> split = split(batch, kvHeads);
+            if (split.size() == 1 && split.getFirst().coversAll(batch.size(), kvHeads)) {
+                ShardPart p = split.getFirst(); // one shard's batch append, all or nothing by itself
+                KvCacheManager manager = shards.get(p.shard()).manager();
+                runAll(batch, "appending to " + what, new int[] {p.shard()},
+                        new Runnable[] {() -> manager.append(layer, p.sequences(), keys, values, dtype)}, false, null);
+                return null;
+            }
             try (Arena arena = Arena.ofShared()) {
                 int[] on = new int[split.size()];
                 Runnable[] work = new Runnable[split.size()];
@@ -623,7 +634,10 @@ public final class ShardedKvCache implements AutoCloseable {
             return;
         }
         Throwable primary = failed[first];
-        RuntimeException thrown = wrap(shards.get(on[first]).name(), operation, primary);
+        // a refusal of the caller's input (a shard checked it, and wrote nothing) keeps its type
+        boolean refusal = primary instanceof InvalidShapeException || primary instanceof NonFiniteInputException;
+        RuntimeException thrown = refusal ? (RuntimeException) primary
+                : wrap(shards.get(on[first]).name(), operation, primary);
         for (int i = first + 1; i < failed.length; i++) {
             if (failed[i] != null) {
                 thrown.addSuppressed(wrap(shards.get(on[i]).name(), operation, failed[i]));

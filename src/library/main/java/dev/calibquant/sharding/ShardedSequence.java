@@ -156,10 +156,12 @@ public final class ShardedSequence implements AutoCloseable {
      * its head range, a slice of the view. The set checks the heads, head dim and dtype; each shard checks the rest
      * of its part.
      *
-     * @throws dev.calibquant.quant.InvalidShapeException when the view's heads, head dim or dtype disagree with the set
+     * @throws dev.calibquant.quant.InvalidShapeException when the view disagrees with the set or, for its part, with
+     *     a shard's sequence (nothing is stored anywhere)
+     * @throws dev.calibquant.quant.NonFiniteInputException when a shard finds a NaN or infinity in its part
      * @throws IllegalStateException when the layer is already filled or the sequence closed
-     * @throws ShardFailureException when a shard refused or failed its part (its exception is the cause; the other
-     *     shards' parts were freed)
+     * @throws ShardFailureException when a shard failed storing its part, or had no room for it (its exception is the
+     *     cause; the other shards' parts were freed)
      */
     public void restoreLayer(int layer, LayerKvView from) {
         cache.restoreLayer(this, layer, from);

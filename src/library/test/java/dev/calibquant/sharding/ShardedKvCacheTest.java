@@ -288,6 +288,17 @@ class ShardedKvCacheTest {
             for (long i = 0; i < out.byteSize() / 4; i++) {
                 assertThat(out.getAtIndex(Elements.FLOAT_LE, i)).isNaN();
             }
+            // one shard checks its input itself: the same typed refusal, nothing stored
+            try (ShardedKvCache whole = ShardedKvCache.onHost(GEOMETRY, DType.FP16, 2, LIMIT,
+                    Placement.BY_SEQUENCE_ROUND_ROBIN)) {
+                ShardedSequence s = whole.createSequence(p.tokens(), p.spans(), ONE_BIT, 0);
+                assertThatThrownBy(() -> s.fill(0, nan, p.values()[0], DType.FP16))
+                        .isInstanceOf(NonFiniteInputException.class)
+                        .hasMessageContaining("at head 3, token 7, channel 9");
+                assertThat(s.isFilled(0)).isFalse();
+                assertThat(whole.usage()).isEqualTo(MemoryUsage.ZERO);
+                s.close();
+            }
             // a shard without room for its part of a fill: refused before any shard stored anything
             try (ShardedKvCache small = ShardedKvCache.onHost(GEOMETRY, DType.FP16, 2, 40_000,
                     Placement.BY_KV_HEAD)) {
@@ -641,9 +652,8 @@ class ShardedKvCacheTest {
             LayerKvView layer = a.reference().layer(1);
             ShardedSequence bad = heads.createSequence(a.sharded().promptTokens() + 1, a.sharded().visualSpans(),
                     ONE_BIT, 3);
-            assertThatThrownBy(() -> bad.restoreLayer(1, layer)).isInstanceOf(ShardFailureException.class)
-                    .hasMessageContaining("shard 'host-0' failed restoring layer 1")
-                    .hasRootCauseInstanceOf(InvalidShapeException.class);
+            assertThatThrownBy(() -> bad.restoreLayer(1, layer)).isInstanceOf(InvalidShapeException.class)
+                    .hasMessageContaining("the prompt alone has"); // each shard refused its part; none stored one
             assertThat(heads.shards()).allSatisfy(s -> assertThat(s.manager().openSequences()).isEqualTo(3));
             assertThat(bad.isFilled(1)).isFalse();
             for (ShardedSequence s : List.of(a.sharded(), moved, back, bad)) {
