@@ -6,7 +6,8 @@
  * <p>Where to start: {@link dev.calibquant.gpu.DeviceKvCache} (the cache in GPU memory and its decode attention),
  * {@link dev.calibquant.gpu.KvCacheBackend} (GPU where usable, CPU otherwise), {@link dev.calibquant.cache.KvCacheManager}
  * (sequences and memory accounting, host or device), {@link dev.calibquant.attention.DecodeAttention} (the CPU
- * implementations and the reference). The generated CUDA bindings, the kernel catalog and launches, and the NVTX
+ * implementations and the reference), {@link dev.calibquant.sharding.ShardedKvCache} (one cache over several GPUs,
+ * placed by sequence or by KV head). The generated CUDA bindings, the kernel catalog and launches, and the NVTX
  * ranges are internal: not exported.
  */
 module dev.calibquant {
@@ -17,6 +18,7 @@ module dev.calibquant {
     exports dev.calibquant.attention;
     exports dev.calibquant.cuda;
     exports dev.calibquant.gpu;
+    exports dev.calibquant.sharding;
 
     // the kernel manifest is read into records by Jackson
     opens dev.calibquant.kernels to com.fasterxml.jackson.databind;

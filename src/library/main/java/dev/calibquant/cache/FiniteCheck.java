@@ -17,11 +17,17 @@ final class FiniteCheck {
      */
     static void requireFinite(String tensor, MemorySegment data, DType dtype, int kvHeads, int tokens, int headDim,
             int firstPosition) {
+        requireFinite(tensor, data, dtype, kvHeads, tokens, tokens, headDim, firstPosition);
+    }
+
+    /** The first {@code tokens} rows of each head of {@code data} laid out {@code [kvHeads][pitchTokens][headDim]}. */
+    static void requireFinite(String tensor, MemorySegment data, DType dtype, int kvHeads, int tokens, int pitchTokens,
+            int headDim, int firstPosition) {
         float[] row = new float[headDim];
         short[] scratch = new short[headDim];
         for (int h = 0; h < kvHeads; h++) {
             for (int n = 0; n < tokens; n++) {
-                Elements.readRow(data, dtype, ((long) h * tokens + n) * headDim, row, 0, headDim, scratch);
+                Elements.readRow(data, dtype, ((long) h * pitchTokens + n) * headDim, row, 0, headDim, scratch);
                 for (int d = 0; d < headDim; d++) {
                     if (!Float.isFinite(row[d])) {
                         throw new NonFiniteInputException(tensor, h, firstPosition + n, d, row[d]);

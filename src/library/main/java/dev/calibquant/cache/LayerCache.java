@@ -87,6 +87,11 @@ final class LayerCache {
         fullTokens++;
     }
 
+    /** Forgets the full-precision rows from {@code tokens} on (the caller zeroed them). */
+    void truncate(int tokens) {
+        fullTokens = tokens;
+    }
+
     LayerKvView snapshot() {
         List<QuantizedSpan> visual = new ArrayList<>(spans.size());
         for (StoredSpan s : spans) {

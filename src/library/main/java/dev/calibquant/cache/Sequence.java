@@ -2,6 +2,7 @@ package dev.calibquant.cache;
 
 import dev.calibquant.quant.ChannelQuantizer;
 import dev.calibquant.quant.DType;
+import dev.calibquant.quant.Elements;
 import dev.calibquant.quant.InvalidShapeException;
 import dev.calibquant.quant.QuantConfig;
 import dev.calibquant.quant.QuantizedSpan;
@@ -161,23 +162,161 @@ public final class Sequence implements AutoCloseable {
         FiniteCheck.requireFinite(what + " values", values, dtype, kvHeads, promptTokens, headDim, 0);
 
         int fullTokens = promptTokens - visualTokens;
-        // a reservation is exact (the service said how many tokens it generates); otherwise room for one step
-        int capacity = reservedNewTokens > 0 ? Math.addExact(fullTokens, reservedNewTokens)
-                : CapacityPolicy.initial(fullTokens);
-        long fullBytes = LayerCache.fullBlockBytes(kvHeads, headDim, dtype, capacity);
-        long codeBytes = 0;
-        long scaleBytes = 0;
-        for (TokenSpan span : visualSpans) {
-            long spanCodes = spanCodeBytes(span.length());
-            codeBytes += spanCodes;
-            scaleBytes += ChannelQuantizer.bytesFor(quantConfig, kvHeads, span.length(), headDim) - spanCodes;
-        }
-        MemoryUsage delta = new MemoryUsage(fullBytes, codeBytes, scaleBytes, fp16Bytes(promptTokens));
-        manager.accountant().reserve(delta, "filling " + what);
+        store(layer, "filling " + what, prefillCapacity(), fullTokens, promptTokens, (full, targets) ->
+                manager.storage().storePrefill(new LayerPrefill(keys, values, dtype, kvHeads, promptTokens, headDim,
+                        full, prefillCapacity(), gaps(), quantConfig, targets)));
+    }
 
+    /**
+     * Stores a layer taken from another cache into this unfilled layer, byte for byte: the full-precision rows and
+     * every quantized span's codes, scales and offsets as they are (nothing is quantized again), with the view's
+     * capacity. How a sequence moves to another cache: read the layer there ({@link #layer}, or a device cache's
+     * download), restore it here, close the original.
+     *
+     * <p>The view must be in host memory and fit this sequence: the cache's KV heads, head dim and dtype; at least
+     * the prompt's full-precision tokens (more when tokens were appended), its block exactly {@code fullCapacity}
+     * rows; one span per visual span of this sequence, in order, of that span's length, with the quantization
+     * config's bits and granularities, every segment of the size that implies. Its rows, scales and offsets must be
+     * finite. Everything is checked before anything is allocated.
+     *
+     * @throws InvalidShapeException when a size, a count or the dtype disagrees
+     * @throws dev.calibquant.quant.NonFiniteInputException naming the first NaN or infinity
+     * @throws IllegalArgumentException when a segment is not readable host memory here (a device block: download it)
+     * @throws CacheMemoryLimitException when the layer would take the cache past its byte limit
+     * @throws IllegalStateException when the layer is already filled or the sequence is closed
+     */
+    public synchronized void restoreLayer(int layer, LayerKvView from) {
+        Objects.requireNonNull(from, "from");
+        checkOpen();
+        checkLayerIndex(layer);
+        String what = "layer " + layer + " of " + this;
+        if (layers[layer] != null) {
+            throw new IllegalStateException(what + " is already filled");
+        }
+        ModelGeometry g = manager.geometry();
+        int kvHeads = g.kvHeads();
+        int headDim = g.headDim();
+        String source = what + ", restored from a view";
+        if (from.kvHeads() != kvHeads || from.headDim() != headDim) {
+            throw new InvalidShapeException(source + " of " + from.kvHeads() + " KV heads of dim " + from.headDim()
+                    + ": the cache has " + kvHeads + " of dim " + headDim);
+        }
+        checkDtype(source, from.dtype());
+        int fullTokens = from.fullTokens();
+        int capacity = from.fullCapacity();
+        int promptFull = promptTokens - visualTokens;
+        if (fullTokens < promptFull || capacity < fullTokens || capacity <= 0) {
+            throw new InvalidShapeException(source + ": " + fullTokens + " full-precision tokens in a capacity of "
+                    + capacity + "; the prompt alone has " + promptFull + " (and the capacity must hold them all)");
+        }
+        long half = LayerCache.fullHalfBytes(kvHeads, headDim, manager.dtype(), capacity);
+        String shape = "[" + kvHeads + "][" + capacity + "][" + headDim + "] " + manager.dtype();
+        checkSize(source + " full-precision keys", readable(source, from.fullKeys()), half, shape);
+        checkSize(source + " full-precision values", readable(source, from.fullValues()), half, shape);
+        List<QuantizedSpan> spans = from.visualSpans();
+        if (spans.size() != visualSpans.size()) {
+            throw new InvalidShapeException(source + ": " + spans.size() + " quantized spans; the sequence has "
+                    + visualSpans.size() + " visual spans " + visualSpans);
+        }
+        for (int i = 0; i < spans.size(); i++) {
+            checkRestoredSpan(source + ", visual span " + visualSpans.get(i), spans.get(i), visualSpans.get(i));
+        }
+        FiniteCheck.requireFinite(source + " full-precision keys", from.fullKeys(), manager.dtype(), kvHeads, fullTokens,
+                capacity, headDim, 0);
+        FiniteCheck.requireFinite(source + " full-precision values", from.fullValues(), manager.dtype(), kvHeads, fullTokens,
+                capacity, headDim, 0);
+        long rowBytes = (long) headDim * manager.dtype().byteSize();
+        store(layer, "restoring " + what, capacity, fullTokens, fullTokens + visualTokens, (full, targets) -> {
+            KvStorage storage = manager.storage();
+            RowCopy rows = new RowCopy(0, capacity * rowBytes, 0, capacity * rowBytes, fullTokens * rowBytes,
+                    kvHeads);
+            storage.write(from.fullKeys(), full.keys(), rows);
+            storage.write(from.fullValues(), full.values(), rows);
+            for (int i = 0; i < spans.size(); i++) {
+                QuantizedSpan q = spans.get(i);
+                BlockPair pair = targets.get(i).blocks();
+                writeParts(storage, pair.keys(), q.keyScale(), q.keyOffset(), q.keyCodes());
+                writeParts(storage, pair.values(), q.valueScale(), q.valueOffset(), q.valueCodes());
+            }
+        });
+    }
+
+    /** A restored span against this sequence's span {@code span}: its length, config and segment sizes; finite. */
+    private void checkRestoredSpan(String what, QuantizedSpan q, TokenSpan span) {
+        ModelGeometry g = manager.geometry();
+        if (q.tokens() != span.length() || q.kvHeads() != g.kvHeads() || q.headDim() != g.headDim()) {
+            throw new InvalidShapeException(what + ": the view's span is [" + q.kvHeads() + "][" + q.tokens() + "]["
+                    + q.headDim() + "]; the sequence's is [" + g.kvHeads() + "][" + span.length() + "]["
+                    + g.headDim() + "]");
+        }
+        if (q.bits() != quantConfig.bits() || q.keyGranularity() != quantConfig.keyGranularity()
+                || q.valueGranularity() != quantConfig.valueGranularity()) {
+            throw new InvalidShapeException(what + ": the view's span is " + q.bits() + "-bit " + q.keyGranularity()
+                    + "/" + q.valueGranularity() + "; the sequence quantizes " + quantConfig.bits() + "-bit "
+                    + quantConfig.keyGranularity() + "/" + quantConfig.valueGranularity());
+        }
+        LayerPrefill.SpanPart k = LayerPrefill.spanPart(quantConfig, true, g.kvHeads(), span.length(), g.headDim());
+        LayerPrefill.SpanPart v = LayerPrefill.spanPart(quantConfig, false, g.kvHeads(), span.length(), g.headDim());
+        checkSize(what + " key codes", readable(what, q.keyCodes()), k.codeBytes(), "its codes");
+        checkSize(what + " value codes", readable(what, q.valueCodes()), v.codeBytes(), "its codes");
+        String params = "its fp32 scales";
+        checkParams(what + " key scales", readable(what, q.keyScale()), k.scaleBytes(), params);
+        checkParams(what + " key offsets", readable(what, q.keyOffset()), k.scaleBytes(), params);
+        checkParams(what + " value scales", readable(what, q.valueScale()), v.scaleBytes(), params);
+        checkParams(what + " value offsets", readable(what, q.valueOffset()), v.scaleBytes(), params);
+    }
+
+    /** Sizes, then every fp32 finite (the exception names the element's index as its channel). */
+    private static void checkParams(String what, MemorySegment params, long bytes, String shape) {
+        checkSize(what, params, bytes, shape);
+        for (long i = 0; i < bytes / Float.BYTES; i++) {
+            float x = params.getAtIndex(Elements.FLOAT_LE, i);
+            if (!Float.isFinite(x)) {
+                throw new dev.calibquant.quant.NonFiniteInputException(what, -1, -1, (int) i, x);
+            }
+        }
+    }
+
+    /** {@code segment}, after checking that this thread can read it (a device block's segment cannot be). */
+    private static MemorySegment readable(String what, MemorySegment segment) {
+        Objects.requireNonNull(segment, what);
+        if (!segment.scope().isAlive() || !segment.isAccessibleBy(Thread.currentThread())) {
+            throw new IllegalArgumentException(what + ": a segment of the view is not readable host memory on this "
+                    + "thread (a device block? download the layer first)");
+        }
+        return segment;
+    }
+
+    /** Writes {@code parts} one after the other into {@code block}, from its first byte. */
+    private static void writeParts(KvStorage storage, StorageBlock block, MemorySegment... parts) {
+        long at = 0;
+        for (MemorySegment p : parts) {
+            storage.write(p, block, RowCopy.contiguous(0, at, p.byteSize()));
+            at += p.byteSize();
+        }
+    }
+
+    /** Writes a new layer's blocks, given the full-precision pair and one target per visual span. */
+    private interface LayerWriter {
+        void write(BlockPair full, List<LayerPrefill.SpanTarget> spans);
+    }
+
+    /**
+     * Reserves the bytes of a layer of {@code capacity} full-precision rows (plus the visual spans), allocates its
+     * blocks, has {@code writer} fill them and installs the layer; on any failure frees what it allocated and
+     * releases the reservation, so the sequence is as it was.
+     */
+    private void store(int layer, String action, int capacity, int fullTokens, int tokens, LayerWriter writer) {
+        ModelGeometry g = manager.geometry();
+        int kvHeads = g.kvHeads();
+        int headDim = g.headDim();
+        String what = "layer " + layer + " of " + this;
+        MemoryUsage delta = layerUsage(capacity, tokens);
+        manager.accountant().reserve(delta, action);
         KvStorage storage = manager.storage();
         List<StorageBlock> allocated = new ArrayList<>();
         try {
+            long fullBytes = delta.fullPrecisionBytes();
             BlockPair full = storage.allocatePair(fullBytes / 2, fullBytes / 2, what + " full-precision");
             allocated.add(full.keys());
             allocated.add(full.values());
@@ -190,13 +329,12 @@ public final class Sequence implements AutoCloseable {
                 allocated.add(pair.values());
                 targets.add(new LayerPrefill.SpanTarget(span, pair));
             }
-            storage.storePrefill(new LayerPrefill(keys, values, dtype, kvHeads, promptTokens, headDim, full, capacity,
-                    gaps(), quantConfig, targets));
+            writer.write(full, targets);
             List<LayerCache.StoredSpan> stored = new ArrayList<>();
             for (LayerPrefill.SpanTarget t : targets) {
                 stored.add(spanView(t));
             }
-            layers[layer] = new LayerCache(kvHeads, headDim, dtype, full, capacity, fullTokens, stored);
+            layers[layer] = new LayerCache(kvHeads, headDim, manager.dtype(), full, capacity, fullTokens, stored);
             usage = usage.plus(delta);
         } catch (RuntimeException | Error e) {
             for (StorageBlock b : allocated) {
@@ -205,6 +343,90 @@ public final class Sequence implements AutoCloseable {
             manager.accountant().release(delta);
             throw e;
         }
+    }
+
+    /** What a layer of {@code capacity} full-precision rows and this sequence's spans holds, for {@code tokens}. */
+    private MemoryUsage layerUsage(int capacity, int tokens) {
+        ModelGeometry g = manager.geometry();
+        long fullBytes = LayerCache.fullBlockBytes(g.kvHeads(), g.headDim(), manager.dtype(), capacity);
+        long codeBytes = 0;
+        long scaleBytes = 0;
+        for (TokenSpan span : visualSpans) {
+            long spanCodes = spanCodeBytes(span.length());
+            codeBytes += spanCodes;
+            scaleBytes += ChannelQuantizer.bytesFor(quantConfig, g.kvHeads(), span.length(), g.headDim()) - spanCodes;
+        }
+        return new MemoryUsage(fullBytes, codeBytes, scaleBytes, fp16Bytes(tokens));
+    }
+
+    /** Full-precision rows a layer holds at the end of prefill. */
+    private int prefillCapacity() {
+        int fullTokens = promptTokens - visualTokens;
+        // a reservation is exact (the service said how many tokens it generates); otherwise room for one step
+        return reservedNewTokens > 0 ? Math.addExact(fullTokens, reservedNewTokens) : CapacityPolicy.initial(fullTokens);
+    }
+
+    /**
+     * Bytes {@link #fill} allocates for one layer (every layer alike): the full-precision block with its room for
+     * generated tokens, and the quantized spans. What a placement policy or an admission check weighs against a
+     * cache's free bytes.
+     */
+    public long fillBytes() {
+        return layerUsage(prefillCapacity(), promptTokens).totalBytes();
+    }
+
+    /**
+     * Frees one filled layer, which can then be filled or restored again: how a caller undoes a layer it wrote as
+     * part of a larger operation that failed elsewhere (a sharded cache's fill on another device).
+     *
+     * @throws IllegalStateException when the layer is not filled or the sequence is closed
+     */
+    public synchronized void clearLayer(int layer) {
+        checkOpen();
+        LayerCache cache = filledLayer(layer);
+        MemoryUsage held = layerUsage(cache.fullCapacity(), cache.fullTokens() + cache.visualTokens());
+        layers[layer] = null;
+        try {
+            cache.free();
+        } finally { // the layer is gone either way: its bytes are no longer this sequence's
+            manager.accountant().release(held);
+            usage = usage.minus(held);
+        }
+    }
+
+    /**
+     * Drops the tokens appended to {@code layer} after its first {@code tokens} (counted as {@link #tokens} counts
+     * them): a speculative step rolled back, or an append undone because another part of a batch failed. Their rows
+     * are zeroed, as a fresh block's are; the block keeps its capacity. Prompt tokens cannot be dropped.
+     *
+     * @throws IllegalArgumentException when {@code tokens} is below the prompt's length or above the layer's tokens
+     * @throws IllegalStateException when the layer is not filled or the sequence is closed
+     */
+    public synchronized void truncate(int layer, int tokens) {
+        checkOpen();
+        LayerCache cache = filledLayer(layer);
+        int held = cache.fullTokens() + cache.visualTokens();
+        if (tokens < promptTokens || tokens > held) {
+            throw new IllegalArgumentException("cannot truncate layer " + layer + " of " + this + " to " + tokens
+                    + " tokens: it holds " + held + ", of which " + promptTokens + " are the prompt's");
+        }
+        int dropped = held - tokens;
+        if (dropped == 0) {
+            return;
+        }
+        int keep = cache.fullTokens() - dropped;
+        long rowBytes = cache.rowBytes();
+        RowCopy rows = new RowCopy(0, 0, keep * rowBytes, cache.fullCapacity() * rowBytes, dropped * rowBytes,
+                manager.geometry().kvHeads());
+        try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
+            MemorySegment zeros = arena.allocate(dropped * rowBytes);
+            manager.storage().write(zeros, cache.full().keys(), rows);
+            manager.storage().write(zeros, cache.full().values(), rows);
+        }
+        cache.truncate(keep);
+        MemoryUsage freed = new MemoryUsage(0, 0, 0, fp16Bytes(dropped));
+        manager.accountant().release(freed);
+        usage = usage.minus(freed);
     }
 
     /**

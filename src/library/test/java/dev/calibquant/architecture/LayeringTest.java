@@ -27,7 +27,7 @@ class LayeringTest {
     private static final List<Path> SOURCES = List.of(Path.of("src/library/main/java"), Path.of("src/cli/main/java"),
             Path.of("bindings/java"));
 
-    /** Each package and the packages it may use directly. The first eight are the library; the rest the tools. */
+    /** Each package and the packages it may use directly. The first nine are the library; the rest the tools. */
     static final Map<String, Set<String>> ALLOWED = new LinkedHashMap<>();
 
     static {
@@ -39,6 +39,7 @@ class LayeringTest {
         allow("profiling");
         allow("kernels", "cuda", "profiling", "cache");
         allow("gpu", "kernels", "cuda", "profiling", "attention", "cache", "quant");
+        allow("sharding", "gpu", "cuda", "attention", "cache", "quant");
         allow("io", "quant");
         allow("model", "attention", "cache", "quant", "io");
         allow("selftest", "gpu", "kernels", "cuda", "attention", "cache", "quant");
@@ -49,7 +50,7 @@ class LayeringTest {
     }
 
     static final Set<String> LIBRARY = Set.of("quant", "cache", "attention", "cuda.bindings", "cuda", "profiling",
-            "kernels", "gpu");
+            "kernels", "gpu", "sharding");
 
     private static void allow(String pkg, String... uses) {
         ALLOWED.put(pkg, Set.of(uses));
