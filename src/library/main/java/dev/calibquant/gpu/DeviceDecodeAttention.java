@@ -265,6 +265,7 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
     private record Planned(DecodePlan plan, CalibQuantKernels kernels) {}
 
     /** Plans a step over {@code views}; caller holds the storage's lock. */
+    @SuppressWarnings("try") // an NVTX range opened for its scope, never read
     private Planned plan(List<? extends LayerKvView> views, Shape shape, int queryHeads) {
         int kvh = shape.kvHeads();
         int group = queryHeads / kvh;

@@ -325,6 +325,7 @@ final class DeviceStorage implements KvStorage {
      * {@link ManagedTables} reads). Layouts the kernels do not handle take the CPU quantizer and {@link #write}.
      * Returns once the work is done (its staging buffers are reused by the next call).
      */
+    @SuppressWarnings("try") // an NVTX range opened for its scope, never read
     @Override
     public void storePrefill(LayerPrefill p) {
         if (!quantizesOnGpu(p)) {

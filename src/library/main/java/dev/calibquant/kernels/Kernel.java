@@ -135,6 +135,7 @@ public final class Kernel implements AutoCloseable {
         }
 
         /** Launches a grid of {@code (gx, gy, gz)} programs with the manifest's warps and shared memory. */
+        @SuppressWarnings("try") // an NVTX range opened for its scope, never read
         public void launch(int gx, int gy, int gz, CudaStream stream) {
             if (values.size() != types.size()) {
                 throw new IllegalArgumentException(name() + ": " + values.size() + " arguments given, it takes "
