@@ -203,7 +203,7 @@ public final class BenchCommand implements Callable<Integer> {
         Map<Integer, Double> m = new TreeMap<>();
         if (sdpa != null) {
             JsonNode root = new ObjectMapper().readTree(sdpa.toFile());
-            root.path("sdpa_us").fields().forEachRemaining(e -> m.put(Integer.parseInt(e.getKey()), e.getValue().asDouble()));
+            root.path("sdpa_us").properties().forEach(e -> m.put(Integer.parseInt(e.getKey()), e.getValue().asDouble()));
         }
         return m;
     }

@@ -292,6 +292,7 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
             DeviceBuffer partMl, DeviceBuffer partAcc, DeviceBuffer counters, DeviceBuffer mmBuf) {}
 
     /** Queues the step's kernels on {@code stream}. */
+    @SuppressWarnings("try") // an NVTX range opened for its scope, never read
     private void launch(Planned p, Shape shape, int queryHeads, StepBuffers b, DeviceBuffer q, DeviceBuffer o,
             CudaStream stream) {
         DecodePlan plan = p.plan();
