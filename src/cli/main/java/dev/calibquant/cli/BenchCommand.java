@@ -71,7 +71,7 @@ public final class BenchCommand implements Callable<Integer> {
     @Option(names = "--png", description = "Also write a chart (time per step against batch size) to this file.")
     Path png;
 
-    @Option(names = "--sdpa", description = "JSON from tools/bench_sdpa.py, measured in the same run, to print alongside.")
+    @Option(names = "--sdpa", description = "JSON from tools/gpu-host/bench_sdpa.py, measured in the same run, to print alongside.")
     Path sdpa;
 
     @Option(names = "--from-csv", description = "Re-read a CSV written by --csv (no GPU needed): print and chart it.")

@@ -17,7 +17,7 @@ import java.nio.file.Path;
  * The readers of the files a user hands the CLI, on arbitrary bytes: each reads the file or refuses it its own way
  * (regression expectations: {@link ExpectationsFormatException}; {@code bench --from-csv}: one line on stderr and a
  * non-zero exit code, no stack trace). Anything else is a finding. Regression mode on the committed corpus in every
- * build; {@code JAZZER_FUZZ=1} fuzzes (tools/fuzz.sh).
+ * build; {@code JAZZER_FUZZ=1} fuzzes (tools/dev/fuzz.sh).
  */
 class CliInputFuzzTest {
 

@@ -10,7 +10,7 @@ import java.nio.file.Path;
 /**
  * The safetensors reader on arbitrary bytes: it either reads the file or refuses it with a
  * {@link SafetensorsFormatException}; any other exception (or a hang, or a crash) is a finding. Runs the committed
- * corpus in every build (regression mode); {@code JAZZER_FUZZ=1} fuzzes (tools/fuzz.sh).
+ * corpus in every build (regression mode); {@code JAZZER_FUZZ=1} fuzzes (tools/dev/fuzz.sh).
  */
 class SafetensorsReaderFuzzTest {
 

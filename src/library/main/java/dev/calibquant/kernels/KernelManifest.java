@@ -11,7 +11,7 @@ import java.util.Map;
 import java.util.Objects;
 
 /**
- * {@code ptx/manifest.json}, written by {@code tools/compile_ptx.py} on the GPU host: every kernel variant, its
+ * {@code ptx/manifest.json}, written by {@code tools/build/compile_ptx.py} on the GPU host: every kernel variant, its
  * typed arguments, and per GPU target the PTX file and the launch facts Triton recorded.
  */
 @JsonIgnoreProperties(ignoreUnknown = true)

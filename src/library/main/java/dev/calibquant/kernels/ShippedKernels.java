@@ -52,7 +52,7 @@ public final class ShippedKernels {
                 if (!sourceHash.equals(kernel.sourceSha256())) {
                     problems.add(where + ": source " + kernel.source() + " changed since its PTX was compiled"
                             + " (sha256 now " + sourceHash + ", manifest " + kernel.sourceSha256()
-                            + "); re-run tools/compile_ptx.py on a GPU host");
+                            + "); re-run tools/build/compile_ptx.py on a GPU host");
                 }
             } catch (KernelManifestException e) {
                 problems.add(where + ": " + e.getMessage());

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Runs on the GPU host (no JDK there) from a bundle made by tools/gpu-bundle.sh:
-#   tools/gpu-run.sh BUNDLE_DIR OUT_DIR [--bench] [--sanitize] [--sanitize-junit] [--regression]
+# Runs on the GPU host (no JDK there) from a bundle made by tools/gpu-host/gpu-bundle.sh:
+#   tools/gpu-host/gpu-run.sh BUNDLE_DIR OUT_DIR [--bench] [--sanitize] [--sanitize-junit] [--regression]
 #                    [--regression-record] [--profile] [--only-extras]
 # Unpacks the runtime; runs `calibquant info` and `selftest`, then every test (GPU tests included) with the JUnit
 # console launcher and XML reports. --bench adds `calibquant bench` with PyTorch SDPA measured in the same run
-# (tools/bench_sdpa.py, where torch is installed), then `calibquant bench --budget-gb ${BUDGET_GB:-100}` (decode
+# (tools/gpu-host/bench_sdpa.py, where torch is installed), then `calibquant bench --budget-gb ${BUDGET_GB:-100}` (decode
 # throughput at a fixed KV budget: logs/bench-budget.txt and .csv). --sanitize runs `selftest` under
 # compute-sanitizer memcheck and racecheck. --sanitize-junit runs every GPU-tagged JUnit test but the soak and the
 # stress test (10⁵ steps each: hours under a sanitizer) under compute-sanitizer memcheck, racecheck and synccheck
@@ -13,7 +13,7 @@
 # into logs/expectations.json (copy it to ptx/regression/expectations.json and commit it), then checks both targets
 # against that file.
 # --junit-only runs only the JUnit step (with GPU_TESTS_ONLY=1, only the GPU-tagged tests).
-# --profile runs tools/profile-gpu.sh on the docs/benchmarks.md step at B = 64 (decode steps) and B = 1 (quantize at
+# --profile runs tools/gpu-host/profile-gpu.sh on the docs/benchmarks.md step at B = 64 (decode steps) and B = 1 (quantize at
 # prefill) into logs/profile-*/. --only-extras skips info, selftest, the JUnit run and the demo. Logs, reports and
 # results are packed into OUT_DIR/gpu-run.tar.gz; the exit status is non-zero if anything failed.
 set -uo pipefail

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Profiles CalibQuant's kernels with Nsight Compute on the GPU host, from a tools/gpu-bundle.sh bundle:
-#   tools/profile-gpu.sh BUNDLE OUT [--workload bench|demo] [--batch 64] [--filter NVTX_FILTER]
+# Profiles CalibQuant's kernels with Nsight Compute on the GPU host, from a tools/gpu-host/gpu-bundle.sh bundle:
+#   tools/gpu-host/profile-gpu.sh BUNDLE OUT [--workload bench|demo] [--batch 64] [--filter NVTX_FILTER]
 #                        [--launch-count N] [--images N]
 # Runs the workload with NVTX ranges on and, under `ncu --clock-control none --nvtx --nvtx-include FILTER`,
 # collects the SpeedOfLight, MemoryWorkloadAnalysis, Occupancy and LaunchStats sections (plus the summary's metrics)
@@ -99,7 +99,7 @@ if command -v python3 >/dev/null; then
     --title "Nsight Compute: calibquant ${app[*]}, NVTX filter $filter" || rc=1
   cat "$out/profile-summary.md"
 else
-  echo "profile-gpu: no python3 here: run tools/ncu_summary.py on $out/profile-raw.csv elsewhere" >&2
+  echo "profile-gpu: no python3 here: run tools/gpu-host/ncu_summary.py on $out/profile-raw.csv elsewhere" >&2
 fi
 rm -rf "$work"
 echo "profile-gpu: ncu exit $rc; report $out/profile.ncu-rep, summary $out/profile-summary.md"

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Fuzzes the CLI's file readers with Jazzer (coverage-guided, libFuzzer underneath): every @FuzzTest of
 # src/cli/test/java/dev/calibquant/fuzz for its maxDuration (30 s each), or FUZZ_SECONDS each, e.g.
-#   FUZZ_SECONDS=600 tools/fuzz.sh
+#   FUZZ_SECONDS=600 tools/dev/fuzz.sh
 # (Jazzer's JUnit integration takes libFuzzer flags from the configuration parameters jazzer.internal.arg.N, which
 # JUnit also reads from system properties; a flag given there comes after the annotation's and wins). The corpus it grows stays in the git-ignored .cifuzz-corpus/; a finding fails the test and is written to the
 # checkout's root as crash-<hash>: fix the code, then move the file beside the committed seed inputs
 # (src/cli/test/resources/dev/calibquant/fuzz/<Test>Inputs/<method>/), where every later build replays it.
 # Without JAZZER_FUZZ, `./mvnw verify` replays the committed inputs only (regression mode).
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 if [ -z "${JAVA_HOME:-}" ]; then
   for d in /usr/lib/jvm/temurin-25-jdk-amd64 /usr/lib/jvm/*; do

@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Check the compiled PTX kernels against plain references of the spec, then time them (runs on the GPU host).
 
-    python3 tools/check_kernels.py --out results.json                 # checks on both targets, then timing
-    python3 tools/compile_ptx.py --set candidates --out /tmp/x --targets sm_90a
-    python3 tools/check_kernels.py --parts select --exp /tmp/x --out sel.json   # rewrites ptx/selection.json
+    python3 tools/harness/check_kernels.py --out results.json                 # checks on both targets, then timing
+    python3 tools/build/compile_ptx.py --set candidates --out /tmp/x --targets sm_90a
+    python3 tools/harness/check_kernels.py --parts select --exp /tmp/x --out sel.json   # rewrites ptx/selection.json
 
 The kernels are loaded exactly as the Java side loads them: the PTX text from ptx/<target>/ through the CUDA
 driver (cuModuleLoadDataEx, so sm_80 PTX runs through the driver's JIT on a newer GPU) and launched with
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 U = 2.0 ** -23
 TAU_MIN, TAU_MAX = 0.0, 3.0
 VISUAL_LENGTHS = [1, 7, 255, 3328, 10000]

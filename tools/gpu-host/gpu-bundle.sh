@@ -2,9 +2,9 @@
 # Packs everything the GPU host needs to run this project's Java code, into the git-ignored .gpu-bundle/:
 #   runtime.tar.xz   a jlink'ed JDK runtime (the GPU host has no Java),
 #   app/             the main and test classes, the runnable jar, every dependency jar, the JUnit console launcher.
-# Then `tools/gpu-run.sh` runs there. The device tool carries .gpu-bundle (keep it well under 64 MiB).
+# Then `tools/gpu-host/gpu-run.sh` runs there. The device tool carries .gpu-bundle (keep it well under 64 MiB).
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 out="$root/.gpu-bundle"
 console_version="${JUNIT_CONSOLE_VERSION:-1.14.1}"
@@ -35,7 +35,7 @@ zip -q -d "$out/app/calibquant-cli.jar" 'dev/calibquant/ptx/*' 'dev/calibquant/m
 # the embedding example, compiled against the installed library (gpu-run.sh runs it on the GPU)
 ./mvnw -q -B -ntp -f examples/embedding/pom.xml compile
 cp -r examples/embedding/target/classes "$out/app/example-classes"
-cp tools/gpu-run.sh tools/bench_sdpa.py tools/profile-gpu.sh tools/ncu_summary.py "$out/"
+cp tools/gpu-host/gpu-run.sh tools/gpu-host/bench_sdpa.py tools/gpu-host/profile-gpu.sh tools/gpu-host/ncu_summary.py "$out/"
 
 rm -rf "$out/jre"
 "$JAVA_HOME/bin/jlink" --add-modules java.base,java.desktop,java.logging,java.management,java.xml,jdk.unsupported,jdk.incubator.vector,jdk.management \

@@ -7,7 +7,7 @@ markdown table with, per launch, the duration, DRAM bytes and achieved bandwidth
 throughput, achieved and theoretical occupancy, registers per thread and shared memory per block. A metric the
 report does not hold prints as n/a. Python 3 standard library only.
 
-    python3 tools/ncu_summary.py raw.csv --csv profile-summary.csv --md profile-summary.md [--title T]
+    python3 tools/gpu-host/ncu_summary.py raw.csv --csv profile-summary.csv --md profile-summary.md [--title T]
 """
 import argparse
 import csv

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Tests of tools/ncu_summary.py on a hand-written raw-page CSV (the format of `ncu --import R --csv --page raw
---print-units base`: a header row, a units row, a row per launch). Run: python3 -m unittest discover -s tools"""
+"""Tests of tools/gpu-host/ncu_summary.py on a hand-written raw-page CSV (the format of `ncu --import R --csv --page raw
+--print-units base`: a header row, a units row, a row per launch). Run: python3 -m unittest discover -s tools/tests"""
 import io
 import os
 import sys
@@ -8,6 +8,7 @@ import tempfile
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tool_paths  # noqa: E402,F401  (puts tools/gpu-host on the path)
 import ncu_summary  # noqa: E402
 
 FIXTURE = """==PROF== Connected to process 4242 (/tmp/jre/bin/java)

@@ -2,8 +2,8 @@
 without Java:
 
     ncu -k regex:calibquant_decode --launch-skip 2 --launch-count 1 --section WarpStateStats ... \\
-        python3 tools/profile_decode_kernel.py --variant calibquant_decode_b1_d128_mm3_hs4 --mode 3 --batch 256
-    ncu -k regex:quantize_pack ... python3 tools/profile_decode_kernel.py --variant quantize_pack_b1_d128 --batch 256
+        python3 tools/harness/profile_decode_kernel.py --variant calibquant_decode_b1_d128_mm3_hs4 --mode 3 --batch 256
+    ncu -k regex:quantize_pack ... python3 tools/harness/profile_decode_kernel.py --variant quantize_pack_b1_d128 --batch 256
 
 Loads the manifest's PTX exactly as check_kernels.py does (its workload, tables and launches) and prints the
 median time per step; the first launches run outside a CUDA graph, so ncu's --launch-skip counts them.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerates the CUDA driver FFM bindings (bindings/java) from cuda.h with jextract.
 #
-#   tools/regen-bindings.sh
+#   tools/build/regen-bindings.sh
 #
 # Environment:
 #   JEXTRACT   jextract launcher to use (default: `jextract` found on PATH)
@@ -13,7 +13,7 @@
 # jextract that emits JDK 22-compatible code (see bindings/README.md for the revision used).
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 ARGS_FILE="$ROOT/bindings/cuda-driver.args"
 OUT_DIR="$ROOT/bindings/java"
 CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}"

@@ -2,9 +2,14 @@
 """check_kernels.trace_summary: the phases of a mode-3 timeline (attention_gluon.py's trace rows) on a hand-built
 launch whose every duration is known.
 
-    python3 -m unittest discover -s tools -p 'test_trace_summary.py'
+    python3 -m unittest discover -s tools/tests -p 'test_trace_summary.py'
 """
+import os
+import sys
 import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import tool_paths  # noqa: E402,F401  (puts tools/harness on the path)
 
 try:
     import numpy as np

@@ -2,8 +2,8 @@
 """Compile the Triton kernels in ptx/kernels/ ahead of time to PTX and write the manifest the Java side loads.
 
 Runs where Triton is installed (the GPU host; no GPU is needed for compiling):
-    python3 tools/compile_ptx.py                      # production variants -> ptx/<target>/*.ptx, ptx/manifest.json
-    python3 tools/compile_ptx.py --set candidates --out /tmp/x --targets sm_90a     # tuning candidates
+    python3 tools/build/compile_ptx.py                      # production variants -> ptx/<target>/*.ptx, ptx/manifest.json
+    python3 tools/build/compile_ptx.py --set candidates --out /tmp/x --targets sm_90a     # tuning candidates
 
 Each variant is one kernel function with fixed constexprs, warps and pipeline stages; the tile shapes come from
 ptx/selection.json, which check_kernels.py --select writes from measured candidates. Pointer arguments are
@@ -25,7 +25,7 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 KERNEL_DIR = ROOT / "ptx" / "kernels"
 TARGETS = {"sm_90a": 90, "sm_80": 80}  # GPUTarget("cuda", 90, 32) emits .target sm_90a
 # a target's cubin runs only on that exact compute capability (9.0 / 8.0): "cubin_compute" in the manifest

@@ -3,7 +3,7 @@
 # no CLI, model, selftest, benchmark or regression classes, no model weights and no native library of any kind; its
 # runtime dependencies are Jackson's three jars and nothing else.
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 jar="${1:-src/library/target/calibquant-0.1.0-SNAPSHOT.jar}"
 [ -f "$jar" ] || { echo "check-library-jar: no $jar (run ./mvnw install first)" >&2; exit 2; }

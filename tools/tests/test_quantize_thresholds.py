@@ -4,7 +4,7 @@ IEEE operations: the bracketed search (a bracket around the formula's inverse, c
 halvings) must give the same fp16 threshold as a search over every fp16 value of [min, max], on random channels and
 on the edge cases (degenerate, tiny, near-zero, huge, one-sided ranges), for 1, 2 and 4 levels.
 
-    python3 -m unittest discover -s tools -p 'test_quantize_thresholds.py'
+    python3 -m unittest discover -s tools/tests -p 'test_quantize_thresholds.py'
 """
 import unittest
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs the CPU decode-step JMH benchmark (src/cli/test/java/dev/calibquant/bench) on the test classpath and writes
 # JMH's JSON to src/cli/target/jmh/cpu-bench.json (or $CPU_BENCH_JSON). Extra arguments go to JMH, e.g.
-#   tools/cpu-bench.sh -f 1 -wi 3 -i 5          (the default when none are given)
-#   tools/cpu-bench.sh -p batch=1,4 -prof gc
+#   tools/dev/cpu-bench.sh -f 1 -wi 3 -i 5          (the default when none are given)
+#   tools/dev/cpu-bench.sh -p batch=1,4 -prof gc
 set -euo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
+root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 
 java_ok() { [ -x "$1/bin/java" ] && "$1/bin/java" -version 2>&1 | grep -qE 'version "(2[2-9]|[3-9][0-9])'; }
