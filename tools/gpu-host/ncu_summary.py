@@ -156,7 +156,11 @@ def main(argv=None):
     p.add_argument("--md", required=True, help="summary markdown to write")
     p.add_argument("--title", default="Nsight Compute summary")
     a = p.parse_args(argv)
-    text = sys.stdin.read() if a.raw_csv == "-" else open(a.raw_csv, encoding="utf-8").read()
+    if a.raw_csv == "-":
+        text = sys.stdin.read()
+    else:
+        with open(a.raw_csv, encoding="utf-8") as f:
+            text = f.read()
     rows = summarise(text)
     with open(a.csv, "w", encoding="utf-8", newline="") as f:
         write_csv(rows, f)
