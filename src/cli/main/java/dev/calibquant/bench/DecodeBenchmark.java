@@ -61,10 +61,15 @@ public final class DecodeBenchmark {
     public static final int TEXT = 64;
     public static final int TOKENS = PREFIX + VISUAL + TEXT;
 
-    /** One batch size's figures; times in microseconds, bandwidth in GB/s (bytes read + written). */
+    /**
+     * One batch size's figures; times in microseconds, bandwidth in GB/s (bytes read + written). The 2- and 4-bit
+     * steps (each width's default config, calibrated) and their floors are NaN in records written before they were
+     * measured.
+     */
     public record Row(int batch, double calibQuantUs, double fp16Us, double quantizeUs, double quantizeGBs,
             double fp16FloorUs, double oneBitFloorUs, int calibrationMode, int workItems, double calibQuantGraphUs,
-            double calibQuantHostUs, double calibQuantCallUs) {
+            double calibQuantHostUs, double calibQuantCallUs, double twoBitUs, double twoBitFloorUs,
+            double fourBitUs, double fourBitFloorUs) {
         public double speedupOverFp16() {
             return fp16Us / calibQuantUs;
         }
@@ -100,8 +105,20 @@ public final class DecodeBenchmark {
 
     /** Least HBM bytes of a 1-bit step: the codes, the fp16 prefix/text, and the per-channel scales. */
     public static double oneBitFloorBytes(int b) {
-        return 2.0 * b * KV_HEADS * VISUAL * 16 + 2.0 * b * KV_HEADS * (PREFIX + TEXT) * HEAD_DIM * 2
-                + 4.0 * b * KV_HEADS * HEAD_DIM * 2;
+        return quantizedFloorBytes(b, 1);
+    }
+
+    /**
+     * Least HBM bytes of a step whose visual span is quantized per channel at {@code bits}: keys' and values' codes
+     * ({@code bits} per element), the fp16 prefix and text, and the fp32 scale and offset per channel of each.
+     */
+    public static double quantizedFloorBytes(int b, int bits) {
+        return 2.0 * b * KV_HEADS * VISUAL * HEAD_DIM * bits / 8 + 2.0 * b * KV_HEADS * (PREFIX + TEXT) * HEAD_DIM * 2
+                + 4.0 * b * KV_HEADS * HEAD_DIM * 2 * 2;
+    }
+
+    private static double floorUs(double bytes, double copyGBs) {
+        return bytes / (copyGBs * 1e9) * 1e6;
     }
 
     /** Device-to-device copy bandwidth, bytes read + written, over a 1 GiB buffer. */
@@ -139,13 +156,16 @@ public final class DecodeBenchmark {
             }
             MemorySegment q = GpuScenario.fp16(arena, GpuScenario.normal(random, batch, QUERY_HEADS, HEAD_DIM, 0));
             double[] one = timeCache(g, QuantConfig.defaults(1), batch, spans, prompts, q);
+            double[] two = timeCache(g, QuantConfig.defaults(2), batch, spans, prompts, q);
+            double[] four = timeCache(g, QuantConfig.defaults(4), batch, spans, prompts, q);
             double[] fp16 = timeCache(g, null, batch, spans, prompts, q);
             double[] quant = timeQuantize(batch, prompts.getFirst());
             double bytesQuant = 2.0 * batch * KV_HEADS * VISUAL * HEAD_DIM * 2 // read fp16 K and V
                     + 2.0 * batch * KV_HEADS * VISUAL * 16 + 4.0 * 4 * batch * KV_HEADS * HEAD_DIM; // codes, scales
             return new Row(batch, one[0], fp16[0], quant[0], bytesQuant / (quant[0] * 1e-6) / 1e9,
                     fp16FloorBytes(batch) / (copyGBs * 1e9) * 1e6, oneBitFloorBytes(batch) / (copyGBs * 1e9) * 1e6,
-                    (int) one[1], (int) one[2], one[3], one[4], one[5]);
+                    (int) one[1], (int) one[2], one[3], one[4], one[5], two[0], floorUs(quantizedFloorBytes(batch, 2),
+                    copyGBs), four[0], floorUs(quantizedFloorBytes(batch, 4), copyGBs));
         }
     }
 

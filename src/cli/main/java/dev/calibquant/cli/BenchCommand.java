@@ -217,14 +217,15 @@ public final class BenchCommand implements Callable<Integer> {
         System.out.println("one decode step through DeviceKvCache / DeviceDecodeAttention; per step a service's decode() moves the"
                 + " queries and tables up in one copy and the output down in one copy (\"decode() call\": that whole call,"
                 + " waited for); \"host/step\" is the CPU time to queue a prepared step");
-        System.out.println("    B | 1-bit step | as graph | host/step | decode() call | 1-bit floor | ×floor | fp16 step | fp16 floor | fp16/1-bit | SDPA (this run) | SDPA anchor | paper ref | ref/1-bit | quantize µs | quantize GB/s | %copy");
+        System.out.println("    B | 1-bit step | as graph | host/step | decode() call | 1-bit floor | ×floor | 2-bit step | ×floor | 4-bit step | ×floor | fp16 step | fp16 floor | fp16/1-bit | SDPA (this run) | SDPA anchor | paper ref | ref/1-bit | quantize µs | quantize GB/s | %copy");
         for (DecodeBenchmark.Row row : r.rows()) {
             double[] anchor = ANCHORS.getOrDefault(row.batch(), new double[] {Double.NaN, Double.NaN});
             Double s = sdpaUs.get(row.batch());
-            System.out.printf("%5d | %8.1f µs | %6.1f µs | %6.1f µs | %10.1f µs | %8.1f µs | %6.2f | %6.1f µs | %7.1f µs | %9.2f× | %15s | %8.1f µs | %6.0f µs | %8.0f× | %11.1f | %13.0f | %4.0f%%%n",
+            System.out.printf("%5d | %8.1f µs | %6.1f µs | %6.1f µs | %10.1f µs | %8.1f µs | %6.2f | %7.1f µs | %6.2f | %7.1f µs | %6.2f | %6.1f µs | %7.1f µs | %9.2f× | %15s | %8.1f µs | %6.0f µs | %8.0f× | %11.1f | %13.0f | %4.0f%%%n",
                     row.batch(), row.calibQuantUs(), row.calibQuantGraphUs(), row.calibQuantHostUs(),
                     row.calibQuantCallUs(), row.oneBitFloorUs(),
-                    row.overOneBitFloor(), row.fp16Us(),
+                    row.overOneBitFloor(), row.twoBitUs(), row.twoBitUs() / row.twoBitFloorUs(), row.fourBitUs(),
+                    row.fourBitUs() / row.fourBitFloorUs(), row.fp16Us(),
                     row.fp16FloorUs(), row.speedupOverFp16(), s == null ? "-" : String.format("%.1f µs", s), anchor[0],
                     anchor[1], anchor[1] / row.calibQuantUs(), row.quantizeUs(), row.quantizeGBs(),
                     100 * row.quantizeGBs() / r.copyGBs());
@@ -234,15 +235,16 @@ public final class BenchCommand implements Callable<Integer> {
     private void writeCsv(DecodeBenchmark.Report r, Map<Integer, Double> sdpaUs) throws IOException {
         dev.calibquant.io.OutputFile.write(csv, out -> {
             PrintWriter w = new PrintWriter(new java.io.OutputStreamWriter(out, java.nio.charset.StandardCharsets.UTF_8));
-            w.println("batch,calibquant_1bit_us,one_bit_floor_us,fp16_us,fp16_floor_us,sdpa_us,sdpa_anchor_us,paper_ref_anchor_us,quantize_us,quantize_gbs,copy_gbs,calibration_mode,work_items,kernel_load_ms,ptx_target,device,calibquant_1bit_graph_us,calibquant_1bit_host_us,calibquant_1bit_call_us");
+            w.println("batch,calibquant_1bit_us,one_bit_floor_us,fp16_us,fp16_floor_us,sdpa_us,sdpa_anchor_us,paper_ref_anchor_us,quantize_us,quantize_gbs,copy_gbs,calibration_mode,work_items,kernel_load_ms,ptx_target,device,calibquant_1bit_graph_us,calibquant_1bit_host_us,calibquant_1bit_call_us,calibquant_2bit_us,two_bit_floor_us,calibquant_4bit_us,four_bit_floor_us");
             for (DecodeBenchmark.Row row : r.rows()) {
                 double[] anchor = ANCHORS.getOrDefault(row.batch(), new double[] {Double.NaN, Double.NaN});
-                w.printf("%d,%.2f,%.2f,%.2f,%.2f,%s,%.1f,%.0f,%.2f,%.0f,%.0f,%d,%d,%.0f,%s,%s,%.2f,%.2f,%.2f%n", row.batch(), row.calibQuantUs(),
+                w.printf("%d,%.2f,%.2f,%.2f,%.2f,%s,%.1f,%.0f,%.2f,%.0f,%.0f,%d,%d,%.0f,%s,%s,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f%n", row.batch(), row.calibQuantUs(),
                         row.oneBitFloorUs(), row.fp16Us(), row.fp16FloorUs(),
                         sdpaUs.containsKey(row.batch()) ? String.format("%.2f", sdpaUs.get(row.batch())) : "",
                         anchor[0], anchor[1], row.quantizeUs(), row.quantizeGBs(), r.copyGBs(), row.calibrationMode(),
                         row.workItems(), r.kernelLoadMs(), r.target(), r.device().replace(',', ' '), row.calibQuantGraphUs(),
-                        row.calibQuantHostUs(), row.calibQuantCallUs());
+                        row.calibQuantHostUs(), row.calibQuantCallUs(), row.twoBitUs(), row.twoBitFloorUs(),
+                        row.fourBitUs(), row.fourBitFloorUs());
             }
             w.flush();
             if (w.checkError()) {
@@ -298,15 +300,18 @@ public final class BenchCommand implements Callable<Integer> {
                 continue;
             }
             String[] f = line.split(",", -1);
-            if (f.length < 16 || f.length > 19) { // older records lack the graph, host and call columns
-                throw new IOException(file + ": expected 16 to 19 columns, found " + f.length + " in: " + printable(line));
+            // older records lack some of the graph, host and call columns (16 to 19), or the 2- and 4-bit ones
+            if (f.length < 16 || (f.length > 19 && f.length != 23)) {
+                throw new IOException(file + ": expected 16 to 19 or 23 columns, found " + f.length + " in: "
+                        + printable(line));
             }
             int b = Integer.parseInt(f[0]);
             rows.add(new DecodeBenchmark.Row(b, Double.parseDouble(f[1]), Double.parseDouble(f[3]), Double.parseDouble(f[8]),
                     Double.parseDouble(f[9]), Double.parseDouble(f[4]), Double.parseDouble(f[2]), Integer.parseInt(f[11]),
                     Integer.parseInt(f[12]), f.length > 16 ? Double.parseDouble(f[16]) : Double.NaN,
                     f.length > 17 ? Double.parseDouble(f[17]) : Double.NaN,
-                    f.length > 18 ? Double.parseDouble(f[18]) : Double.NaN));
+                    f.length > 18 ? Double.parseDouble(f[18]) : Double.NaN, column(f, 19), column(f, 20),
+                    column(f, 21), column(f, 22)));
             if (!f[5].isEmpty()) {
                 sdpaUs.put(b, Double.parseDouble(f[5]));
             }
@@ -319,9 +324,16 @@ public final class BenchCommand implements Callable<Integer> {
                 Double.parseDouble(last[13]), rows, "?"), sdpaUs);
     }
 
+    /** Column {@code i} as a number, NaN where the record predates it. */
+    private static double column(String[] f, int i) {
+        return f.length > i ? Double.parseDouble(f[i]) : Double.NaN;
+    }
+
     private void writeChart(DecodeBenchmark.Report r, Map<Integer, Double> sdpaUs) throws IOException {
         XYSeries one = new XYSeries("CalibQuant 1-bit (this project)");
         XYSeries graph = new XYSeries("CalibQuant 1-bit as a CUDA graph (this project)");
+        XYSeries two = new XYSeries("CalibQuant 2-bit (this project)");
+        XYSeries four = new XYSeries("CalibQuant 4-bit (this project)");
         XYSeries fp16 = new XYSeries("fp16 decode (this project)");
         XYSeries oneFloor = new XYSeries("1-bit byte floor");
         XYSeries fp16Floor = new XYSeries("fp16 byte floor");
@@ -331,6 +343,12 @@ public final class BenchCommand implements Callable<Integer> {
             one.add(row.batch(), row.calibQuantUs());
             if (!Double.isNaN(row.calibQuantGraphUs())) {
                 graph.add(row.batch(), row.calibQuantGraphUs());
+            }
+            if (!Double.isNaN(row.twoBitUs())) {
+                two.add(row.batch(), row.twoBitUs());
+            }
+            if (!Double.isNaN(row.fourBitUs())) {
+                four.add(row.batch(), row.fourBitUs());
             }
             fp16.add(row.batch(), row.fp16Us());
             oneFloor.add(row.batch(), row.oneBitFloorUs());
@@ -347,8 +365,10 @@ public final class BenchCommand implements Callable<Integer> {
             }
         }
         XYSeriesCollection data = new XYSeriesCollection();
-        for (XYSeries s : List.of(one, fp16, oneFloor, fp16Floor, torch, ref, graph)) {
-            data.addSeries(s);
+        for (XYSeries s : List.of(one, two, four, fp16, oneFloor, fp16Floor, torch, ref, graph)) {
+            if (s.getItemCount() > 0 || s == one) { // records older than the 2- and 4-bit rows have none
+                data.addSeries(s);
+            }
         }
         JFreeChart chart = ChartFactory.createXYLineChart("One decode step, one layer (" + r.device() + ")",
                 "batch size", "time per step (µs)", data, PlotOrientation.VERTICAL, true, false, false);

@@ -41,6 +41,29 @@ class BenchFromCsvTest {
         assertThat(s4).contains("host/step").contains("11.4 µs"); // B = 1 host time per step, 18th column
     }
 
+    /** A record with the 2- and 4-bit columns (23): their steps and ×floor in the table, their lines in the chart. */
+    @Test
+    void theTwoAndFourBitColumnsAreReadPrintedAndCharted(@TempDir Path dir) throws Exception {
+        List<String> s6 = Files.readAllLines(Path.of("docs/bench-h200-2026-11-29-s6.csv"));
+        StringBuilder csv = new StringBuilder(s6.getFirst()).append(
+                ",calibquant_1bit_call_us,calibquant_2bit_us,two_bit_floor_us,calibquant_4bit_us,four_bit_floor_us\n");
+        for (String row : s6.subList(1, s6.size())) {
+            int b = Integer.parseInt(row.split(",")[0]);
+            csv.append(row).append(String.format(",%d.25,%d.50,%d.00,%d.75,%d.00%n", 40 + b, 30 + b, b, 70 + b, b));
+        }
+        Path file = dir.resolve("bench.csv");
+        Files.writeString(file, csv);
+        Path png = dir.resolve("bench.png");
+        String out = run("bench", "--from-csv", file.toString(), "--png", png.toString());
+        assertThat(out).startsWith("0\n").contains("| 2-bit step |").contains("| 4-bit step |")
+                // B = 256: the 2-bit step 286.50 µs over its 256.00 µs floor, the 4-bit step 326.75 µs over its own
+                .containsPattern("286\\.5 µs \\|\\s+1\\.12 \\|\\s+326\\.8 µs \\|\\s+1\\.28 \\|");
+        assertThat(Files.size(png)).isPositive();
+        Path wrong = dir.resolve("twenty.csv");
+        Files.writeString(wrong, csv.toString().replaceAll(",[0-9.]+\n", "\n"));
+        assertThat(run("bench", "--from-csv", wrong.toString())).doesNotStartWith("0\n");
+    }
+
     @Test
     void aCsvWithTheWrongColumnCountIsRefusedByName(@TempDir Path dir) throws Exception {
         Path bad = dir.resolve("short.csv");
