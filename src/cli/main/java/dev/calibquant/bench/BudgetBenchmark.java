@@ -65,15 +65,26 @@ public final class BudgetBenchmark {
         }
     }
 
+    /** Both quantized paths at their widths' defaults (per channel, calibrated), beside the fp16 cache. */
     public record Report(String device, String target, long budgetBytes, int layers, int generatedTokens,
-            int heldGeneratedTokens, PathFigures fp16, PathFigures oneBit) {
+            int heldGeneratedTokens, PathFigures fp16, PathFigures oneBit, PathFigures twoBit) {
+        /** fp16, 1-bit, 2-bit: the order of the table, the JSON and the CSV. */
+        public List<PathFigures> paths() {
+            return List.of(fp16, oneBit, twoBit);
+        }
+
         public double sequenceRatio() {
-            return (double) oneBit.fit().sequences() / fp16.fit().sequences();
+            return sequenceRatio(oneBit);
         }
 
         /** 1-bit sequences × steps/s over fp16's. */
         public double throughputRatio() {
             return oneBit.throughput().over(fp16.throughput());
+        }
+
+        /** {@code path}'s sequences over fp16's. */
+        public double sequenceRatio(PathFigures path) {
+            return (double) path.fit().sequences() / fp16.fit().sequences();
         }
     }
 
@@ -106,16 +117,21 @@ public final class BudgetBenchmark {
         KernelCatalog catalog = KernelCatalog.open(ctx);
         try {
             new CalibQuantKernels(catalog, HEAD_DIM, 1).preload();
+            new CalibQuantKernels(catalog, HEAD_DIM, 2).preload();
             QuantConfig oneBit = QuantConfig.defaults(1);
+            QuantConfig twoBit = QuantConfig.defaults(2);
             KvBudget.Fit fp16Fit = KvBudget.fit("fp16", budgetBytes, layers,
                     sequenceUsage(ctx, null, layers, generatedTokens));
             KvBudget.Fit oneBitFit = KvBudget.fit("1-bit", budgetBytes, layers,
                     sequenceUsage(ctx, oneBit, layers, generatedTokens));
+            KvBudget.Fit twoBitFit = KvBudget.fit("2-bit", budgetBytes, layers,
+                    sequenceUsage(ctx, twoBit, layers, generatedTokens));
             BudgetBenchmark bench = new BudgetBenchmark(ctx, catalog, reps, steps);
             PathFigures fp16 = bench.measure(null, fp16Fit, generatedTokens, maxStepBatch);
             PathFigures one = bench.measure(oneBit, oneBitFit, generatedTokens, maxStepBatch);
+            PathFigures two = bench.measure(twoBit, twoBitFit, generatedTokens, maxStepBatch);
             return new Report(ctx.device().name(), catalog.target(), budgetBytes, layers, generatedTokens,
-                    generatedTokens / 2, fp16, one);
+                    generatedTokens / 2, fp16, one, two);
         } finally {
             catalog.close();
         }

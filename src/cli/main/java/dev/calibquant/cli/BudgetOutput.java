@@ -46,21 +46,24 @@ final class BudgetOutput {
                 + "tokens (the mean context), launched from Java%n", r.heldGeneratedTokens());
         out.printf(Locale.ROOT, "throughput: %s%n%n", BASIS);
         out.println(" path | sequences | one seq, all layers | one seq, one layer | all seqs, one layer | all seqs, all layers |  layer step | steps/s (all layers) | sequences × steps/s");
-        for (BudgetBenchmark.PathFigures p : List.of(r.fp16(), r.oneBit())) {
+        for (BudgetBenchmark.PathFigures p : r.paths()) {
             KvBudget.Fit f = p.fit();
             KvBudget.Throughput t = p.throughput();
             out.printf(Locale.ROOT, "%5s | %9d | %16s MB | %15s MB | %16s GB | %17s GB | %8.1f µs | %20.2f | %,19.0f%n",
                     f.path(), f.sequences(), mb(f.sequenceBytes()), mb(f.sequenceLayerBytes()), gb(f.layerBytes()),
                     gb(f.usedBytes()), p.layerStepUs(), t.stepsPerSecond(), t.sequenceStepsPerSecond());
         }
-        out.printf(Locale.ROOT, "1-bit / fp16: %.2f× the sequences, %.2f× the sequences × steps/s (the project's target: ≥ 10×)%n",
-                r.sequenceRatio(), r.throughputRatio());
-        for (BudgetBenchmark.PathFigures p : List.of(r.fp16(), r.oneBit())) {
+        for (BudgetBenchmark.PathFigures p : List.of(r.oneBit(), r.twoBit())) {
+            out.printf(Locale.ROOT, "%s / fp16: %.2f× the sequences, %.2f× the sequences × steps/s%s%n", p.fit().path(),
+                    r.sequenceRatio(p), p.throughput().over(r.fp16().throughput()),
+                    p == r.oneBit() ? " (the project's target: ≥ 10×)" : "");
+        }
+        for (BudgetBenchmark.PathFigures p : r.paths()) {
             MemoryUsage u = p.fit().perSequence();
             out.printf(Locale.ROOT, "%s sequence, all layers: %,d bytes = full precision %,d + visual codes %,d + visual scales %,d%n",
                     p.fit().path(), u.totalBytes(), u.fullPrecisionBytes(), u.visualCodeBytes(), u.visualScaleBytes());
         }
-        for (BudgetBenchmark.PathFigures p : List.of(r.fp16(), r.oneBit())) {
+        for (BudgetBenchmark.PathFigures p : r.paths()) {
             KvBudget.Split s = p.split();
             if (!s.whole()) {
                 out.printf(Locale.ROOT, "%s timed in %d equal sub-batches of %d sequences, one after another (%d ≥ %d "
@@ -79,7 +82,7 @@ final class BudgetOutput {
         budget.put("generated_tokens", r.generatedTokens());
         budget.put("held_generated_tokens", r.heldGeneratedTokens());
         budget.put("throughput_basis", BASIS);
-        budget.put("paths", List.of(row(r.fp16()), row(r.oneBit())));
+        budget.put("paths", r.paths().stream().map(BudgetOutput::row).toList());
         budget.put("sequence_ratio", r.sequenceRatio());
         budget.put("throughput_ratio", r.throughputRatio());
         Map<String, Object> out = new LinkedHashMap<>();
@@ -95,7 +98,7 @@ final class BudgetOutput {
     }
 
     void writeCsv(Path file) throws IOException {
-        List<Map<String, Object>> rows = List.of(csvRow(report.fp16()), csvRow(report.oneBit()));
+        List<Map<String, Object>> rows = report.paths().stream().map(this::csvRow).toList();
         dev.calibquant.io.OutputFile.write(file, out -> {
             PrintWriter w = new PrintWriter(new java.io.OutputStreamWriter(out, java.nio.charset.StandardCharsets.UTF_8));
             w.println(String.join(",", rows.getFirst().keySet()));

@@ -76,7 +76,8 @@ class BudgetBenchmarkGpuTest {
         assertThat(r.oneBit().split()).as(as).isEqualTo(KvBudget.split(oneBitSequences, 8));
         assertThat(r.oneBit().split().whole()).as(as).isFalse();
         assertThat(r.oneBit().splitReason()).contains("at most 8");
-        for (BudgetBenchmark.PathFigures p : List.of(r.fp16(), r.oneBit())) {
+        assertThat(r.twoBit().fit().sequences()).as(as).isBetween(3, oneBitSequences);
+        for (BudgetBenchmark.PathFigures p : r.paths()) {
             assertThat(p.subBatchStepUs()).as(as).isPositive().isFinite();
             assertThat(p.layerStepUs()).isEqualTo(p.split().subBatches() * p.subBatchStepUs());
             assertThat(p.workItems()).as(as).isPositive();

@@ -26,15 +26,18 @@ class BenchBudgetTest {
     // the BENCHMARKS.md sequence with 256 generated tokens reserved, 32 layers (see KvBudgetTest for the arithmetic)
     private static final MemoryUsage FP16 = new MemoryUsage(483_524_608L, 0, 0, 483_524_608L);
     private static final MemoryUsage ONE_BIT = new MemoryUsage(32 * 1_478_656L, 32 * 851_968L, 32 * 16_384L, 483_524_608L);
+    private static final MemoryUsage TWO_BIT = new MemoryUsage(32 * 1_478_656L, 32 * 1_703_936L, 32 * 16_384L, 483_524_608L);
 
     /** fp16 206 sequences in one step of 640 µs; 1-bit 1331 sequences in 3 sub-batches of 444 at 250 µs each. */
     private static BudgetBenchmark.Report report() {
         KvBudget.Fit fp16 = KvBudget.fit("fp16", BUDGET, 32, FP16);
         KvBudget.Fit oneBit = KvBudget.fit("1-bit", BUDGET, 32, ONE_BIT);
+        KvBudget.Fit twoBit = KvBudget.fit("2-bit", BUDGET, 32, TWO_BIT);
         return new BudgetBenchmark.Report("NVIDIA H200", "sm_90a", BUDGET, 32, 256, 128,
                 new BudgetBenchmark.PathFigures(fp16, KvBudget.split(206, 206), "", 640.0, 1648, 0),
                 new BudgetBenchmark.PathFigures(oneBit, KvBudget.split(1331, 665), "at most 665 sequences per step asked for",
-                        250.0, 9317, 2));
+                        250.0, 9317, 2),
+                new BudgetBenchmark.PathFigures(twoBit, KvBudget.split(976, 976), "", 600.0, 9317, 2));
     }
 
     @Test
@@ -49,7 +52,10 @@ class BenchBudgetTest {
                 .contains("attention only")
                 .containsPattern("fp16 \\|       206 \\|           483\\.52 MB \\|           15\\.11 MB \\|             3\\.11 GB \\|             99\\.61 GB \\|    640\\.0 µs \\|\\s+48\\.83 \\|\\s+10,059")
                 .containsPattern("1-bit \\|      1331 \\|            75\\.10 MB \\|            2\\.35 MB \\|             3\\.12 GB \\|             99\\.96 GB \\|    750\\.0 µs \\|\\s+41\\.67 \\|\\s+55,458")
-                .contains("1-bit / fp16: 6.46× the sequences, 5.51× the sequences × steps/s")
+                .contains("1-bit / fp16: 6.46× the sequences, 5.51× the sequences × steps/s (the project's target")
+                // 2-bit: 976 sequences of 102,367,232 bytes; 10^6 / (32 · 600) = 52.08 steps/s, × 976 = 50,833
+                .containsPattern("2-bit \\|       976 \\|           102\\.37 MB .*\\|    600\\.0 µs \\|\\s+52\\.08 \\|\\s+50,833")
+                .containsPattern("2-bit / fp16: 4\\.74× the sequences, 5\\.05× the sequences × steps/s\\R")
                 .contains("1-bit sequence, all layers: 75,104,256 bytes = full precision 47,316,992 + visual codes 27,262,976 + visual scales 524,288")
                 .contains("1-bit timed in 3 equal sub-batches of 444 sequences, one after another (1332 ≥ 1331 sequences; "
                         + "sub-batch step 250.0 µs): at most 665 sequences per step asked for")
@@ -66,14 +72,16 @@ class BenchBudgetTest {
         assertThat(budget.path("paths").get(0).path("sequences").asInt()).isEqualTo(206);
         assertThat(budget.path("paths").get(1).path("sub_batches").asInt()).isEqualTo(3);
         assertThat(budget.path("paths").get(1).path("layer_step_us").asDouble()).isEqualTo(750.0);
+        assertThat(budget.path("paths").get(2).path("path").asText()).isEqualTo("2-bit");
+        assertThat(budget.path("paths").get(2).path("sequences").asInt()).isEqualTo(976);
         assertThat(budget.path("throughput_ratio").asDouble()).isEqualTo(report().throughputRatio());
 
         Path csv = dir.resolve("budget.csv");
         out.writeCsv(csv);
         List<String> lines = Files.readAllLines(csv);
-        assertThat(lines).hasSize(3);
+        assertThat(lines).hasSize(4);
         List<String> header = List.of(lines.get(0).split(",", -1));
-        for (String line : lines.subList(1, 3)) {
+        for (String line : lines.subList(1, 4)) {
             assertThat(line.split(",", -1)).hasSameSizeAs(header.toArray());
         }
         String[] oneBit = lines.get(2).split(",", -1);
