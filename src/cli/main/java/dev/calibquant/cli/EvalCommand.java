@@ -19,6 +19,7 @@ import dev.calibquant.io.SafetensorsReader;
 import dev.calibquant.io.SafetensorsTensor;
 import dev.calibquant.io.SafetensorsWriter;
 import dev.calibquant.quant.Calibration;
+import dev.calibquant.quant.ClipAnchor;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.Elements;
 import dev.calibquant.quant.QuantConfig;
@@ -59,9 +60,10 @@ import picocli.CommandLine.Spec;
             "FILE is safetensors: per layer i, layers.{i}.k and layers.{i}.v [kv_heads, tokens, head_dim] (F16, BF16 "
                 + "or F32), layers.{i}.q [q_heads, head_dim]; metadata visual_spans = JSON [[start, end], ...] "
                 + "(token positions, end exclusive).",
-            "Per layer, code width and calibration on/off it prints the relative error ||o - o_exact|| / "
-                + "||o_exact|| of the attention output, its largest absolute error, and the bytes the layer's "
-                + "cache stores next to fp16."})
+            "Per layer, code width, clip (the paper's toward zero, and about each channel's midpoint) and "
+                + "calibration on/off it prints the relative error ||o - o_exact|| / ||o_exact|| of the attention "
+                + "output, its largest absolute error, and the bytes the layer's cache stores next to fp16.",
+            "With --error-budget it recommends, per layer, the setting that stores the fewest bytes within it."})
 public final class EvalCommand implements Callable<Integer> {
 
     @Parameters(arity = "0..1", paramLabel = "FILE", description = "the capture to evaluate")
@@ -73,6 +75,15 @@ public final class EvalCommand implements Callable<Integer> {
     @Option(names = "--bits", split = ",", paramLabel = "BITS", defaultValue = "1,2,4",
             description = "code widths to evaluate, from 1, 2, 4, 8 (default: ${DEFAULT-VALUE})")
     List<Integer> bits;
+
+    @Option(names = "--midpoint-clips", split = ",", paramLabel = "C", defaultValue = "0.7",
+            description = "also quantize every width clipping about each channel's midpoint by these factors, in "
+                    + "(0, 1] (default: ${DEFAULT-VALUE}; 'none' for no such rows)")
+    List<String> midpointClips;
+
+    @Option(names = "--error-budget", paramLabel = "R", description = "recommend, per layer, the setting with the "
+            + "fewest stored bytes whose relative error is at most R, in (0, 1] (e.g. 0.05)")
+    Double errorBudget;
 
     @Option(names = "--make-example", paramLabel = "OUT",
             description = "write a synthetic capture to OUT and exit: " + ExampleCapture.DESCRIPTION)
@@ -120,6 +131,10 @@ public final class EvalCommand implements Callable<Integer> {
                     throw new UsageException("--bits takes 1, 2, 4 or 8, got " + b);
                 }
             }
+            List<Float> clips = midpointClips();
+            if (errorBudget != null && !(errorBudget > 0 && errorBudget <= 1)) {
+                throw new UsageException("--error-budget takes a relative error in (0, 1], got " + errorBudget);
+            }
             // a FIFO or a device would block or stream forever: only a regular file is a capture
             java.util.Optional<String> notAFile = dev.calibquant.io.InputFile.whyNotARegularFile(file);
             if (notAFile.isPresent()) {
@@ -127,11 +142,13 @@ public final class EvalCommand implements Callable<Integer> {
             }
             try (SafetensorsReader reader = SafetensorsReader.open(file)) {
                 Capture capture = Capture.read(reader);
-                List<Row> rows = evaluate(capture, bits.stream().distinct().sorted().toList());
+                List<Row> rows = evaluate(capture, bits.stream().distinct().sorted().toList(), clips);
+                List<Advice> advice = errorBudget == null ? List.of() : advise(rows, errorBudget);
                 if (json) {
-                    out.println(toJson(capture, rows));
+                    out.println(toJson(capture, rows, advice, errorBudget));
                 } else {
                     printTable(out, capture, rows);
+                    printAdvice(out, advice, errorBudget);
                 }
             }
             out.flush();
@@ -281,12 +298,96 @@ public final class EvalCommand implements Callable<Integer> {
         }
     }
 
-    /** One line of the report; {@code bits} 0 is the unquantized cache. */
-    record Row(int layer, int bits, boolean calibration, double relativeError, double maxAbsError, long storedBytes,
-            long fp16Bytes) {
+    /** The --midpoint-clips factors, checked: none for "none". */
+    private List<Float> midpointClips() throws UsageException {
+        if (midpointClips.size() == 1 && midpointClips.getFirst().equals("none")) {
+            return List.of();
+        }
+        List<Float> clips = new ArrayList<>();
+        for (String c : midpointClips) {
+            float f;
+            try {
+                f = Float.parseFloat(c);
+            } catch (NumberFormatException e) {
+                throw new UsageException("--midpoint-clips takes factors in (0, 1] or 'none', got "
+                        + BenchCommand.printable(c));
+            }
+            if (!(f > 0 && f <= 1)) {
+                throw new UsageException("--midpoint-clips takes factors in (0, 1], got " + c);
+            }
+            clips.add(f);
+        }
+        return clips.stream().distinct().sorted().toList();
+    }
+
+    /**
+     * One line of the report; {@code bits} 0 is the unquantized cache; {@code midpointClip} 0 is the paper's clip
+     * toward zero (the width's defaults), otherwise both keys and values clipped about each channel's midpoint.
+     */
+    record Row(int layer, int bits, float midpointClip, boolean calibration, double relativeError, double maxAbsError,
+            long storedBytes, long fp16Bytes) {
 
         String cache() {
-            return bits == 0 ? "unquantized" : bits + "-bit";
+            return bits == 0 ? "unquantized" : bits + "-bit" + (midpointClip == 0 ? "" : " mid " + midpointClip);
+        }
+
+        /** The quantization this row measured, or null for the unquantized cache. */
+        QuantConfig config() {
+            if (bits == 0) {
+                return null;
+            }
+            QuantConfig c = QuantConfig.defaults(bits).withCalibrate(calibration);
+            return midpointClip == 0 ? c : c.withKeyClip(midpointClip).withValueClip(midpointClip)
+                    .withClipAnchor(ClipAnchor.MIDPOINT);
+        }
+    }
+
+    /** The recommendation for one layer: the smallest setting within the budget, or none (keep fp16). */
+    record Advice(int layer, Row choice, Row bestOutside) {}
+
+    /**
+     * Per layer, of the quantized rows whose relative error is within {@code budget}, the one storing the fewest
+     * bytes (the smaller error on a tie); where none is, the layer stays unquantized and the closest row is named.
+     */
+    static List<Advice> advise(List<Row> rows, double budget) {
+        List<Advice> advice = new ArrayList<>();
+        for (int layer : rows.stream().mapToInt(Row::layer).distinct().toArray()) {
+            List<Row> quantized = rows.stream().filter(r -> r.layer() == layer && r.bits() > 0).toList();
+            java.util.Comparator<Row> smallest = java.util.Comparator.comparingLong(Row::storedBytes)
+                    .thenComparingDouble(Row::relativeError);
+            Row choice = quantized.stream().filter(r -> r.relativeError() <= budget).min(smallest).orElse(null);
+            Row outside = quantized.stream().filter(r -> r.relativeError() > budget
+                    && (choice == null || r.storedBytes() < choice.storedBytes()))
+                    .min(java.util.Comparator.comparingDouble(Row::relativeError)).orElse(null);
+            advice.add(new Advice(layer, choice, outside));
+        }
+        return advice;
+    }
+
+    private static void printAdvice(PrintWriter out, List<Advice> advice, Double budget) {
+        if (budget == null) {
+            return;
+        }
+        out.println();
+        out.printf(Locale.ROOT, "Recommendation for a relative error of at most %.3g per layer (the fewest stored "
+                + "bytes within it):%n", budget);
+        for (Advice a : advice) {
+            if (a.choice() == null) {
+                out.printf(Locale.ROOT, "  layer %d: keep fp16: no setting is within %.3g (the closest, %s, "
+                        + "calibration %s, has %.3e)%n", a.layer(), budget, a.bestOutside().cache(),
+                        a.bestOutside().calibration() ? "on" : "off", a.bestOutside().relativeError());
+                continue;
+            }
+            Row c = a.choice();
+            out.printf(Locale.ROOT, "  layer %d: %s, calibration %s: rel. error %.3e, %.2fx fewer bytes than fp16",
+                    a.layer(), c.cache(), c.calibration() ? "on" : "off", c.relativeError(),
+                    (double) c.fp16Bytes() / c.storedBytes());
+            if (a.bestOutside() != null) {
+                Row o = a.bestOutside();
+                out.printf(Locale.ROOT, "; smaller settings miss the budget (best of them: %s, calibration %s, "
+                        + "%.3e)", o.cache(), o.calibration() ? "on" : "off", o.relativeError());
+            }
+            out.println();
         }
     }
 
@@ -295,6 +396,25 @@ public final class EvalCommand implements Callable<Integer> {
      * decode step per layer with the double-precision reference over the unquantized cache.
      */
     static List<Row> evaluate(Capture c, List<Integer> bitsList) {
+        return evaluate(c, bitsList, List.of());
+    }
+
+    /** {@link #evaluate(Capture, List)}, then every width again clipped about each channel's midpoint by each clip. */
+    static List<Row> evaluate(Capture c, List<Integer> bitsList, List<Float> midpointClips) {
+        List<Row> settings = new ArrayList<>();
+        for (int b : bitsList) {
+            settings.add(new Row(0, b, 0f, true, 0, 0, 0, 0));
+        }
+        for (int b : bitsList) {
+            for (float clip : midpointClips) {
+                settings.add(new Row(0, b, clip, true, 0, 0, 0, 0));
+            }
+        }
+        return evaluateSettings(c, settings);
+    }
+
+    /** {@code settings}: one row per quantized sequence (its bits and clip), each decoded calibrated and not. */
+    private static List<Row> evaluateSettings(Capture c, List<Row> settings) {
         ModelGeometry g = c.geometry();
         List<Row> rows = new ArrayList<>();
         List<Sequence> sequences = new ArrayList<>();
@@ -302,10 +422,9 @@ public final class EvalCommand implements Callable<Integer> {
             try {
                 Sequence exact = fill(cache.createSequence(c.tokens()).label("the capture in fp16"), c, sequences);
                 List<Sequence> quantized = new ArrayList<>();
-                for (int b : bitsList) {
-                    quantized.add(fill(cache.createSequence(c.tokens(), c.spans(), QuantConfig.defaults(b))
-                            .label("the capture at " + b + " bits"), c,
-                            sequences));
+                for (Row setting : settings) {
+                    quantized.add(fill(cache.createSequence(c.tokens(), c.spans(), setting.config())
+                            .label("the capture, " + setting.cache()), c, sequences));
                 }
                 long fp16Bytes = 2L * g.kvHeads() * c.tokens() * g.headDim() * 2;
                 DecodeAttention reference = new ReferenceAttention(Calibration.OFF);
@@ -314,14 +433,15 @@ public final class EvalCommand implements Callable<Integer> {
                     MemorySegment query = c.queries().get(l).data();
                     float[] expected = decode(reference, exactView, query, c, arena);
                     float[] floor = decode(new CpuExactAttention(), exactView, query, c, arena);
-                    rows.add(row(l, 0, false, floor, expected, storedBytes(exactView), fp16Bytes));
-                    for (int i = 0; i < bitsList.size(); i++) {
-                        int b = bitsList.get(i);
+                    rows.add(row(l, 0, 0f, false, floor, expected, storedBytes(exactView), fp16Bytes));
+                    for (int i = 0; i < settings.size(); i++) {
+                        Row setting = settings.get(i);
                         LayerKvView view = quantized.get(i).layer(l);
                         for (boolean calibrate : new boolean[] {true, false}) {
-                            Calibration calibration = QuantConfig.defaults(b).withCalibrate(calibrate).calibration();
+                            Calibration calibration = setting.config().withCalibrate(calibrate).calibration();
                             float[] actual = decode(new CpuCalibQuantAttention(calibration), view, query, c, arena);
-                            rows.add(row(l, b, calibrate, actual, expected, storedBytes(view), fp16Bytes));
+                            rows.add(row(l, setting.bits(), setting.midpointClip(), calibrate, actual, expected,
+                                    storedBytes(view), fp16Bytes));
                         }
                     }
                 }
@@ -362,8 +482,8 @@ public final class EvalCommand implements Callable<Integer> {
         return bytes;
     }
 
-    private static Row row(int layer, int bits, boolean calibration, float[] actual, float[] expected,
-            long storedBytes, long fp16Bytes) {
+    private static Row row(int layer, int bits, float midpointClip, boolean calibration, float[] actual,
+            float[] expected, long storedBytes, long fp16Bytes) {
         double diff = 0;
         double norm = 0;
         double maxAbs = 0;
@@ -375,7 +495,7 @@ public final class EvalCommand implements Callable<Integer> {
         }
         // an output equal to an exact zero (a layer of zero values) has no error; 0/0 would report NaN
         double relative = diff == 0 ? 0 : Math.sqrt(diff / norm);
-        return new Row(layer, bits, calibration, relative, maxAbs, storedBytes, fp16Bytes);
+        return new Row(layer, bits, midpointClip, calibration, relative, maxAbs, storedBytes, fp16Bytes);
     }
 
     private static void printTable(PrintWriter out, Capture c, List<Row> rows) {
@@ -387,16 +507,16 @@ public final class EvalCommand implements Callable<Integer> {
                         java.util.stream.Collectors.joining(", ")), visual);
         out.println("Error of one decode step against exact attention (double precision, unquantized cache).");
         out.println();
-        out.printf(Locale.ROOT, "%5s  %-11s  %-11s  %10s  %13s  %12s  %12s  %8s%n", "layer", "cache", "calibration",
+        out.printf(Locale.ROOT, "%5s  %-14s  %-11s  %10s  %13s  %12s  %12s  %8s%n", "layer", "cache", "calibration",
                 "rel. error", "max abs error", "stored bytes", "fp16 bytes", "vs fp16");
         for (Row r : rows) {
-            out.printf(Locale.ROOT, "%5d  %-11s  %-11s  %10.3e  %13.3e  %12d  %12d  %7.2fx%n", r.layer(), r.cache(),
+            out.printf(Locale.ROOT, "%5d  %-14s  %-11s  %10.3e  %13.3e  %12d  %12d  %7.2fx%n", r.layer(), r.cache(),
                     r.bits() == 0 ? "-" : r.calibration() ? "on" : "off", r.relativeError(), r.maxAbsError(),
                     r.storedBytes(), r.fp16Bytes(), (double) r.fp16Bytes() / r.storedBytes());
         }
     }
 
-    private static String toJson(Capture c, List<Row> rows) {
+    private static String toJson(Capture c, List<Row> rows, List<Advice> advice, Double budget) {
         ObjectMapper mapper = new ObjectMapper();
         ObjectNode root = mapper.createObjectNode();
         ModelGeometry g = c.geometry();
@@ -424,11 +544,30 @@ public final class EvalCommand implements Callable<Integer> {
             } else {
                 n.put("bits", r.bits());
                 n.put("calibration", r.calibration());
+                n.put("clipAnchor", r.midpointClip() == 0 ? "ZERO" : "MIDPOINT");
+                n.put("keyClip", r.config().keyClip());
+                n.put("valueClip", r.config().valueClip());
             }
             n.put("relativeError", r.relativeError());
             n.put("maxAbsError", r.maxAbsError());
             n.put("storedBytes", r.storedBytes());
             n.put("fp16Bytes", r.fp16Bytes());
+        }
+        if (budget != null) {
+            root.put("errorBudget", budget);
+            ArrayNode rec = root.putArray("recommendation");
+            for (Advice a : advice) {
+                ObjectNode n = rec.addObject();
+                n.put("layer", a.layer());
+                if (a.choice() == null) {
+                    n.put("cache", "unquantized");
+                } else {
+                    n.put("cache", a.choice().cache());
+                    n.put("calibration", a.choice().calibration());
+                    n.put("relativeError", a.choice().relativeError());
+                    n.put("storedBytes", a.choice().storedBytes());
+                }
+            }
         }
         try {
             return mapper.writerWithDefaultPrettyPrinter().writeValueAsString(root);

@@ -1,5 +1,6 @@
 package dev.calibquant.model;
 
+import dev.calibquant.quant.ClipAnchor;
 import dev.calibquant.quant.Granularity;
 import dev.calibquant.quant.QuantConfig;
 import java.util.List;
@@ -20,6 +21,8 @@ public record KvSetting(String name, QuantConfig quant) {
                 new KvSetting("1-bit, no calibration", one.withCalibrate(false)),
                 new KvSetting("1-bit, no clipping (factor 1)", one.withKeyClip(1f).withValueClip(1f)),
                 new KvSetting("1-bit, per-token values", one.withValueGranularity(Granularity.PER_TOKEN)),
+                new KvSetting("1-bit, clipped about the midpoint (0.7), no calibration", one.withKeyClip(0.7f)
+                        .withValueClip(0.7f).withClipAnchor(ClipAnchor.MIDPOINT).withCalibrate(false)),
                 new KvSetting("2-bit CalibQuant", QuantConfig.defaults(2)),
                 new KvSetting("4-bit", QuantConfig.defaults(4)));
     }
@@ -30,6 +33,7 @@ public record KvSetting(String name, QuantConfig quant) {
             return "visual KV in fp16";
         }
         return quant.bits() + "-bit visual KV, keys clipped to " + quant.keyClip() + ", values to " + quant.valueClip()
+                + (quant.clipAnchor() == ClipAnchor.MIDPOINT ? " about each channel's midpoint" : "")
                 + (quant.valueGranularity() == Granularity.PER_TOKEN ? " (values per token)" : "")
                 + (quant.calibrate() ? ", calibrated (τ " + quant.tauMin() + ", " + quant.tauMax() + ")"
                         : ", not calibrated");

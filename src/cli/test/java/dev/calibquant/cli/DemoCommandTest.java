@@ -70,7 +70,8 @@ class DemoCommandTest {
         Result r = run("--weights", tinyWeights(), "--images", "2", "--table", "--no-progress");
         assertThat(r.exitCode()).as(r.err()).isZero();
         assertThat(r.out()).contains("| fp16 |", "| 1-bit CalibQuant |", "| 1-bit, no calibration |",
-                "| 1-bit, no clipping (factor 1) |", "| 1-bit, per-token values |", "| 2-bit CalibQuant |",
+                "| 1-bit, no clipping (factor 1) |", "| 1-bit, per-token values |",
+                "| 1-bit, clipped about the midpoint (0.7), no calibration |", "| 2-bit CalibQuant |",
                 "| 4-bit |", "on 2 test images");
         assertThat(r.err()).doesNotContain("answering");
     }

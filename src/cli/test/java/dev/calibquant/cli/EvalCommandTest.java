@@ -138,7 +138,10 @@ class EvalCommandTest {
         Result r = run(file.toString(), "--json", "--bits", "2,1");
         assertThat(r.exitCode()).as(r.err()).isZero();
         JsonNode results = new ObjectMapper().readTree(r.out()).get("results");
-        assertThat(results).hasSize(5); // unquantized, then 1 bit on/off, 2 bits on/off (sorted)
+        // unquantized, 1 bit on/off, 2 bits on/off (sorted), then the same two widths clipped about the midpoint (0.7)
+        assertThat(results).hasSize(9);
+        assertThat(results.get(5).get("cache").asText()).isEqualTo("1-bit mid 0.7");
+        assertThat(results.get(5).get("clipAnchor").asText()).isEqualTo("MIDPOINT");
 
         MemorySegment k = c.data("layers.0.k");
         MemorySegment v = c.data("layers.0.v");
@@ -189,7 +192,7 @@ class EvalCommandTest {
         Result r = run(file.toString(), "--json");
         assertThat(r.exitCode()).as(r.err()).isZero();
         JsonNode results = new ObjectMapper().readTree(r.out()).get("results");
-        assertThat(results).hasSize(2 * (1 + 3 * 2));
+        assertThat(results).hasSize(2 * (1 + 3 * 2 + 3 * 2)); // the widths also clipped about the midpoint
         for (JsonNode row : results) {
             if (row.get("layer").asInt() == 1) {
                 assertThat(row.get("relativeError").isNumber()).as("%s", row).isTrue();
@@ -237,9 +240,10 @@ class EvalCommandTest {
         assertThat(r.out()).contains("2 layers, 4 query heads, 2 KV heads, head dim 16; 120 tokens of FP16")
                 .contains("visual spans [5, 60), [100, 118) (73 tokens)").contains("rel. error");
         List<String> rows = r.out().lines().filter(line -> line.matches("\\s+\\d+\\s+\\S+.*x$")).toList();
-        assertThat(rows).hasSize(2 * (1 + 3 * 2));
+        assertThat(rows).hasSize(2 * (1 + 3 * 2 + 3 * 2)); // the defaults, then every width clipped about the midpoint
         assertThat(rows.get(1)).containsPattern("^\\s+0\\s+1-bit\\s+on\\s");
         assertThat(rows.get(6)).containsPattern("^\\s+0\\s+4-bit\\s+off\\s");
+        assertThat(rows.get(7)).containsPattern("^\\s+0\\s+1-bit mid 0.7\\s+on\\s");
     }
 
     @Test
@@ -367,5 +371,59 @@ class EvalCommandTest {
         assertThat(none.err()).contains("missing FILE");
         Result unknown = run(file.toString(), "--frobnicate");
         assertThat(unknown.exitCode()).isEqualTo(2);
+        String[][] bad = {{"--error-budget", "0"}, {"--error-budget", "1.5"}, {"--error-budget", "NaN"},
+            {"--midpoint-clips", "0"}, {"--midpoint-clips", "0.7,1.5"}, {"--midpoint-clips", "abc"}};
+        String[] said = {"--error-budget takes a relative error in (0, 1], got 0.0", "got 1.5", "got NaN",
+            "--midpoint-clips takes factors in (0, 1], got 0", "got 1.5", "in (0, 1] or 'none', got abc"};
+        for (int i = 0; i < bad.length; i++) {
+            Result r = run(file.toString(), bad[i][0], bad[i][1]);
+            assertThat(r.exitCode()).as(String.join(" ", bad[i])).isEqualTo(2);
+            assertThat(r.err()).as(String.join(" ", bad[i])).contains(said[i]).doesNotContain("\tat ");
+            assertThat(r.out()).isEmpty();
+        }
+    }
+
+    /**
+     * The advisor picks, per layer, the row with the fewest stored bytes among those within the budget, the one a
+     * reader would pick from the JSON results; a budget nothing meets keeps fp16 and says what came closest.
+     */
+    @Test
+    void theAdvisorRecommendsTheSmallestSettingWithinTheBudget() throws IOException {
+        Path file = new Capture().standardTensors().write("advice.safetensors");
+        for (double budget : new double[] {1.0, 0.3, 0.1}) {
+            Result r = run(file.toString(), "--json", "--error-budget", Double.toString(budget));
+            assertThat(r.exitCode()).as(r.err()).isZero();
+            JsonNode root = new ObjectMapper().readTree(r.out());
+            JsonNode rec = root.get("recommendation");
+            assertThat(rec).hasSize(2);
+            for (JsonNode advice : rec) {
+                int layer = advice.get("layer").asInt();
+                JsonNode best = null;
+                for (JsonNode row : root.get("results")) {
+                    if (row.get("layer").asInt() != layer || row.get("bits").isNull()
+                            || row.get("relativeError").asDouble() > budget) {
+                        continue;
+                    }
+                    if (best == null || row.get("storedBytes").asLong() < best.get("storedBytes").asLong()
+                            || (row.get("storedBytes").asLong() == best.get("storedBytes").asLong()
+                                    && row.get("relativeError").asDouble() < best.get("relativeError").asDouble())) {
+                        best = row;
+                    }
+                }
+                if (best == null) {
+                    assertThat(advice.get("cache").asText()).isEqualTo("unquantized");
+                } else {
+                    assertThat(advice.get("cache").asText()).as("budget %s layer %d", budget, layer)
+                            .isEqualTo(best.get("cache").asText());
+                    assertThat(advice.get("storedBytes").asLong()).isEqualTo(best.get("storedBytes").asLong());
+                    assertThat(advice.get("relativeError").asDouble()).isLessThanOrEqualTo(budget);
+                }
+            }
+        }
+        Result loose = run(file.toString(), "--error-budget", "1");
+        assertThat(loose.out()).contains("Recommendation for a relative error of at most 1").contains("  layer 0: 1-bit");
+        Result tight = run(file.toString(), "--error-budget", "1e-9");
+        assertThat(tight.exitCode()).isZero();
+        assertThat(tight.out()).contains("layer 0: keep fp16: no setting is within 1.00e-09").contains("the closest");
     }
 }

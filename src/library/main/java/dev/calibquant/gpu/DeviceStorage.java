@@ -315,8 +315,10 @@ final class DeviceStorage implements KvStorage {
             return false;
         }
         QuantConfig c = p.quantConfig();
+        // quantize_pack clips toward zero, as the paper does; a midpoint clip is quantized on the CPU and uploaded
         return p.spans().isEmpty()
-                || DeviceKvCache.unsupportedSpans(c.bits(), c.keyGranularity(), c.valueGranularity()).isEmpty();
+                || (c.clipAnchor() == dev.calibquant.quant.ClipAnchor.ZERO
+                        && DeviceKvCache.unsupportedSpans(c.bits(), c.keyGranularity(), c.valueGranularity()).isEmpty());
     }
 
     /**

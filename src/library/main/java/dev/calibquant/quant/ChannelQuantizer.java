@@ -61,9 +61,9 @@ public final class ChannelQuantizer {
         long total = bytesFor(config, kvHeads, tokens, headDim);
 
         GroupStats keyStats = GroupStats.measure("keys", keys, config.keyGranularity(), config.keyClip(),
-                config.levels());
+                config.clipAnchor(), config.levels());
         GroupStats valueStats = GroupStats.measure("values", values, config.valueGranularity(), config.valueClip(),
-                config.levels());
+                config.clipAnchor(), config.levels());
 
         MemorySegment block = alloc.allocate(total, Float.BYTES);
         long keyParamBytes = 4 * paramCount(config.keyGranularity(), kvHeads, tokens, headDim);
@@ -166,7 +166,8 @@ public final class ChannelQuantizer {
         }
 
         /** Reads every element once: checks it is finite and folds it into its group's min and max. */
-        static GroupStats measure(String tensor, KvSlice slice, Granularity granularity, float clip, int levels) {
+        static GroupStats measure(String tensor, KvSlice slice, Granularity granularity, float clip, ClipAnchor anchor,
+                int levels) {
             Objects.requireNonNull(granularity, "granularity");
             int headDim = slice.headDim();
             int groupsPerHead = switch (granularity) {
@@ -196,8 +197,17 @@ public final class ChannelQuantizer {
                 }
             }
             for (int g = 0; g < min.length; g++) {
-                float a = clip * min[g];
-                float b = clip * max[g];
+                float a;
+                float b;
+                if (anchor == ClipAnchor.ZERO) {
+                    a = clip * min[g];
+                    b = clip * max[g];
+                } else { // midpoint and half-width exact in double; c = 1 gives back min and max exactly
+                    double mid = ((double) min[g] + max[g]) / 2;
+                    double half = ((double) max[g] - min[g]) / 2;
+                    a = (float) (mid - clip * half);
+                    b = (float) (mid + clip * half);
+                }
                 stats.alpha[g] = a;
                 stats.beta[g] = b;
                 float sigma = (float) (((double) b - a) / levels);

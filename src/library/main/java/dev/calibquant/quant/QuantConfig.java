@@ -6,7 +6,8 @@ import java.util.Objects;
  * How visual keys and values are quantized and how their scores are calibrated (spec §2 and §4).
  *
  * @param bits             code width: 1, 2, 4 or 8
- * @param keyClip          clipping factor {@code c} for keys: the range {@code [c·min, c·max]}, in (0, 1]
+ * @param keyClip          clipping factor {@code c} for keys, in (0, 1]: the range {@code [c·min, c·max]}, or {@code c}
+ *                         times the range about its midpoint ({@link ClipAnchor})
  * @param valueClip        clipping factor for values, in (0, 1]
  * @param calibrate        whether decode attention calibrates the span's scores
  * @param tauMin           calibration offset for the bottom score (finite, ≥ 0)
@@ -14,6 +15,7 @@ import java.util.Objects;
  * @param policy           what calibration does when the span's score range is at most {@code tauMax + tauMin}
  * @param keyGranularity   which key elements share one (scale, offset)
  * @param valueGranularity which value elements share one (scale, offset)
+ * @param clipAnchor       what the clipping factors shrink each range toward: zero (the paper) or its midpoint
  */
 public record QuantConfig(
         int bits,
@@ -24,7 +26,8 @@ public record QuantConfig(
         float tauMax,
         CalibrationPolicy policy,
         Granularity keyGranularity,
-        Granularity valueGranularity) {
+        Granularity valueGranularity,
+        ClipAnchor clipAnchor) {
 
     public static final float DEFAULT_TAU_MIN = 0f;
     public static final float DEFAULT_TAU_MAX = 3f;
@@ -40,6 +43,14 @@ public record QuantConfig(
         Objects.requireNonNull(policy, "policy");
         Objects.requireNonNull(keyGranularity, "keyGranularity");
         Objects.requireNonNull(valueGranularity, "valueGranularity");
+        Objects.requireNonNull(clipAnchor, "clipAnchor");
+    }
+
+    /** A configuration clipping toward zero, as the paper does ({@link ClipAnchor#ZERO}). */
+    public QuantConfig(int bits, float keyClip, float valueClip, boolean calibrate, float tauMin, float tauMax,
+            CalibrationPolicy policy, Granularity keyGranularity, Granularity valueGranularity) {
+        this(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity, valueGranularity,
+                ClipAnchor.ZERO);
     }
 
     /** The spec §2 table: 1 bit clips keys to 0.5 and values to 0.3; calibration is on for 1 and 2 bits. */
@@ -63,40 +74,46 @@ public record QuantConfig(
 
     public QuantConfig withKeyClip(float clip) {
         return new QuantConfig(bits, clip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
-                valueGranularity);
+                valueGranularity, clipAnchor);
     }
 
     public QuantConfig withValueClip(float clip) {
         return new QuantConfig(bits, keyClip, clip, calibrate, tauMin, tauMax, policy, keyGranularity,
-                valueGranularity);
+                valueGranularity, clipAnchor);
     }
 
     public QuantConfig withCalibrate(boolean on) {
         return new QuantConfig(bits, keyClip, valueClip, on, tauMin, tauMax, policy, keyGranularity,
-                valueGranularity);
+                valueGranularity, clipAnchor);
     }
 
     public QuantConfig withTaus(float newTauMin, float newTauMax) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, newTauMin, newTauMax, policy, keyGranularity,
-                valueGranularity);
+                valueGranularity, clipAnchor);
     }
 
     public QuantConfig withPolicy(CalibrationPolicy newPolicy) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, newPolicy, keyGranularity,
-                valueGranularity);
+                valueGranularity, clipAnchor);
     }
 
     public QuantConfig withKeyGranularity(Granularity granularity) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, granularity,
-                valueGranularity);
+                valueGranularity, clipAnchor);
     }
 
     public QuantConfig withValueGranularity(Granularity granularity) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
-                granularity);
+                granularity, clipAnchor);
     }
 
-    /** A clip shrinks the range toward zero (spec §2), which also keeps {@code c·x} finite. */
+    /** The same configuration with its clipping factors applied about {@code anchor}. */
+    public QuantConfig withClipAnchor(ClipAnchor anchor) {
+        return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
+                valueGranularity, anchor);
+    }
+
+    /** A clip shrinks the range (spec §2), which also keeps the clipped ends finite. */
     private static void requireClip(String name, float value) {
         if (!(value > 0 && value <= 1)) {
             throw new IllegalArgumentException(name + " must be in (0, 1], got " + value);
