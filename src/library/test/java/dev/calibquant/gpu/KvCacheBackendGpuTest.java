@@ -28,7 +28,8 @@ import org.junit.jupiter.api.Test;
 
 /**
  * The backend chooser on a GPU host: the cache lives on the device, decode runs there against the CPU reference, and
- * a setting the kernels do not take (per-token values) decodes on the CPU from a downloaded layer.
+ * a setting the kernels do not take (per-token values) decodes on the CPU from a downloaded layer, and a span clipped
+ * about its midpoint (quantized on the CPU at prefill) decodes on the GPU.
  */
 @GpuTest
 class KvCacheBackendGpuTest {
@@ -38,8 +39,12 @@ class KvCacheBackendGpuTest {
         long seed = Seeds.fresh("KvCacheBackendGpuTest");
         Random random = new Random(seed);
         ModelGeometry g = new ModelGeometry(1, 16, 4, 128);
+        // the paper's 1 bit; per-token values (decoded on the CPU from a download); clipped about the midpoint
+        // (quantized on the CPU at prefill, decoded on the GPU)
         for (QuantConfig config : List.of(QuantConfig.defaults(1),
-                QuantConfig.defaults(1).withValueGranularity(Granularity.PER_TOKEN))) {
+                QuantConfig.defaults(1).withValueGranularity(Granularity.PER_TOKEN),
+                QuantConfig.defaults(1).withKeyClip(0.7f).withValueClip(0.7f)
+                        .withClipAnchor(dev.calibquant.quant.ClipAnchor.MIDPOINT).withCalibrate(false))) {
             try (KvCacheBackend backend = KvCacheBackend.choose(true, g, 64L << 20); Arena arena = Arena.ofConfined()) {
                 assertThat(backend.onGpu()).as(backend.cpuReason()).isTrue();
                 KvCacheManager cache = backend.manager();
