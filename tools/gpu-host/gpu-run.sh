@@ -12,6 +12,7 @@
 # shipped in the jar on both PTX targets (JUnit XML in logs/regression-*.xml). --regression-record records them first
 # into logs/expectations.json (copy it to ptx/regression/expectations.json and commit it), then checks both targets
 # against that file.
+# DEADLINE_S=N packs the logs at N seconds and skips optional steps that would not fit before it (see fits below).
 # --junit-only runs only the JUnit step (with GPU_TESTS_ONLY=1, only the GPU-tagged tests).
 # --profile runs tools/gpu-host/profile-gpu.sh on the docs/benchmarks.md step at B = 64 (decode steps) and B = 1 (quantize at
 # prefill) into logs/profile-*/. --only-extras skips info, selftest, the JUnit run and the demo. Logs, reports and
@@ -47,6 +48,17 @@ cp_test="$app/test-classes:$cp_main:$(ls "$app"/lib/*.jar | tr '\n' ':')"
 logs="$work/logs"; mkdir -p "$logs"
 status=0
 step() { echo "=== $* ($(date -u +%H:%M:%S))"; }
+# DEADLINE_S=N (seconds from the start): the logs so far are packed at N even if the call is killed right after, and
+# a step expected to take longer than the time left is skipped with a line saying so (core steps always run)
+fits() {
+  [ -z "${DEADLINE_S:-}" ] && return 0
+  if [ $((SECONDS + $1)) -lt "$DEADLINE_S" ]; then return 0; fi
+  echo "=== SKIPPED (DEADLINE_S=$DEADLINE_S, ${SECONDS} s gone, ~$1 s needed): $2"; return 1
+}
+if [ -n "${DEADLINE_S:-}" ]; then
+  (sleep "$DEADLINE_S"; tar -C "$work" -czf "$out/gpu-run.tar.gz" logs) > /dev/null 2>&1 &
+  watchdog=$!
+fi
 
 step env
 { "$java" -version; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; } 2>&1 | tee "$logs/env.txt"
@@ -57,9 +69,11 @@ if [ "$extras_only" = 0 ]; then
 if [ "$junit_only" = 0 ]; then
 step selftest
 "${cq[@]}" selftest 2>&1 | tee "$logs/selftest.txt" || status=1
+if fits 45 "selftest sm_80"; then
 step selftest sm_80
 "${cq[@]}" selftest --target sm_80 2>&1 | tee "$logs/selftest-sm80.txt" || status=1
-if [ -z "${SKIP_PTX:-}" ]; then  # SKIP_PTX=1 leaves out the driver-JIT selftest (40 s) when device time is short
+fi
+if [ -z "${SKIP_PTX:-}" ] && fits 45 "selftest from PTX"; then  # SKIP_PTX=1 leaves out the driver-JIT selftest (40 s) when device time is short
 step "selftest sm_90a from PTX (driver JIT, the path of GPUs without a shipped cubin)"
 "${cq[@]}" selftest --ptx 2>&1 | tee "$logs/selftest-ptx.txt" || status=1
 fi
@@ -78,10 +92,12 @@ grep -E "tests (successful|failed|skipped|aborted)|calibquant\]" "$logs/junit.tx
 grep -B2 -A12 "\[X\]" "$logs/junit.txt" | head -150
 
 if [ "$junit_only" = 0 ]; then
+fits 20 "demo" && {
 step "demo on the GPU"
 (cd "$work" && "${cq[@]}" demo --gpu --images 20 --no-progress --no-png) 2>&1 \
     | tee "$logs/demo.txt" || status=1
-if [ -d "$app/example-classes" ]; then
+}
+if [ -d "$app/example-classes" ] && fits 15 "the embedding example"; then
   step "the embedding example (examples/embedding) on the GPU"
   "$java" "${jflags[@]}" -cp "$app/example-classes:$cp_main" dev.calibquant.examples.EmbeddingExample 2>&1 \
       | tee "$logs/example.txt" || status=1
@@ -98,6 +114,7 @@ if [ "$regression" = 1 ]; then
     expect_opt=(--expectations "$logs/expectations.json")
   fi
   for t in sm_90a sm_80; do
+    fits 60 "regression $t" || continue
     step "regression: $t${expect_opt:+ against the new recording}"
     "${cq[@]}" selftest --regression --target "$t" "${expect_opt[@]}" \
         --junit-xml "$logs/regression-$t.xml" 2>&1 | tee "$logs/regression-$t.txt" || status=1
@@ -115,15 +132,17 @@ fi
 
 if [ "$bench" = 1 ]; then
   step sdpa
-  if python3 -c 'import torch' 2>/dev/null; then
+  if fits 90 "SDPA" && python3 -c 'import torch' 2>/dev/null; then
     PYTHONUNBUFFERED=1 python3 "$here/bench_sdpa.py" ${BENCH_BATCHES:+--batches "$BENCH_BATCHES"} --out "$logs/sdpa.json" 2>&1 | tee "$logs/sdpa.txt" || status=1
   fi
+  fits 200 "bench" && {
   step bench
   sdpa_opt=(); [ -f "$logs/sdpa.json" ] && sdpa_opt=(--sdpa "$logs/sdpa.json")
   "${cq[@]}" bench "${sdpa_opt[@]}" ${BENCH_BATCHES:+--batches "$BENCH_BATCHES"} --csv "$logs/bench.csv" 2>&1 \
       | tee "$logs/bench.txt" || status=1
+  }
   # BENCH_BATCHES=1,64,256 times only those batch sizes; NO_BUDGET=1 leaves out the fixed-budget bench
-  [ -n "${NO_BUDGET:-}" ] || {
+  [ -n "${NO_BUDGET:-}" ] || ! fits 120 "bench at a fixed budget" || {
   step "bench at a fixed KV budget (${BUDGET_GB:-100} GB, all 32 layers, 256 generated tokens reserved)"
   "${cq[@]}" bench --budget-gb "${BUDGET_GB:-100}" --csv "$logs/bench-budget.csv" 2>&1 \
       | tee "$logs/bench-budget.txt" || status=1
@@ -133,6 +152,7 @@ fi
 if [ "$sanitize" = 1 ]; then
   tar -C "$work" -czf "$out/gpu-run.tar.gz" logs   # in case the sanitizers outlive the call
   for tool in memcheck racecheck; do
+    fits "${SANITIZE_SECONDS:-150}" "compute-sanitizer $tool" || continue
     step "compute-sanitizer $tool (at most ${SANITIZE_SECONDS:-150} s)"
     timeout "${SANITIZE_SECONDS:-150}" compute-sanitizer --tool "$tool" --error-exitcode 99 --target-processes all \
         "${cq[@]}" selftest > "$logs/sanitizer-$tool.txt" 2>&1
@@ -145,6 +165,7 @@ fi
 
 if [ "$sanitize_junit" = 1 ]; then
   for tool in memcheck racecheck synccheck; do
+    fits "${SANITIZE_SECONDS:-150}" "compute-sanitizer $tool over the GPU tests" || continue
     step "compute-sanitizer $tool over the GPU JUnit tests (at most ${SANITIZE_SECONDS:-150} s)"
     timeout "${SANITIZE_SECONDS:-150}" compute-sanitizer --tool "$tool" --error-exitcode 99 --target-processes all \
         "$java" "${jflags[@]}" -Xmx24g -jar "$app"/junit-platform-console-standalone-*.jar execute --include-tag gpu \
@@ -159,6 +180,7 @@ if [ "$sanitize_junit" = 1 ]; then
   done
 fi
 
+[ -n "${watchdog:-}" ] && { pkill -P "$watchdog" 2>/dev/null; kill "$watchdog" 2>/dev/null; }
 tar -C "$work" -czf "$out/gpu-run.tar.gz" logs
 step "done: status $status; results in $out/gpu-run.tar.gz"
 exit $status
