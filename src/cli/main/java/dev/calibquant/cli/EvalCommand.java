@@ -328,17 +328,12 @@ public final class EvalCommand implements Callable<Integer> {
             long storedBytes, long fp16Bytes) {
 
         String cache() {
-            return bits == 0 ? "unquantized" : bits + "-bit" + (midpointClip == 0 ? "" : " mid " + midpointClip);
+            return bits == 0 ? "unquantized" : new Setting(bits, midpointClip).name();
         }
 
         /** The quantization this row measured, or null for the unquantized cache. */
         QuantConfig config() {
-            if (bits == 0) {
-                return null;
-            }
-            QuantConfig c = QuantConfig.defaults(bits).withCalibrate(calibration);
-            return midpointClip == 0 ? c : c.withKeyClip(midpointClip).withValueClip(midpointClip)
-                    .withClipAnchor(ClipAnchor.MIDPOINT);
+            return bits == 0 ? null : new Setting(bits, midpointClip).config(calibration);
         }
     }
 
@@ -391,30 +386,34 @@ public final class EvalCommand implements Callable<Integer> {
         }
     }
 
-    /**
-     * Fills one unquantized sequence and one quantized sequence per code width from the capture, then compares one
-     * decode step per layer with the double-precision reference over the unquantized cache.
-     */
-    static List<Row> evaluate(Capture c, List<Integer> bitsList) {
-        return evaluate(c, bitsList, List.of());
+    /** A quantized cache to evaluate: a code width and its clip ({@code midpointClip} 0: the width's defaults). */
+    record Setting(int bits, float midpointClip) {
+        QuantConfig config(boolean calibrate) {
+            QuantConfig c = QuantConfig.defaults(bits).withCalibrate(calibrate);
+            return midpointClip == 0 ? c : c.withKeyClip(midpointClip).withValueClip(midpointClip)
+                    .withClipAnchor(ClipAnchor.MIDPOINT);
+        }
+
+        String name() {
+            return bits + "-bit" + (midpointClip == 0 ? "" : " mid " + midpointClip);
+        }
     }
 
-    /** {@link #evaluate(Capture, List)}, then every width again clipped about each channel's midpoint by each clip. */
+    /**
+     * Fills one unquantized sequence and one quantized sequence per setting from the capture (every width at its
+     * defaults, then every width clipped about each channel's midpoint by each clip), then compares one decode step
+     * per layer and setting, calibrated and not, with the double-precision reference over the unquantized cache.
+     */
     static List<Row> evaluate(Capture c, List<Integer> bitsList, List<Float> midpointClips) {
-        List<Row> settings = new ArrayList<>();
+        List<Setting> settings = new ArrayList<>();
         for (int b : bitsList) {
-            settings.add(new Row(0, b, 0f, true, 0, 0, 0, 0));
+            settings.add(new Setting(b, 0f));
         }
         for (int b : bitsList) {
             for (float clip : midpointClips) {
-                settings.add(new Row(0, b, clip, true, 0, 0, 0, 0));
+                settings.add(new Setting(b, clip));
             }
         }
-        return evaluateSettings(c, settings);
-    }
-
-    /** {@code settings}: one row per quantized sequence (its bits and clip), each decoded calibrated and not. */
-    private static List<Row> evaluateSettings(Capture c, List<Row> settings) {
         ModelGeometry g = c.geometry();
         List<Row> rows = new ArrayList<>();
         List<Sequence> sequences = new ArrayList<>();
@@ -422,9 +421,9 @@ public final class EvalCommand implements Callable<Integer> {
             try {
                 Sequence exact = fill(cache.createSequence(c.tokens()).label("the capture in fp16"), c, sequences);
                 List<Sequence> quantized = new ArrayList<>();
-                for (Row setting : settings) {
-                    quantized.add(fill(cache.createSequence(c.tokens(), c.spans(), setting.config())
-                            .label("the capture, " + setting.cache()), c, sequences));
+                for (Setting setting : settings) {
+                    quantized.add(fill(cache.createSequence(c.tokens(), c.spans(), setting.config(true))
+                            .label("the capture, " + setting.name()), c, sequences));
                 }
                 long fp16Bytes = 2L * g.kvHeads() * c.tokens() * g.headDim() * 2;
                 DecodeAttention reference = new ReferenceAttention(Calibration.OFF);
@@ -435,10 +434,10 @@ public final class EvalCommand implements Callable<Integer> {
                     float[] floor = decode(new CpuExactAttention(), exactView, query, c, arena);
                     rows.add(row(l, 0, 0f, false, floor, expected, storedBytes(exactView), fp16Bytes));
                     for (int i = 0; i < settings.size(); i++) {
-                        Row setting = settings.get(i);
+                        Setting setting = settings.get(i);
                         LayerKvView view = quantized.get(i).layer(l);
                         for (boolean calibrate : new boolean[] {true, false}) {
-                            Calibration calibration = setting.config().withCalibrate(calibrate).calibration();
+                            Calibration calibration = setting.config(calibrate).calibration();
                             float[] actual = decode(new CpuCalibQuantAttention(calibration), view, query, c, arena);
                             rows.add(row(l, setting.bits(), setting.midpointClip(), calibrate, actual, expected,
                                     storedBytes(view), fp16Bytes));

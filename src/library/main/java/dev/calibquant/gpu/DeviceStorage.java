@@ -21,6 +21,7 @@ import dev.calibquant.kernels.CalibQuantKernels.DevicePointer;
 import dev.calibquant.kernels.KernelCatalog;
 import dev.calibquant.kernels.QuantizePlan;
 import dev.calibquant.profiling.Nvtx;
+import dev.calibquant.quant.ClipAnchor;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.QuantConfig;
 import dev.calibquant.quant.QuantizedSpan;
@@ -317,7 +318,7 @@ final class DeviceStorage implements KvStorage {
         QuantConfig c = p.quantConfig();
         // quantize_pack clips toward zero, as the paper does; a midpoint clip is quantized on the CPU and uploaded
         return p.spans().isEmpty()
-                || (c.clipAnchor() == dev.calibquant.quant.ClipAnchor.ZERO
+                || (c.clipAnchor() == ClipAnchor.ZERO
                         && DeviceKvCache.unsupportedSpans(c.bits(), c.keyGranularity(), c.valueGranularity()).isEmpty());
     }
 

@@ -24,10 +24,6 @@ import java.util.List;
 public final class ShardedSequence implements AutoCloseable {
     private final ShardedKvCache cache;
     private final long id;
-    private final int promptTokens;
-    private final List<TokenSpan> visualSpans;
-    private final QuantConfig quantConfig;
-    private final int reservedNewTokens;
     private final long partFillBytes;
     // guarded by this
     private final Sequence[] parts;
@@ -37,19 +33,13 @@ public final class ShardedSequence implements AutoCloseable {
     // read without the lock by the placement policy
     private volatile int home;
     private volatile int filledLayers;
-    private volatile String label;
 
     ShardedSequence(ShardedKvCache cache, long id, Sequence[] parts, int[] shards) {
         this.cache = cache;
         this.id = id;
         this.parts = parts;
         this.shards = shards;
-        Sequence first = parts[0];
-        this.promptTokens = first.promptTokens();
-        this.visualSpans = first.visualSpans();
-        this.quantConfig = first.quantConfig();
-        this.reservedNewTokens = first.reservedNewTokens();
-        this.partFillBytes = first.fillBytes();
+        this.partFillBytes = parts[0].fillBytes();
         this.home = parts.length == 1 ? shards[0] : -1;
     }
 
@@ -67,35 +57,34 @@ public final class ShardedSequence implements AutoCloseable {
      */
     public synchronized ShardedSequence label(String label) {
         for (Sequence p : parts) {
-            p.label(label); // checks it
+            p.label(label); // checks it; a move labels the new part the same
         }
-        this.label = label;
         return this;
     }
 
     /** The label given by {@link #label(String)}, or null. */
     public String label() {
-        return label;
+        return parts[0].label();
     }
 
     /** Tokens given to {@link #fill}: prefix, visual and text. */
     public int promptTokens() {
-        return promptTokens;
+        return parts[0].promptTokens();
     }
 
     /** The visual spans, sorted. */
     public List<TokenSpan> visualSpans() {
-        return visualSpans;
+        return parts[0].visualSpans();
     }
 
     /** How visual spans are quantized; null when the sequence has none. */
     public QuantConfig quantConfig() {
-        return quantConfig;
+        return parts[0].quantConfig();
     }
 
     /** Generated tokens each layer holds room for from the end of prefill on. */
     public int reservedNewTokens() {
-        return reservedNewTokens;
+        return parts[0].reservedNewTokens();
     }
 
     /** Whether the sequence is open (not closed by itself or by its set). */
@@ -249,8 +238,8 @@ public final class ShardedSequence implements AutoCloseable {
 
     @Override
     public String toString() {
-        String l = label;
+        String l = label();
         return l != null ? "sharded sequence '" + l + "'"
-                : "sharded sequence #" + id + " (" + promptTokens + "-token prompt)";
+                : "sharded sequence #" + id + " (" + promptTokens() + "-token prompt)";
     }
 }

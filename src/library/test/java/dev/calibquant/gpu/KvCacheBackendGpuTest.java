@@ -12,6 +12,7 @@ import dev.calibquant.cache.LayerKvView;
 import dev.calibquant.cache.ModelGeometry;
 import dev.calibquant.cache.Sequence;
 import dev.calibquant.cache.TokenSpan;
+import dev.calibquant.quant.ClipAnchor;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.Granularity;
 import dev.calibquant.quant.QuantConfig;
@@ -44,7 +45,7 @@ class KvCacheBackendGpuTest {
         for (QuantConfig config : List.of(QuantConfig.defaults(1),
                 QuantConfig.defaults(1).withValueGranularity(Granularity.PER_TOKEN),
                 QuantConfig.defaults(1).withKeyClip(0.7f).withValueClip(0.7f)
-                        .withClipAnchor(dev.calibquant.quant.ClipAnchor.MIDPOINT).withCalibrate(false))) {
+                        .withClipAnchor(ClipAnchor.MIDPOINT).withCalibrate(false))) {
             try (KvCacheBackend backend = KvCacheBackend.choose(true, g, 64L << 20); Arena arena = Arena.ofConfined()) {
                 assertThat(backend.onGpu()).as(backend.cpuReason()).isTrue();
                 KvCacheManager cache = backend.manager();
