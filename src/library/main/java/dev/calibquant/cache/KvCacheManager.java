@@ -142,9 +142,9 @@ public final class KvCacheManager implements AutoCloseable {
      * @throws dev.calibquant.quant.InvalidShapeException when a size or the dtype disagrees with the cache
      * @throws dev.calibquant.quant.NonFiniteInputException naming the first NaN or infinity
      * @throws CacheMemoryLimitException when growing a full layer would pass the byte limit
-     * @throws IllegalStateException when a sequence is closed or the layer not filled; no token is appended after
-     *     any refusal (a full layer may have grown its capacity before a later one was refused: its content is
-     *     unchanged)
+     * @throws IllegalStateException when a sequence is closed or the layer not filled; after any refusal no token
+     *     is appended and no layer has grown (the larger blocks of full layers are all prepared before any is
+     *     installed)
      */
     public void append(int layer, List<Sequence> batch, java.lang.foreign.MemorySegment keys,
             java.lang.foreign.MemorySegment values, DType dtype) {

@@ -523,10 +523,23 @@ public final class Sequence implements AutoCloseable {
             FiniteCheck.requireFinite(what + " appended value", values.asSlice(i * itemBytes, itemBytes), dtype,
                     g.kvHeads(), 1, g.headDim(), position);
         }
-        for (int i = 0; i < n; i++) {
-            if (caches[i].fullTokens() == caches[i].fullCapacity()) {
-                batch.get(i).grow("layer " + layer + " of " + batch.get(i), caches[i]);
+        // every full layer's larger block is reserved, allocated and filled before any is installed: a refusal for
+        // one sequence leaves every layer of the batch as it was
+        List<Growth> growths = new ArrayList<>();
+        try {
+            for (int i = 0; i < n; i++) {
+                if (caches[i].fullTokens() == caches[i].fullCapacity()) {
+                    growths.add(batch.get(i).prepareGrowth("layer " + layer + " of " + batch.get(i), caches[i]));
+                }
             }
+        } catch (RuntimeException | Error e) {
+            for (Growth growth : growths) {
+                growth.owner().abandon(growth, e);
+            }
+            throw e;
+        }
+        for (Growth growth : growths) {
+            growth.owner().install(growth);
         }
         List<RowAppend> rows = new ArrayList<>(n);
         for (LayerCache c : caches) {
@@ -625,7 +638,12 @@ public final class Sequence implements AutoCloseable {
         return block.asSlice(offset, bytes).asReadOnly();
     }
 
-    private void grow(String what, LayerCache cache) {
+    /** A full layer's larger block, reserved and filled with the layer's rows, not yet installed. */
+    private record Growth(Sequence owner, LayerCache cache, BlockPair larger, int newCapacity, MemoryUsage reserved) {
+    }
+
+    /** Reserves, allocates and fills the larger block for {@code cache}; changes nothing when it throws. */
+    private Growth prepareGrowth(String what, LayerCache cache) {
         ModelGeometry g = manager.geometry();
         int capacity = cache.fullCapacity();
         int newCapacity = CapacityPolicy.next(capacity);
@@ -643,6 +661,7 @@ public final class Sequence implements AutoCloseable {
             manager.accountant().release(reserved);
             throw e;
         }
+        Growth growth = new Growth(this, cache, larger, newCapacity, reserved);
         try {
             long rowBytes = cache.rowBytes();
             RowCopy rows = new RowCopy(0, capacity * rowBytes, 0, newCapacity * rowBytes,
@@ -651,18 +670,28 @@ public final class Sequence implements AutoCloseable {
             storage.copy(cache.full().keys(), larger.keys(), rows);
             storage.copy(cache.full().values(), larger.values(), rows);
         } catch (RuntimeException | Error e) {
-            closeSuppressing(larger.keys(), e);
-            closeSuppressing(larger.values(), e);
-            manager.accountant().release(reserved);
+            abandon(growth, e);
             throw e;
         }
-        BlockPair old = cache.replaceFull(larger, newCapacity);
+        return growth;
+    }
+
+    /** Frees a prepared growth that will not be installed, and gives its bytes back. */
+    private void abandon(Growth growth, Throwable cause) {
+        closeSuppressing(growth.larger().keys(), cause);
+        closeSuppressing(growth.larger().values(), cause);
+        manager.accountant().release(growth.reserved());
+    }
+
+    /** Swaps the prepared larger block in and frees the old one. */
+    private void install(Growth growth) {
+        BlockPair old = growth.cache().replaceFull(growth.larger(), growth.newCapacity());
         MemoryUsage freed = new MemoryUsage(old.byteSize(), 0, 0, 0);
         try {
             LayerCache.closeAll(List.of(old.keys(), old.values()));
         } finally { // the larger pair is installed: account for the swap even if freeing the old one failed
             manager.accountant().release(freed);
-            usage = usage.plus(reserved).minus(freed);
+            usage = usage.plus(growth.reserved()).minus(freed);
         }
     }
 

@@ -367,6 +367,52 @@ class KvCacheManagerTest {
     }
 
     @Test
+    void aBatchAppendRefusedForOneSequenceGrowsNoLayerOfTheOthers() {
+        Random random = seed.random();
+        HostStorage storage = new HostStorage();
+        int kv = GEOMETRY.kvHeads();
+        long tokenBytes = 2L * kv * 32 * 2;
+        // two full 64-token layers, and room for one 65-token copy beside them but not two
+        long limit = 2 * 64 * tokenBytes + 65 * tokenBytes;
+        try (Arena arena = Arena.ofConfined();
+                KvCacheManager cache = new KvCacheManager(GEOMETRY, DType.FP16, storage, limit);
+                Sequence a = cache.createSequence(63);
+                Sequence b = cache.createSequence(63)) {
+            Prompt.random(arena, random, DType.FP16, 63, List.of()).fill(a, 0);
+            Prompt.random(arena, random, DType.FP16, 63, List.of()).fill(b, 0);
+            MemorySegment k = KvData.normal(arena, random, DType.FP16, 2 * kv, 1, 32);
+            MemorySegment v = KvData.normal(arena, random, DType.FP16, 2 * kv, 1, 32);
+            cache.append(0, List.of(a, b), k, v, DType.FP16); // both 64 of 64
+            var aBefore = a.layer(0);
+            MemorySegment aKeys = copyOf(arena, aBefore.fullKeys());
+            MemoryUsage before = cache.usage();
+
+            assertThatThrownBy(() -> cache.append(0, List.of(a, b), k, v, DType.FP16))
+                    .isInstanceOf(CacheMemoryLimitException.class)
+                    .hasMessageContaining("growing layer 0 of " + b + " to 65 tokens");
+
+            assertThat(a.layer(0).fullCapacity()).isEqualTo(64);
+            assertThat(b.layer(0).fullCapacity()).isEqualTo(64);
+            assertThat(a.tokens(0)).isEqualTo(64);
+            assertThat(b.tokens(0)).isEqualTo(64);
+            assertThat(a.layer(0).fullKeys().mismatch(aKeys)).isEqualTo(-1);
+            assertThat(cache.usage()).isEqualTo(before);
+            assertThat(storage.liveBytes()).isEqualTo(before.totalBytes());
+
+            cache.append(0, List.of(a), k.asSlice(0, k.byteSize() / 2), v.asSlice(0, v.byteSize() / 2),
+                    DType.FP16); // alone, a fits: grows by one token
+            assertThat(a.layer(0).fullCapacity()).isEqualTo(65);
+        }
+        assertThat(storage.liveBytes()).isZero();
+    }
+
+    private static MemorySegment copyOf(Arena arena, MemorySegment segment) {
+        MemorySegment copy = arena.allocate(segment.byteSize());
+        copy.copyFrom(segment);
+        return copy;
+    }
+
+    @Test
     void nonFiniteInputIsRejectedNamingWhereAndStoresNothing() {
         Random random = seed.random();
         HostStorage storage = new HostStorage();
