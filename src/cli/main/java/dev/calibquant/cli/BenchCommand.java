@@ -107,7 +107,7 @@ public final class BenchCommand implements Callable<Integer> {
         }
         if (fromCsv != null) {
             Replay replay = readCsv(fromCsv);
-            printTable(replay.report(), replay.sdpaUs());
+            printTable(replay.report(), replay.sdpaUs(), replay.recorded());
             if (png != null) {
                 writeChart(replay.report(), replay.sdpaUs());
             }
@@ -145,7 +145,7 @@ public final class BenchCommand implements Callable<Integer> {
             out.put("sdpa_us", sdpaUs);
             System.out.println(new ObjectMapper().enable(SerializationFeature.INDENT_OUTPUT).writeValueAsString(out));
         } else {
-            printTable(report, sdpaUs);
+            printTable(report, sdpaUs, new Recorded(LocalDate.now(), true));
         }
         if (csv != null) {
             writeCsv(report, sdpaUs);
@@ -208,43 +208,63 @@ public final class BenchCommand implements Callable<Integer> {
         return m;
     }
 
-    private void printTable(DecodeBenchmark.Report r, Map<Integer, Double> sdpaUs) {
-        System.out.printf("%s, PTX %s, %s%n", r.device(), r.target(), LocalDate.now());
+    /**
+     * When a table's figures were measured, and whether by this version of bench (whose decode path the table names);
+     * {@code date} is null for records older than the date column.
+     */
+    private record Recorded(LocalDate date, boolean byThisVersion) {}
+
+    private void printTable(DecodeBenchmark.Report r, Map<Integer, Double> sdpaUs, Recorded recorded) {
+        System.out.printf("%s, PTX %s, %s%n", r.device(), r.target(),
+                recorded.date() == null ? "date not recorded (a CSV older than its date column)" : recorded.date());
         System.out.printf("copy bandwidth %.0f GB/s (read + write); kernel load (cold, all variants of 1-bit D=128, %s) %.0f ms%n",
                 r.copyGBs(), r.kernelImage().equals("?") ? "image not recorded" : "from " + r.kernelImage(), r.kernelLoadMs());
         System.out.printf("workload: 32 q heads, 8 KV heads, D=128, %d prefix + %d visual + %d text tokens, one layer%n%n",
                 DecodeBenchmark.PREFIX, DecodeBenchmark.VISUAL, DecodeBenchmark.TEXT);
-        System.out.println("one decode step through DeviceKvCache / DeviceDecodeAttention; per step a service's decode() moves the"
-                + " queries and tables up in one copy and the output down in one copy (\"decode() call\": that whole call,"
-                + " waited for); \"host/step\" is the CPU time to queue a prepared step");
+        if (recorded.byThisVersion()) {
+            System.out.println("one decode step through DeviceKvCache / DeviceDecodeAttention; per step a service's decode() moves the"
+                    + " queries and tables up in one copy and the output down in one copy (\"decode() call\": that whole call,"
+                    + " waited for); \"host/step\" is the CPU time to queue a prepared step");
+        } else {
+            System.out.println("one decode step, recorded by an earlier version of bench (docs/benchmarks.md says which decode path"
+                    + " it measured); \"-\" marks a column the record predates");
+        }
         System.out.println("    B | 1-bit step | as graph | host/step | decode() call | 1-bit floor | ×floor | 2-bit step | ×floor | 4-bit step | ×floor | fp16 step | fp16 floor | fp16/1-bit | SDPA (this run) | SDPA anchor | paper ref | ref/1-bit | quantize µs | quantize GB/s | %copy");
         for (DecodeBenchmark.Row row : r.rows()) {
             double[] anchor = ANCHORS.getOrDefault(row.batch(), new double[] {Double.NaN, Double.NaN});
             Double s = sdpaUs.get(row.batch());
-            System.out.printf("%5d | %8.1f µs | %6.1f µs | %6.1f µs | %10.1f µs | %8.1f µs | %6.2f | %7.1f µs | %6.2f | %7.1f µs | %6.2f | %6.1f µs | %7.1f µs | %9.2f× | %15s | %8.1f µs | %6.0f µs | %8.0f× | %11.1f | %13.0f | %4.0f%%%n",
-                    row.batch(), row.calibQuantUs(), row.calibQuantGraphUs(), row.calibQuantHostUs(),
-                    row.calibQuantCallUs(), row.oneBitFloorUs(),
-                    row.overOneBitFloor(), row.twoBitUs(), row.twoBitUs() / row.twoBitFloorUs(), row.fourBitUs(),
-                    row.fourBitUs() / row.fourBitFloorUs(), row.fp16Us(),
-                    row.fp16FloorUs(), row.speedupOverFp16(), s == null ? "-" : String.format("%.1f µs", s), anchor[0],
-                    anchor[1], anchor[1] / row.calibQuantUs(), row.quantizeUs(), row.quantizeGBs(),
-                    100 * row.quantizeGBs() / r.copyGBs());
+            System.out.printf("%5d | %11s | %9s | %9s | %13s | %11s | %6s | %10s | %6s | %10s | %6s | %9s | %10s | %10s | %15s | %11s | %9s | %9s | %11s | %13s | %5s%n",
+                    row.batch(), cell("%.1f µs", row.calibQuantUs()), cell("%.1f µs", row.calibQuantGraphUs()),
+                    cell("%.1f µs", row.calibQuantHostUs()), cell("%.1f µs", row.calibQuantCallUs()),
+                    cell("%.1f µs", row.oneBitFloorUs()), cell("%.2f", row.overOneBitFloor()),
+                    cell("%.1f µs", row.twoBitUs()), cell("%.2f", row.twoBitUs() / row.twoBitFloorUs()),
+                    cell("%.1f µs", row.fourBitUs()), cell("%.2f", row.fourBitUs() / row.fourBitFloorUs()),
+                    cell("%.1f µs", row.fp16Us()), cell("%.1f µs", row.fp16FloorUs()),
+                    cell("%.2f×", row.speedupOverFp16()), s == null ? "-" : cell("%.1f µs", s),
+                    cell("%.1f µs", anchor[0]), cell("%.0f µs", anchor[1]), cell("%.0f×", anchor[1] / row.calibQuantUs()),
+                    cell("%.1f", row.quantizeUs()), cell("%.0f", row.quantizeGBs()),
+                    cell("%.0f%%", 100 * row.quantizeGBs() / r.copyGBs()));
         }
+    }
+
+    /** One table cell: {@code "-"} where the figure is missing (a column the record predates, a batch with no anchor). */
+    private static String cell(String format, double value) {
+        return Double.isNaN(value) ? "-" : String.format(format, value);
     }
 
     private void writeCsv(DecodeBenchmark.Report r, Map<Integer, Double> sdpaUs) throws IOException {
         dev.calibquant.io.OutputFile.write(csv, out -> {
             PrintWriter w = new PrintWriter(new java.io.OutputStreamWriter(out, java.nio.charset.StandardCharsets.UTF_8));
-            w.println("batch,calibquant_1bit_us,one_bit_floor_us,fp16_us,fp16_floor_us,sdpa_us,sdpa_anchor_us,paper_ref_anchor_us,quantize_us,quantize_gbs,copy_gbs,calibration_mode,work_items,kernel_load_ms,ptx_target,device,calibquant_1bit_graph_us,calibquant_1bit_host_us,calibquant_1bit_call_us,calibquant_2bit_us,two_bit_floor_us,calibquant_4bit_us,four_bit_floor_us");
+            w.println("batch,calibquant_1bit_us,one_bit_floor_us,fp16_us,fp16_floor_us,sdpa_us,sdpa_anchor_us,paper_ref_anchor_us,quantize_us,quantize_gbs,copy_gbs,calibration_mode,work_items,kernel_load_ms,ptx_target,device,calibquant_1bit_graph_us,calibquant_1bit_host_us,calibquant_1bit_call_us,calibquant_2bit_us,two_bit_floor_us,calibquant_4bit_us,four_bit_floor_us,date");
             for (DecodeBenchmark.Row row : r.rows()) {
                 double[] anchor = ANCHORS.getOrDefault(row.batch(), new double[] {Double.NaN, Double.NaN});
-                w.printf("%d,%.2f,%.2f,%.2f,%.2f,%s,%.1f,%.0f,%.2f,%.0f,%.0f,%d,%d,%.0f,%s,%s,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f%n", row.batch(), row.calibQuantUs(),
+                w.printf("%d,%.2f,%.2f,%.2f,%.2f,%s,%.1f,%.0f,%.2f,%.0f,%.0f,%d,%d,%.0f,%s,%s,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%.2f,%s%n", row.batch(), row.calibQuantUs(),
                         row.oneBitFloorUs(), row.fp16Us(), row.fp16FloorUs(),
                         sdpaUs.containsKey(row.batch()) ? String.format("%.2f", sdpaUs.get(row.batch())) : "",
                         anchor[0], anchor[1], row.quantizeUs(), row.quantizeGBs(), r.copyGBs(), row.calibrationMode(),
                         row.workItems(), r.kernelLoadMs(), r.target(), r.device().replace(',', ' '), row.calibQuantGraphUs(),
                         row.calibQuantHostUs(), row.calibQuantCallUs(), row.twoBitUs(), row.twoBitFloorUs(),
-                        row.fourBitUs(), row.fourBitFloorUs());
+                        row.fourBitUs(), row.fourBitFloorUs(), LocalDate.now());
             }
             w.flush();
             if (w.checkError()) {
@@ -253,7 +273,7 @@ public final class BenchCommand implements Callable<Integer> {
         });
     }
 
-    private record Replay(DecodeBenchmark.Report report, Map<Integer, Double> sdpaUs) {}
+    private record Replay(DecodeBenchmark.Report report, Map<Integer, Double> sdpaUs, Recorded recorded) {}
 
     private static Replay readCsv(Path file) throws IOException {
         java.util.Optional<String> notAFile = dev.calibquant.io.InputFile.whyNotARegularFile(file);
@@ -281,6 +301,9 @@ public final class BenchCommand implements Callable<Integer> {
                     + "belongs");
         } catch (ArrayIndexOutOfBoundsException e) {
             throw new IOException(file + ": a row of the bench CSV is malformed");
+        } catch (java.time.format.DateTimeParseException e) {
+            throw new IOException(file + ": a row of the bench CSV holds " + printable(e.getParsedString())
+                    + " where a date (yyyy-mm-dd) belongs");
         }
     }
 
@@ -300,9 +323,10 @@ public final class BenchCommand implements Callable<Integer> {
                 continue;
             }
             String[] f = line.split(",", -1);
-            // older records lack some of the graph, host and call columns (16 to 19), or the 2- and 4-bit ones
-            if (f.length < 16 || (f.length > 19 && f.length != 23)) {
-                throw new IOException(file + ": expected 16 to 19 or 23 columns, found " + f.length + " in: "
+            // older records lack some of the graph, host and call columns (16 to 19), the 2- and 4-bit ones (23), or
+            // the date (24)
+            if (f.length < 16 || (f.length > 19 && f.length != 23 && f.length != 24)) {
+                throw new IOException(file + ": expected 16 to 19, 23 or 24 columns, found " + f.length + " in: "
                         + printable(line));
             }
             int b = Integer.parseInt(f[0]);
@@ -320,8 +344,10 @@ public final class BenchCommand implements Callable<Integer> {
         if (last == null) {
             throw new IOException(file + ": no rows");
         }
+        boolean current = last.length == 24;
         return new Replay(new DecodeBenchmark.Report(last[15], last[14], Double.parseDouble(last[10]),
-                Double.parseDouble(last[13]), rows, "?"), sdpaUs);
+                Double.parseDouble(last[13]), rows, "?"), sdpaUs,
+                new Recorded(current ? LocalDate.parse(last[23]) : null, current));
     }
 
     /** Column {@code i} as a number, NaN where the record predates it. */
@@ -364,10 +390,21 @@ public final class BenchCommand implements Callable<Integer> {
                 ref.add(row.batch(), anchor[1]);
             }
         }
+        // each line's colour and dash belong to its series: records older than the 2- and 4-bit rows leave those out
+        record Line(XYSeries series, Color color, boolean dashed) {}
+        Color red = new Color(0xd62728);
+        Color blue = new Color(0x1f77b4);
+        Color grey = new Color(0x7f7f7f);
+        List<Line> lines = List.of(new Line(one, red, false), new Line(two, new Color(0x9467bd), false),
+                new Line(four, new Color(0x8c564b), false), new Line(fp16, blue, false), new Line(oneFloor, red, true),
+                new Line(fp16Floor, blue, true), new Line(torch, new Color(0x2ca02c), false), new Line(ref, grey, false),
+                new Line(graph, new Color(0xff7f0e), true));
         XYSeriesCollection data = new XYSeriesCollection();
-        for (XYSeries s : List.of(one, two, four, fp16, oneFloor, fp16Floor, torch, ref, graph)) {
-            if (s.getItemCount() > 0 || s == one) { // records older than the 2- and 4-bit rows have none
-                data.addSeries(s);
+        List<Line> drawn = new java.util.ArrayList<>();
+        for (Line line : lines) {
+            if (line.series().getItemCount() > 0 || line.series() == one) {
+                data.addSeries(line.series());
+                drawn.add(line);
             }
         }
         JFreeChart chart = ChartFactory.createXYLineChart("One decode step, one layer (" + r.device() + ")",
@@ -383,11 +420,9 @@ public final class BenchCommand implements Callable<Integer> {
         y.setNumberFormatOverride(new DecimalFormat("#,##0.#"));
         plot.setRangeAxis(y);
         plot.setBackgroundPaint(Color.WHITE);
-        Color[] colors = {new Color(0xd62728), new Color(0x1f77b4), new Color(0xd62728), new Color(0x1f77b4),
-            new Color(0x2ca02c), new Color(0x7f7f7f), new Color(0xff7f0e)};
-        for (int i = 0; i < colors.length; i++) {
-            plot.getRenderer().setSeriesPaint(i, colors[i]);
-            plot.getRenderer().setSeriesStroke(i, i == 2 || i == 3
+        for (int i = 0; i < drawn.size(); i++) {
+            plot.getRenderer().setSeriesPaint(i, drawn.get(i).color());
+            plot.getRenderer().setSeriesStroke(i, drawn.get(i).dashed()
                     ? new BasicStroke(1.5f, BasicStroke.CAP_BUTT, BasicStroke.JOIN_MITER, 1, new float[] {6, 4}, 0)
                     : new BasicStroke(2.5f));
         }

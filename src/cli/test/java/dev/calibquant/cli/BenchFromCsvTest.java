@@ -64,6 +64,31 @@ class BenchFromCsvTest {
         assertThat(run("bench", "--from-csv", wrong.toString())).doesNotStartWith("0\n");
     }
 
+    /** A replay says when its figures were measured, never today's date, and marks missing figures "-", not NaN. */
+    @Test
+    void aReplayNamesTheRecordedDateAndMarksMissingColumns(@TempDir Path dir) throws Exception {
+        String old = run("bench", "--from-csv", "docs/bench-h200-2026-11-29-s6.csv");
+        assertThat(old).startsWith("0\n").contains("date not recorded").contains("earlier version of bench")
+                .doesNotContain(java.time.LocalDate.now().toString()).doesNotContain("NaN")
+                .doesNotContain("DeviceKvCache");
+
+        List<String> s6 = Files.readAllLines(Path.of("docs/bench-h200-2026-11-29-s6.csv"));
+        StringBuilder csv = new StringBuilder(s6.getFirst()).append(",calibquant_1bit_call_us,calibquant_2bit_us,"
+                + "two_bit_floor_us,calibquant_4bit_us,four_bit_floor_us,date\n");
+        for (String row : s6.subList(1, s6.size())) {
+            csv.append(row).append(",20.00,30.00,10.00,40.00,20.00,2026-12-01\n");
+        }
+        Path file = dir.resolve("dated.csv");
+        Files.writeString(file, csv);
+        String dated = run("bench", "--from-csv", file.toString());
+        assertThat(dated).startsWith("0\n").contains("NVIDIA H200, PTX sm_90a, 2026-12-01")
+                .contains("through DeviceKvCache").doesNotContain("NaN");
+
+        Path badDate = dir.resolve("bad-date.csv");
+        Files.writeString(badDate, csv.toString().replace("2026-12-01", "2026-13-01"));
+        assertThat(run("bench", "--from-csv", badDate.toString())).doesNotStartWith("0\n");
+    }
+
     @Test
     void aCsvWithTheWrongColumnCountIsRefusedByName(@TempDir Path dir) throws Exception {
         Path bad = dir.resolve("short.csv");
