@@ -7,6 +7,7 @@ import dev.calibquant.model.ModelConfig;
 import dev.calibquant.model.Evaluation;
 import dev.calibquant.model.KvCapture;
 import dev.calibquant.model.KvSetting;
+import dev.calibquant.model.QuestionType;
 import dev.calibquant.model.SceneModel;
 import dev.calibquant.model.TaskGenerator;
 import dev.calibquant.model.TaskSample;
@@ -268,18 +269,50 @@ public final class DemoCommand implements Callable<Integer> {
         List<Evaluation.Score> scores = evaluation.scores();
         double fp16Bytes = scores.get(0).kvBytesPerSequence();
         out.printf(Locale.ROOT, "Accuracy of the built-in scene model on %d test images (seed %d), greedy answers; "
-                + "KV bytes of one sequence, all layers, at the end of its answer.%n%n", count, TaskGenerator.TEST_SEED);
-        out.println("| visual KV | exact match | token accuracy | KV bytes / sequence | vs fp16 |");
-        out.println("|---|---:|---:|---:|---:|");
+                + "KV bytes of one sequence, all layers, at the end of its answer. \"vs fp16, paired\": exact match "
+                + "minus fp16's on the same images, in points, with its 95 %% confidence interval.%n%n", count,
+                TaskGenerator.TEST_SEED);
+        out.println("| visual KV | exact match | vs fp16, paired | token accuracy | KV bytes / sequence | vs fp16 |");
+        out.println("|---|---:|---:|---:|---:|---:|");
+        for (int i = 0; i < scores.size(); i++) {
+            Evaluation.Score s = scores.get(i);
+            out.printf(Locale.ROOT, "| %s | %.1f %% | %s | %.1f %% | %,.0f | %.2f× |%n", s.setting().name(),
+                    100 * s.exactMatch(), i == 0 ? "-" : points(s.differenceFromFirst()), 100 * s.tokenAccuracy(),
+                    s.kvBytesPerSequence(), fp16Bytes / s.kvBytesPerSequence());
+        }
+        out.println();
+        out.println("Exact match by question kind (images of that kind; share of the true answer's tokens that a decode "
+                + "step produces, reading the visual cache: the first comes from prefill, exact in every setting):");
+        out.println();
+        StringBuilder head = new StringBuilder("| visual KV |");
+        StringBuilder rule = new StringBuilder("|---|");
+        for (QuestionType kind : QuestionType.values()) {
+            head.append(String.format(Locale.ROOT, " %s (%d; %.0f %%) |", kind.name().toLowerCase(Locale.ROOT),
+                    scores.get(0).samples(kind), 100 * evaluation.cacheReadShare(kind)));
+            rule.append("---:|");
+        }
+        out.println(head);
+        out.println(rule);
         for (Evaluation.Score s : scores) {
-            out.printf(Locale.ROOT, "| %s | %.1f %% | %.1f %% | %,.0f | %.2f× |%n", s.setting().name(),
-                    100 * s.exactMatch(), 100 * s.tokenAccuracy(), s.kvBytesPerSequence(),
-                    fp16Bytes / s.kvBytesPerSequence());
+            StringBuilder row = new StringBuilder("| " + s.setting().name() + " |");
+            for (QuestionType kind : QuestionType.values()) {
+                double e = s.exactMatch(kind);
+                row.append(Double.isNaN(e) ? " - |" : String.format(Locale.ROOT, " %.1f %% |", 100 * e));
+            }
+            out.println(row);
         }
         out.println();
         for (Evaluation.Score s : scores) {
             out.printf(Locale.ROOT, "- %s: %s%n", s.setting().name(), s.setting().describe());
         }
+    }
+
+    /** "-3.2 ± 1.4 pts"; "-" when the difference is undefined (fewer than two images). */
+    static String points(Evaluation.PairedDifference d) {
+        if (Double.isNaN(d.mean()) || Double.isNaN(d.halfWidth95())) {
+            return "-";
+        }
+        return String.format(Locale.ROOT, "%+.1f ± %.1f pts", 100 * d.mean(), 100 * d.halfWidth95());
     }
 
     /** Draws the sheet; false (said in one line) when it could not be drawn or written. */

@@ -23,6 +23,10 @@ public final class Evaluation {
         private long tokens;
         private long decodeSteps;
         private long decodeNanos;
+        // paired with the first setting on the same images: d = exact(this) - exact(first), in {-1, 0, 1}
+        private long sumDifference;
+        private long sumSquaredDifference;
+        private final java.util.EnumMap<QuestionType, int[]> byKind = new java.util.EnumMap<>(QuestionType.class);
 
         Score(KvSetting setting) {
             this.setting = setting;
@@ -58,15 +62,49 @@ public final class Evaluation {
             return tokens;
         }
 
-        void add(Answer answer, int[] truth) {
+        /**
+         * Exact match minus the first setting's on the same images, with the half width of its 95 % confidence
+         * interval (normal approximation of the paired per-image differences): the way to tell two settings apart on
+         * one set of images, far tighter than comparing two independent rates.
+         */
+        public PairedDifference differenceFromFirst() {
+            if (samples < 2) {
+                return new PairedDifference(samples == 0 ? Double.NaN : sumDifference, Double.NaN, samples);
+            }
+            double mean = (double) sumDifference / samples;
+            double variance = Math.max(0, (sumSquaredDifference - samples * mean * mean) / (samples - 1));
+            return new PairedDifference(mean, 1.959964 * Math.sqrt(variance / samples), samples);
+        }
+
+        /** Exact match on the images whose question is of {@code kind}; NaN when there were none. */
+        public double exactMatch(QuestionType kind) {
+            int[] counts = byKind.get(kind);
+            return counts == null ? Double.NaN : (double) counts[0] / counts[1];
+        }
+
+        /** How many images asked a question of {@code kind}. */
+        public int samples(QuestionType kind) {
+            int[] counts = byKind.get(kind);
+            return counts == null ? 0 : counts[1];
+        }
+
+        void add(Answer answer, int[] truth, boolean firstRight) {
+            boolean right = Evaluation.exactMatch(answer.tokens(), truth);
+            int d = (right ? 1 : 0) - (firstRight ? 1 : 0);
+            sumDifference += d;
+            sumSquaredDifference += (long) d * d;
             samples++;
-            exact += Evaluation.exactMatch(answer.tokens(), truth) ? 1 : 0;
+            exact += right ? 1 : 0;
             tokenAccuracy += Evaluation.tokenAccuracy(answer.tokens(), truth);
             kvBytes += answer.kvBytes();
             tokens += answer.tokens().length;
             decodeSteps += answer.decodeSteps();
             decodeNanos += answer.decodeNanos();
         }
+    }
+
+    /** A paired difference of exact match (a share, not points) and its 95 % half width; NaN when undefined. */
+    public record PairedDifference(double mean, double halfWidth95, int samples) {
     }
 
     /** One sample and its answer under every setting, in the settings' order. */
@@ -78,6 +116,8 @@ public final class Evaluation {
     private final List<Score> scores = new ArrayList<>();
     private final AnswerGenerator generator;
     private long prefillNanos;
+    private final java.util.EnumMap<QuestionType, Long> truthTokens = new java.util.EnumMap<>(QuestionType.class);
+    private final java.util.EnumMap<QuestionType, Long> answersByKind = new java.util.EnumMap<>(QuestionType.class);
 
     public Evaluation(SceneModel model, KvCacheManager cache, DecodeAttentionFactory attention,
             List<KvSetting> settings) {
@@ -102,10 +142,18 @@ public final class Evaluation {
         prefillNanos += System.nanoTime() - started;
         List<Answer> answers = new ArrayList<>();
         for (int i = 0; i < settings.size(); i++) {
-            Answer a = generator.answer(prefill, settings.get(i).quant());
-            scores.get(i).add(a, sample.answer());
-            answers.add(a);
+            answers.add(generator.answer(prefill, settings.get(i).quant()));
         }
+        boolean firstRight = exactMatch(answers.getFirst().tokens(), sample.answer());
+        for (int i = 0; i < settings.size(); i++) {
+            Score score = scores.get(i);
+            score.add(answers.get(i), sample.answer(), firstRight);
+            int[] counts = score.byKind.computeIfAbsent(sample.type(), k -> new int[2]);
+            counts[0] += exactMatch(answers.get(i).tokens(), sample.answer()) ? 1 : 0;
+            counts[1]++;
+        }
+        truthTokens.merge(sample.type(), (long) sample.answer().length, Long::sum);
+        answersByKind.merge(sample.type(), 1L, Long::sum);
         return new Result(sample, answers);
     }
 
@@ -115,6 +163,17 @@ public final class Evaluation {
 
     public long prefillNanos() {
         return prefillNanos;
+    }
+
+    /**
+     * The share of the true answers' tokens ({@code <eos>} included) of {@code kind} that are produced by a decode
+     * step, reading the (quantized) visual cache: all but the first, which comes from prefill and is exact in every
+     * setting. NaN when no question of that kind was asked.
+     */
+    public double cacheReadShare(QuestionType kind) {
+        long tokens = truthTokens.getOrDefault(kind, 0L);
+        long answered = answersByKind.getOrDefault(kind, 0L);
+        return tokens == 0 ? Double.NaN : (double) (tokens - answered) / tokens;
     }
 
     /** The whole answer, {@code <eos>} included, is the truth. */

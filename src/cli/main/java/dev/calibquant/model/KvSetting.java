@@ -23,6 +23,8 @@ public record KvSetting(String name, QuantConfig quant) {
                 new KvSetting("1-bit, per-token values", one.withValueGranularity(Granularity.PER_TOKEN)),
                 new KvSetting("1-bit, clipped about the midpoint (0.7), no calibration", one.withKeyClip(0.7f)
                         .withValueClip(0.7f).withClipAnchor(ClipAnchor.MIDPOINT).withCalibrate(false)),
+                new KvSetting("1-bit, clipped about the midpoint (0.8), calibrated", one.withKeyClip(0.8f)
+                        .withValueClip(0.8f).withClipAnchor(ClipAnchor.MIDPOINT)),
                 new KvSetting("2-bit CalibQuant", QuantConfig.defaults(2)),
                 new KvSetting("4-bit", QuantConfig.defaults(4)));
     }
