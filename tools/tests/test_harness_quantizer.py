@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The kernel harness's quantizer (tools/harness/check_kernels.py: ref_quantize, pack_codes) against the Java
+"""The kernel harness's quantizer (tools/harness/kernel_reference.py: ref_quantize, pack_codes) against the Java
 library's ChannelQuantizer, through the fixture HarnessQuantizerFixtureTest keeps equal to what Java makes
 (tools/tests/fixtures/java-quantizer.json). The harness computes in float32 as the kernel does; Java decides each code
 on the exact quotient. So: offsets (clip * min) bit for bit; scales within one float32 ulp (Java rounds once, the
@@ -30,8 +30,8 @@ U32 = 2.0 ** -24  # float32 unit roundoff
 class HarnessQuantizerAgainstJava(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        import check_kernels
-        cls.ck = check_kernels
+        import kernel_reference
+        cls.ck = kernel_reference
         with open(FIXTURE) as f:
             cls.fx = json.load(f)
         t, c = cls.fx["tokens"], cls.fx["channels"]

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""check_kernels.trace_summary: the phases of a mode-3 timeline (attention_gluon.py's trace rows) on a hand-built
+"""tuning_candidates.trace_summary: the phases of a mode-3 timeline (attention_gluon.py's trace rows) on a hand-built
 launch whose every duration is known.
 
     python3 -m unittest discover -s tools/tests -p 'test_trace_summary.py'
@@ -40,7 +40,7 @@ class TraceSummaryTest(unittest.TestCase):
         return np.array(rows, np.int64), np.array([0, 0, 0])
 
     def test_phase_durations(self):
-        import check_kernels as ck
+        import tuning_candidates as ck
         s = ck.trace_summary(*self.launch())
         self.assertEqual(s["programs"], 6)
         self.assertEqual(s["visual_items"], 4)
@@ -57,7 +57,7 @@ class TraceSummaryTest(unittest.TestCase):
         self.assertEqual(s["sms_used"], 5)
 
     def test_last_group_is_the_one_that_merges_last(self):
-        import check_kernels as ck
+        import tuning_candidates as ck
         rows, seqs = self.launch()
         g = ck.trace_summary(rows, seqs)["last_group"]
         self.assertEqual(g["items"], 3)  # KV head 0 merged at 14 us, after KV head 1 (12 us)
