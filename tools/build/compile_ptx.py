@@ -39,6 +39,9 @@ def variant(name, file, function, constexprs, num_warps, num_stages, maxnreg=Non
     return v
 
 
+sys.path.insert(0, str(ROOT / "ptx" / "kernels"))
+import interface  # noqa: E402  (ptx/kernels/interface.py: the tables and scratch layouts, the one definition)
+
 SELECTION = ROOT / "ptx" / "selection.json"  # the tile shapes that ship, chosen from measured candidates
 
 
@@ -316,7 +319,8 @@ def build(variants, targets, out_dir, workers):
                            "profile_scratch_size": r["profile_scratch_size"], "ptx_sha256": sha256_bytes(data),
                            "cubin": cubin_rel, "cubin_sha256": sha256_bytes(r["cubin"]),
                            "cubin_compute": TARGETS[t]}
-    manifest = {"triton_version": triton_version, "kernels": [kernels[n] for n in sorted(kernels)]}
+    manifest = {"triton_version": triton_version, "kernels": [kernels[n] for n in sorted(kernels)],
+                "interface": interface.schema()}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest, failures
 
@@ -329,7 +333,19 @@ def main():
     p.add_argument("--out", default=str(ROOT / "ptx"))
     p.add_argument("--targets", default=",".join(TARGETS))
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
+    p.add_argument("--interface-only", action="store_true",
+                   help="only write ptx/kernels/interface.py's schema into OUT/manifest.json (no Triton, no compile)")
     a = p.parse_args()
+    problems = interface.check_kernel_sources()
+    if problems:
+        sys.exit("the kernel sources disagree with ptx/kernels/interface.py:\n  " + "\n  ".join(problems))
+    if a.interface_only:
+        path = Path(a.out) / "manifest.json"
+        manifest = json.loads(path.read_text())
+        manifest["interface"] = interface.schema()
+        path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        print(f"wrote the interface into {path}")
+        return
     if a.set == "production":
         variants = production_variants(load_selection(a.selection))
     elif a.set == "gluon":

@@ -76,6 +76,7 @@ public final class KernelCatalog implements AutoCloseable {
     /** The catalog with an explicit target and image choice. */
     public static KernelCatalog open(CudaContext context, String target, Image image) {
         KernelManifest manifest = KernelManifest.loadShipped();
+        KernelInterface.verify(manifest);
         if (manifest.kernels().stream().noneMatch(k -> k.targets().containsKey(target))) {
             throw new UnsupportedDeviceException("no shipped kernel is compiled for target " + target);
         }

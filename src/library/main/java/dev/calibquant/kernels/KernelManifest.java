@@ -12,12 +12,15 @@ import java.util.Objects;
 
 /**
  * {@code ptx/manifest.json}, written by {@code tools/build/compile_ptx.py} on the GPU host: every kernel variant, its
- * typed arguments, and per GPU target the PTX file and the launch facts Triton recorded.
+ * typed arguments, per GPU target the PTX file and the launch facts Triton recorded, and the tables and scratch
+ * layouts the kernels share with the host ({@code kernelInterface}, from {@code ptx/kernels/interface.py}; null in a
+ * manifest older than that section).
  */
 @JsonIgnoreProperties(ignoreUnknown = true)
 public record KernelManifest(
         @JsonProperty("triton_version") String tritonVersion,
-        @JsonProperty("kernels") List<Kernel> kernels) {
+        @JsonProperty("kernels") List<Kernel> kernels,
+        @JsonProperty("interface") Interface kernelInterface) {
 
     /** Classpath folder of the shipped kernels (the repository's {@code ptx/} folder). */
     public static final String RESOURCE_ROOT = "dev/calibquant/ptx/";
@@ -25,6 +28,26 @@ public record KernelManifest(
     public KernelManifest {
         Objects.requireNonNull(tritonVersion, "manifest: triton_version");
         kernels = List.copyOf(Objects.requireNonNull(kernels, "manifest: kernels"));
+    }
+
+    /** A manifest without the interface section. */
+    public KernelManifest(String tritonVersion, List<Kernel> kernels) {
+        this(tritonVersion, kernels, null);
+    }
+
+    /**
+     * The manifest's {@code interface} section: per int64 table its column names in order, and the int32 counts of
+     * the scratch layouts.
+     */
+    @JsonIgnoreProperties(ignoreUnknown = true)
+    public record Interface(
+            @JsonProperty("tables") Map<String, List<String>> tables,
+            @JsonProperty("scratch") Map<String, Integer> scratch) {
+
+        public Interface {
+            tables = Map.copyOf(Objects.requireNonNull(tables, "manifest interface: tables"));
+            scratch = Map.copyOf(Objects.requireNonNull(scratch, "manifest interface: scratch"));
+        }
     }
 
     /** One compiled variant of a Triton kernel (a source function with fixed constexprs). */
