@@ -53,12 +53,19 @@ class BenchFromCsvTest {
         }
         Path file = dir.resolve("bench.csv");
         Files.writeString(file, csv);
-        Path png = dir.resolve("bench.png");
-        String out = run("bench", "--from-csv", file.toString(), "--png", png.toString());
+        String out = run("bench", "--from-csv", file.toString());
         assertThat(out).startsWith("0\n").contains("| 2-bit step |").contains("| 4-bit step |")
                 // B = 256: the 2-bit step 286.50 µs over its 256.00 µs floor, the 4-bit step 326.75 µs over its own
                 .containsPattern("286\\.5 µs \\|\\s+1\\.12 \\|\\s+326\\.8 µs \\|\\s+1\\.28 \\|");
-        assertThat(Files.size(png)).isPositive();
+        Path png = dir.resolve("bench.png");
+        String charted = run("bench", "--from-csv", file.toString(), "--png", png.toString());
+        if (DemoCommandTest.whyTextCannotBeDrawn() == null) {
+            assertThat(charted).startsWith("0\n");
+            assertThat(Files.size(png)).isPositive();
+        } else { // a host without fonts (the GPU hosts): the table still prints, the run fails, nothing is written
+            assertThat(charted).startsWith("1\n").contains("| 2-bit step |");
+            assertThat(png).doesNotExist();
+        }
         Path wrong = dir.resolve("twenty.csv");
         Files.writeString(wrong, csv.toString().replaceAll(",[0-9.]+\n", "\n"));
         assertThat(run("bench", "--from-csv", wrong.toString())).doesNotStartWith("0\n");
