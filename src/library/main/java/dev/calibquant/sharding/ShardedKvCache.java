@@ -13,7 +13,6 @@ import dev.calibquant.gpu.DeviceKvCache;
 import dev.calibquant.quant.Calibration;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.InvalidShapeException;
-import dev.calibquant.quant.NonFiniteInputException;
 import dev.calibquant.quant.QuantConfig;
 import dev.calibquant.quant.QuantizedSpan;
 import java.lang.foreign.Arena;
@@ -355,8 +354,8 @@ public final class ShardedKvCache implements AutoCloseable {
                 MemorySegment v = values.asSlice(i * slice, slice);
                 work[i] = () -> part.fill(layer, k, v, dtype);
             }
-            runAll(List.of(sequence), "filling " + what, on, work, Inputs.readableByShardThreads(keys, values),
-                    i -> parts[i].clearLayer(layer));
+            ShardRuns.runAll(threads, shards, List.of(sequence), "filling " + what, on, work,
+                    Inputs.readableByShardThreads(keys, values), i -> parts[i].clearLayer(layer));
             sequence.layerFilled();
             return null;
         });
@@ -380,8 +379,8 @@ public final class ShardedKvCache implements AutoCloseable {
                 LayerKvView slice = parts.length == 1 ? from : HeadSlices.slice(from, i * heads, heads);
                 work[i] = () -> part.restoreLayer(layer, slice);
             }
-            runAll(List.of(sequence), "restoring " + what, sequence.shardIndexes(), work, readableByShardThreads(from),
-                    i -> parts[i].clearLayer(layer));
+            ShardRuns.runAll(threads, shards, List.of(sequence), "restoring " + what, sequence.shardIndexes(), work,
+                    readableByShardThreads(from), i -> parts[i].clearLayer(layer));
             sequence.layerFilled();
             return null;
         });
@@ -444,11 +443,11 @@ public final class ShardedKvCache implements AutoCloseable {
                 Inputs.requireFinite(item + " appended value", values.asSlice(b * itemBytes, itemBytes), dtype,
                         kvHeads, 1, geometry.headDim(), position);
             }
-            List<ShardPart> split = split(batch, kvHeads);
+            List<ShardPart> split = ShardPart.split(placement, shards.size(), batch, kvHeads);
             if (split.size() == 1 && split.getFirst().coversAll(batch.size(), kvHeads)) {
                 ShardPart p = split.getFirst(); // one shard's batch append, all or nothing by itself
                 KvCacheManager manager = shards.get(p.shard()).manager();
-                runAll(batch, "appending to " + what, new int[] {p.shard()},
+                ShardRuns.runAll(threads, shards, batch, "appending to " + what, new int[] {p.shard()},
                         new Runnable[] {() -> manager.append(layer, p.sequences(), keys, values, dtype)}, false, null);
                 return null;
             }
@@ -472,7 +471,7 @@ public final class ShardedKvCache implements AutoCloseable {
                     KvCacheManager manager = shards.get(p.shard()).manager();
                     work[g] = () -> manager.append(layer, p.sequences(), k, v, dtype);
                 }
-                runAll(batch, "appending to " + what, on, work, true, g -> {
+                ShardRuns.runAll(threads, shards, batch, "appending to " + what, on, work, true, g -> {
                     for (int j = 0; j < before.get(g).length; j++) {
                         split.get(g).sequences().get(j).truncate(layer, before.get(g)[j]);
                     }
@@ -517,12 +516,13 @@ public final class ShardedKvCache implements AutoCloseable {
                 Inputs.requireFinite("queries of sequence " + b + " of the batch", queries.asSlice(b * itemBytes,
                         itemBytes), queryType, queryHeads, 1, d, -1);
             }
-            List<ShardPart> split = split(batch, queryHeads);
+            List<ShardPart> split = ShardPart.split(placement, shards.size(), batch, queryHeads);
             if (split.size() == 1 && split.getFirst().coversAll(batch.size(), queryHeads)) {
                 ShardPart p = split.getFirst(); // the caller's segments as they are
-                runAll(batch, "decoding layer " + layer, new int[] {p.shard()}, new Runnable[] {() -> shards.get(
-                        p.shard()).decode(calibration, layer, p.sequences(), queries, queryType, queryHeads, out)},
-                        false, null);
+                CacheShard shard = shards.get(p.shard());
+                ShardRuns.runAll(threads, shards, batch, "decoding layer " + layer, new int[] {p.shard()},
+                        new Runnable[] {() -> shard.decode(calibration, layer, p.sequences(), queries, queryType,
+                                queryHeads, out)}, false, null);
                 return null;
             }
             long qRow = (long) d * queryType.byteSize();
@@ -541,7 +541,8 @@ public final class ShardedKvCache implements AutoCloseable {
                     CacheShard shard = shards.get(p.shard());
                     work[g] = () -> shard.decode(calibration, layer, p.sequences(), q, queryType, p.heads(), o);
                 }
-                runAll(batch, "decoding layer " + layer + " of the batch", on, work, true, null);
+                ShardRuns.runAll(threads, shards, batch, "decoding layer " + layer + " of the batch", on, work, true,
+                        null);
                 for (int g = 0; g < split.size(); g++) {
                     ShardPart p = split.get(g);
                     HeadSlices.scatter(outs[g], queryHeads, p.items(), p.firstHead(), p.heads(), oRow, out);
@@ -560,114 +561,6 @@ public final class ShardedKvCache implements AutoCloseable {
                 throw new IllegalStateException("layer " + layer + " of " + s + " is not filled yet");
             }
         }
-    }
-
-    /**
-     * A shard's part of a batch: the batch positions it holds ({@code items}), its sequences for them, and the head
-     * range (of the tensor's {@code allHeads}) it takes of each item.
-     */
-    private record ShardPart(int shard, int[] items, List<Sequence> sequences, int firstHead, int heads) {
-        boolean coversAll(int batch, int allHeads) {
-            if (heads != allHeads || items.length != batch) {
-                return false;
-            }
-            for (int j = 0; j < items.length; j++) {
-                if (items[j] != j) {
-                    return false;
-                }
-            }
-            return true;
-        }
-    }
-
-    /** The batch cut by shard: by sequence, each shard its sequences; BY_KV_HEAD, each shard its heads of all. */
-    private List<ShardPart> split(List<ShardedSequence> batch, int allHeads) {
-        List<ShardPart> split = new ArrayList<>();
-        if (!placement.bySequence()) {
-            int heads = allHeads / shards.size();
-            int[] all = new int[batch.size()];
-            for (int b = 0; b < all.length; b++) {
-                all[b] = b;
-            }
-            for (int i = 0; i < shards.size(); i++) {
-                int shard = i;
-                split.add(new ShardPart(i, all, batch.stream().map(s -> s.parts()[shard]).toList(), i * heads, heads));
-            }
-            return split;
-        }
-        Map<Integer, List<Integer>> byShard = new LinkedHashMap<>();
-        for (int b = 0; b < batch.size(); b++) {
-            byShard.computeIfAbsent(batch.get(b).shardIndexes()[0], k -> new ArrayList<>()).add(b);
-        }
-        for (Map.Entry<Integer, List<Integer>> e : byShard.entrySet()) {
-            int[] items = e.getValue().stream().mapToInt(Integer::intValue).toArray();
-            List<Sequence> sequences = new ArrayList<>(items.length);
-            for (int b : items) {
-                sequences.add(batch.get(b).parts()[0]);
-            }
-            split.add(new ShardPart(e.getKey(), items, sequences, 0, allHeads));
-        }
-        return split;
-    }
-
-    /** Undoes the part of one shard that succeeded. */
-    private interface Undo {
-        void undo(int part);
-    }
-
-    /**
-     * Runs each shard's part; when any failed, undoes the others' (if {@code undo}) and throws the first failure as
-     * a {@link ShardFailureException} naming its shard, later failures suppressed. A failed undo is suppressed too
-     * and leaves the sequences of the operation refusing further use (their state is no longer known).
-     */
-    private void runAll(List<ShardedSequence> sequences, String operation, int[] on, Runnable[] work, boolean parallel,
-            Undo undo) {
-        Throwable[] failed = threads.run(on, work, parallel);
-        int first = -1;
-        for (int i = 0; i < failed.length; i++) {
-            if (failed[i] != null) {
-                first = i;
-                break;
-            }
-        }
-        if (first < 0) {
-            return;
-        }
-        Throwable primary = failed[first];
-        // a refusal of the caller's input (a shard checked it, and wrote nothing) keeps its type
-        boolean refusal = primary instanceof InvalidShapeException || primary instanceof NonFiniteInputException;
-        RuntimeException thrown = refusal ? (RuntimeException) primary
-                : wrap(shards.get(on[first]).name(), operation, primary);
-        for (int i = first + 1; i < failed.length; i++) {
-            if (failed[i] != null) {
-                thrown.addSuppressed(wrap(shards.get(on[i]).name(), operation, failed[i]));
-            }
-        }
-        if (undo != null) {
-            for (int i = 0; i < failed.length; i++) {
-                if (failed[i] == null) {
-                    try {
-                        undo.undo(i);
-                    } catch (RuntimeException | Error e) {
-                        thrown.addSuppressed(new ShardFailureException(shards.get(on[i]).name(), "undoing its part of "
-                                + operation, e));
-                        for (ShardedSequence s : sequences) {
-                            s.broken("undoing shard '" + shards.get(on[i]).name() + "''s part of " + operation
-                                    + " failed: " + e);
-                        }
-                    }
-                }
-            }
-        }
-        if (primary instanceof Error error && !(primary instanceof OutOfMemoryError)) {
-            error.addSuppressed(thrown);
-            throw error;
-        }
-        throw thrown;
-    }
-
-    private static RuntimeException wrap(String shard, String operation, Throwable failure) {
-        return new ShardFailureException(shard, operation, failure);
     }
 
     /**
