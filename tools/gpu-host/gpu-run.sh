@@ -136,7 +136,7 @@ if [ "$bench" = 1 ]; then
   if [ -z "${NO_SDPA:-}" ] && fits 90 "SDPA" && python3 -c 'import torch' 2>/dev/null; then
     PYTHONUNBUFFERED=1 python3 "$here/bench_sdpa.py" ${BENCH_BATCHES:+--batches "$BENCH_BATCHES"} --out "$logs/sdpa.json" 2>&1 | tee "$logs/sdpa.txt" || status=1
   fi
-  fits 200 "bench" && {
+  fits "${BENCH_SECONDS:-200}" "bench" && {  # BENCH_SECONDS: its estimate, for fewer batch sizes
   step bench
   sdpa_opt=(); [ -f "$logs/sdpa.json" ] && sdpa_opt=(--sdpa "$logs/sdpa.json")
   "${cq[@]}" bench "${sdpa_opt[@]}" ${BENCH_BATCHES:+--batches "$BENCH_BATCHES"} --csv "$logs/bench.csv" 2>&1 \
