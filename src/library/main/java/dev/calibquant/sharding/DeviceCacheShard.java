@@ -34,7 +34,7 @@ public final class DeviceCacheShard implements CacheShard {
      * {@code byteLimit} bytes (see {@link DeviceKvCache#open(CudaContext, ModelGeometry, long)}).
      */
     public static DeviceCacheShard open(String name, CudaContext context, ModelGeometry geometry, long byteLimit) {
-        ShardedKvCache.checkName(name);
+        Inputs.checkShardName(name);
         return new DeviceCacheShard(name, DeviceKvCache.open(context, geometry, byteLimit));
     }
 

@@ -30,13 +30,13 @@ public final class HostCacheShard implements CacheShard {
      * @throws IllegalArgumentException when the name is blank
      */
     public HostCacheShard(String name, KvCacheManager manager) {
-        this.name = ShardedKvCache.checkName(name);
+        this.name = Inputs.checkShardName(name);
         this.manager = Objects.requireNonNull(manager, "manager");
     }
 
     /** A shard of {@code geometry} in off-heap host memory that never holds more than {@code byteLimit} bytes. */
     public static HostCacheShard onHost(String name, ModelGeometry geometry, DType dtype, long byteLimit) {
-        ShardedKvCache.checkName(name);
+        Inputs.checkShardName(name);
         return new HostCacheShard(name, KvCacheManager.onHost(geometry, dtype, byteLimit));
     }
 

@@ -5,8 +5,9 @@ import dev.calibquant.quant.Elements;
 import dev.calibquant.quant.InvalidShapeException;
 import dev.calibquant.quant.NonFiniteInputException;
 import java.lang.foreign.MemorySegment;
+import java.util.Objects;
 
-/** The checks a {@link ShardedKvCache} makes on caller data before any shard is given a part of it. */
+/** The checks a {@link ShardedKvCache} and its shards make on caller data before any shard is given a part of it. */
 final class Inputs {
     /** Stands for "a shard's thread" when asking a segment who may read it; never started. */
     private static final Thread OTHER_THREAD = new Thread(() -> { });
@@ -56,5 +57,15 @@ final class Inputs {
             }
         }
         return true;
+    }
+
+    /** A shard's name, checked: 1 to 100 printable characters. */
+    static String checkShardName(String name) {
+        Objects.requireNonNull(name, "name");
+        if (name.isBlank() || name.length() > 100 || name.chars().anyMatch(Character::isISOControl)) {
+            throw new IllegalArgumentException("a shard name must be 1 to 100 printable characters, got \""
+                    + name.replaceAll("\\p{Cntrl}", "?") + "\"");
+        }
+        return name;
     }
 }

@@ -802,16 +802,6 @@ public final class ShardedKvCache implements AutoCloseable {
         }
     }
 
-    /** A shard's name, checked: 1 to 100 printable characters. */
-    static String checkName(String name) {
-        Objects.requireNonNull(name, "name");
-        if (name.isBlank() || name.length() > 100 || name.chars().anyMatch(Character::isISOControl)) {
-            throw new IllegalArgumentException("a shard name must be 1 to 100 printable characters, got \""
-                    + name.replaceAll("\\p{Cntrl}", "?") + "\"");
-        }
-        return name;
-    }
-
     private static void closeSuppressing(AutoCloseable c, Throwable primary) {
         try {
             c.close();
