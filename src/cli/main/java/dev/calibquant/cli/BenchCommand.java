@@ -148,7 +148,7 @@ public final class BenchCommand implements Callable<Integer> {
             printTable(report, sdpaUs, new Recorded(LocalDate.now(), true));
         }
         if (csv != null) {
-            writeCsv(report, sdpaUs);
+            writeCsv(csv, report, sdpaUs);
         }
         if (png != null) {
             writeChart(report, sdpaUs);
@@ -252,7 +252,8 @@ public final class BenchCommand implements Callable<Integer> {
         return Double.isNaN(value) ? "-" : String.format(format, value);
     }
 
-    private void writeCsv(DecodeBenchmark.Report r, Map<Integer, Double> sdpaUs) throws IOException {
+    /** The rows as {@code --from-csv} reads them back (24 columns, the last the date they were measured). */
+    static void writeCsv(Path csv, DecodeBenchmark.Report r, Map<Integer, Double> sdpaUs) throws IOException {
         dev.calibquant.io.OutputFile.write(csv, out -> {
             PrintWriter w = new PrintWriter(new java.io.OutputStreamWriter(out, java.nio.charset.StandardCharsets.UTF_8));
             w.println("batch,calibquant_1bit_us,one_bit_floor_us,fp16_us,fp16_floor_us,sdpa_us,sdpa_anchor_us,paper_ref_anchor_us,quantize_us,quantize_gbs,copy_gbs,calibration_mode,work_items,kernel_load_ms,ptx_target,device,calibquant_1bit_graph_us,calibquant_1bit_host_us,calibquant_1bit_call_us,calibquant_2bit_us,two_bit_floor_us,calibquant_4bit_us,four_bit_floor_us,date");

@@ -96,6 +96,28 @@ class BenchFromCsvTest {
         assertThat(run("bench", "--from-csv", badDate.toString())).doesNotStartWith("0\n");
     }
 
+    /** What bench --csv writes, --from-csv reads back: every figure, the device, the target and today's date. */
+    @Test
+    void aWrittenCsvReadsBackWithEveryColumn(@TempDir Path dir) throws Exception {
+        List<dev.calibquant.bench.DecodeBenchmark.Row> rows = List.of(
+                new dev.calibquant.bench.DecodeBenchmark.Row(1, 14.25, 15.5, 24.1, 601, 3.5, 0.31, 3, 40, 13.75, 9.8,
+                        41.3, 21.5, 0.6, 31.75, 1.2),
+                new dev.calibquant.bench.DecodeBenchmark.Row(256, 203.0, 847.5, 1472.1, 2522, 902.5, 82.8, 3, 2048,
+                        202.2, 7.9, 296.3, 286.5, 165.6, 326.75, 331.2));
+        var report = new dev.calibquant.bench.DecodeBenchmark.Report("NVIDIA H100 80GB HBM3", "sm_90a", 3870, 216,
+                rows, "cubin");
+        Path csv = dir.resolve("bench.csv");
+        BenchCommand.writeCsv(csv, report, java.util.Map.of(256, 783.7));
+        assertThat(Files.readAllLines(csv)).allSatisfy(l -> assertThat(l.split(",", -1)).hasSize(24));
+        String out = run("bench", "--from-csv", csv.toString());
+        assertThat(out).startsWith("0\n").contains("NVIDIA H100 80GB HBM3, PTX sm_90a, " + java.time.LocalDate.now())
+                .contains("through DeviceKvCache").doesNotContain("NaN")
+                // B = 256: 1-bit 203.0 over its 82.8 floor, graph, host, call; 2-bit 286.5 over 165.6; 4-bit 326.8
+                .containsPattern("256 \\|\\s+203\\.0 µs \\|\\s+202\\.2 µs \\|\\s+7\\.9 µs \\|\\s+296\\.3 µs \\|"
+                        + "\\s+82\\.8 µs \\|\\s+2\\.45 \\|\\s+286\\.5 µs \\|\\s+1\\.73 \\|\\s+326\\.8 µs \\|")
+                .contains("783.7 µs");
+    }
+
     @Test
     void aCsvWithTheWrongColumnCountIsRefusedByName(@TempDir Path dir) throws Exception {
         Path bad = dir.resolve("short.csv");
