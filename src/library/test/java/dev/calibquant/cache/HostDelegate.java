@@ -2,16 +2,19 @@ package dev.calibquant.cache;
 
 import java.lang.foreign.MemorySegment;
 
-/** A {@link KvStorage} that hands every call to a {@link HostStorage}; a test overrides the calls it makes fail. */
-class HostDelegate implements KvStorage {
-    final HostStorage host;
+/**
+ * A {@link KvStorage} that hands every call to a {@link HostStorage}; a test overrides the calls it makes fail (the
+ * cache tests, and the sharding tests' failing shard).
+ */
+public class HostDelegate implements KvStorage {
+    protected final HostStorage host;
 
-    HostDelegate(HostStorage host) {
+    public HostDelegate(HostStorage host) {
         this.host = host;
     }
 
     /** The host block behind {@code block}: itself, unless a subclass's {@link #allocate} wrapped it. */
-    StorageBlock unwrap(StorageBlock block) {
+    protected StorageBlock unwrap(StorageBlock block) {
         return block;
     }
 

@@ -263,7 +263,7 @@ class KvCacheManagerTest {
         }
 
         @Override
-        StorageBlock unwrap(StorageBlock block) {
+        protected StorageBlock unwrap(StorageBlock block) {
             return ((Block) block).inner();
         }
     }

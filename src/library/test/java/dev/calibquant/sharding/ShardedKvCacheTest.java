@@ -8,9 +8,9 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 import dev.calibquant.attention.CpuCalibQuantAttention;
 import dev.calibquant.cache.CacheLeakException;
 import dev.calibquant.cache.CacheMemoryLimitException;
+import dev.calibquant.cache.HostDelegate;
 import dev.calibquant.cache.HostStorage;
 import dev.calibquant.cache.KvCacheManager;
-import dev.calibquant.cache.KvStorage;
 import dev.calibquant.cache.LayerKvView;
 import dev.calibquant.cache.MemoryUsage;
 import dev.calibquant.cache.ModelGeometry;
@@ -318,9 +318,12 @@ class ShardedKvCacheTest {
     }
 
     /** A host storage that fails every write while {@link #failing} is set: a device that fails mid-operation. */
-    static final class FailingStorage implements KvStorage {
-        final HostStorage host = new HostStorage();
+    static final class FailingStorage extends HostDelegate {
         volatile boolean failing;
+
+        FailingStorage() {
+            super(new HostStorage());
+        }
 
         @Override
         public String name() {
@@ -328,36 +331,11 @@ class ShardedKvCacheTest {
         }
 
         @Override
-        public StorageBlock allocate(long bytes, String label) {
-            return host.allocate(bytes, label);
-        }
-
-        @Override
         public void write(MemorySegment source, StorageBlock target, RowCopy copy) {
             if (failing) {
                 throw new IllegalStateException("injected write failure into " + target.label());
             }
-            host.write(source, target, copy);
-        }
-
-        @Override
-        public void copy(StorageBlock source, StorageBlock target, RowCopy copy) {
-            host.copy(source, target, copy);
-        }
-
-        @Override
-        public long liveBytes() {
-            return host.liveBytes();
-        }
-
-        @Override
-        public int liveBlocks() {
-            return host.liveBlocks();
-        }
-
-        @Override
-        public void close() {
-            host.close();
+            super.write(source, target, copy);
         }
     }
 
