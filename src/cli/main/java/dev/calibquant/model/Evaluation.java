@@ -88,8 +88,11 @@ public final class Evaluation {
             return counts == null ? 0 : counts[1];
         }
 
-        void add(Answer answer, int[] truth, boolean firstRight) {
+        void add(Answer answer, int[] truth, QuestionType kind, boolean firstRight) {
             boolean right = Evaluation.exactMatch(answer.tokens(), truth);
+            int[] counts = byKind.computeIfAbsent(kind, k -> new int[2]);
+            counts[0] += right ? 1 : 0;
+            counts[1]++;
             int d = (right ? 1 : 0) - (firstRight ? 1 : 0);
             sumDifference += d;
             sumSquaredDifference += (long) d * d;
@@ -117,7 +120,6 @@ public final class Evaluation {
     private final AnswerGenerator generator;
     private long prefillNanos;
     private final java.util.EnumMap<QuestionType, Long> truthTokens = new java.util.EnumMap<>(QuestionType.class);
-    private final java.util.EnumMap<QuestionType, Long> answersByKind = new java.util.EnumMap<>(QuestionType.class);
 
     public Evaluation(SceneModel model, KvCacheManager cache, DecodeAttentionFactory attention,
             List<KvSetting> settings) {
@@ -146,14 +148,9 @@ public final class Evaluation {
         }
         boolean firstRight = exactMatch(answers.getFirst().tokens(), sample.answer());
         for (int i = 0; i < settings.size(); i++) {
-            Score score = scores.get(i);
-            score.add(answers.get(i), sample.answer(), firstRight);
-            int[] counts = score.byKind.computeIfAbsent(sample.type(), k -> new int[2]);
-            counts[0] += exactMatch(answers.get(i).tokens(), sample.answer()) ? 1 : 0;
-            counts[1]++;
+            scores.get(i).add(answers.get(i), sample.answer(), sample.type(), firstRight);
         }
         truthTokens.merge(sample.type(), (long) sample.answer().length, Long::sum);
-        answersByKind.merge(sample.type(), 1L, Long::sum);
         return new Result(sample, answers);
     }
 
@@ -172,7 +169,7 @@ public final class Evaluation {
      */
     public double cacheReadShare(QuestionType kind) {
         long tokens = truthTokens.getOrDefault(kind, 0L);
-        long answered = answersByKind.getOrDefault(kind, 0L);
+        long answered = scores.getFirst().samples(kind); // every setting answered each image once
         return tokens == 0 ? Double.NaN : (double) (tokens - answered) / tokens;
     }
 

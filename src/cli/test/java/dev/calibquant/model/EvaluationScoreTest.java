@@ -19,7 +19,7 @@ class EvaluationScoreTest {
         boolean[] firstRight = {true, true, true, false, false, false, false, true, true, true};
         boolean[] thisRight = {true, true, true, false, false, false, true, false, false, false};
         for (int i = 0; i < firstRight.length; i++) {
-            score.add(thisRight[i] ? RIGHT : WRONG, TRUTH, firstRight[i]);
+            score.add(thisRight[i] ? RIGHT : WRONG, TRUTH, QuestionType.WHAT_AT, firstRight[i]);
         }
         Evaluation.PairedDifference d = score.differenceFromFirst();
         // d = {0,0,0,0,0,0,+1,-1,-1,-1}: mean -0.2, sample variance (4 - 10·0.04) / 9 = 0.4
@@ -33,7 +33,7 @@ class EvaluationScoreTest {
     void identicalOutcomesDifferByExactlyZeroWithNoWidth() {
         Evaluation.Score score = new Evaluation.Score(KvSetting.FP16);
         for (int i = 0; i < 7; i++) {
-            score.add(i % 2 == 0 ? RIGHT : WRONG, TRUTH, i % 2 == 0);
+            score.add(i % 2 == 0 ? RIGHT : WRONG, TRUTH, QuestionType.WHAT_AT, i % 2 == 0);
         }
         assertThat(score.differenceFromFirst().mean()).isZero();
         assertThat(score.differenceFromFirst().halfWidth95()).isZero();
@@ -43,7 +43,7 @@ class EvaluationScoreTest {
     void fewerThanTwoImagesGiveNoInterval() {
         Evaluation.Score score = new Evaluation.Score(KvSetting.FP16);
         assertThat(score.differenceFromFirst().mean()).isNaN();
-        score.add(RIGHT, TRUTH, false);
+        score.add(RIGHT, TRUTH, QuestionType.WHAT_AT, false);
         assertThat(score.differenceFromFirst().mean()).isEqualTo(1.0);
         assertThat(score.differenceFromFirst().halfWidth95()).isNaN();
         assertThat(score.exactMatch(QuestionType.WHERE)).isNaN();

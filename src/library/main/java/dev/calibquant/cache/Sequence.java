@@ -144,12 +144,7 @@ public final class Sequence implements AutoCloseable {
      * @throws IllegalStateException when the layer is already filled or the sequence is closed
      */
     public synchronized void fill(int layer, MemorySegment keys, MemorySegment values, DType dtype) {
-        checkOpen();
-        checkLayerIndex(layer);
-        String what = "layer " + layer + " of " + this;
-        if (layers[layer] != null) {
-            throw new IllegalStateException(what + " is already filled");
-        }
+        String what = checkUnfilled(layer);
         ModelGeometry g = manager.geometry();
         int kvHeads = g.kvHeads();
         int headDim = g.headDim();
@@ -187,12 +182,7 @@ public final class Sequence implements AutoCloseable {
      */
     public synchronized void restoreLayer(int layer, LayerKvView from) {
         Objects.requireNonNull(from, "from");
-        checkOpen();
-        checkLayerIndex(layer);
-        String what = "layer " + layer + " of " + this;
-        if (layers[layer] != null) {
-            throw new IllegalStateException(what + " is already filled");
-        }
+        String what = checkUnfilled(layer);
         ModelGeometry g = manager.geometry();
         int kvHeads = g.kvHeads();
         int headDim = g.headDim();
@@ -726,6 +716,17 @@ public final class Sequence implements AutoCloseable {
             throw new InvalidShapeException(what + " are " + data.byteSize() + " bytes; " + shape + " is "
                     + expected + " bytes");
         }
+    }
+
+    /** "layer L of this sequence", after checking the sequence is open and that layer exists and is not filled. */
+    private String checkUnfilled(int layer) {
+        checkOpen();
+        checkLayerIndex(layer);
+        String what = "layer " + layer + " of " + this;
+        if (layers[layer] != null) {
+            throw new IllegalStateException(what + " is already filled");
+        }
+        return what;
     }
 
     private void checkLayerIndex(int layer) {

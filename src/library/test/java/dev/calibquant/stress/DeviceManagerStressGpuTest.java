@@ -15,7 +15,6 @@ import java.util.Random;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
-import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.extension.RegisterExtension;
@@ -62,10 +61,7 @@ class DeviceManagerStressGpuTest {
                         }
                     }));
                 }
-                long mismatches = 0;
-                for (Future<Long> f : done) {
-                    mismatches += f.get(10, TimeUnit.MINUTES);
-                }
+                long mismatches = StressRounds.mismatches(done, 10);
                 assertThat(mismatches).as("seed %d: decodes that differ from the one-thread replay", seed).isZero();
             } finally {
                 pool.shutdownNow();

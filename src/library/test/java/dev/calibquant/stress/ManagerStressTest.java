@@ -14,7 +14,6 @@ import java.util.Random;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
-import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicLong;
 import org.junit.jupiter.api.Test;
 
@@ -50,10 +49,7 @@ class ManagerStressTest {
                         }
                     }));
                 }
-                long mismatches = 0;
-                for (Future<Long> f : done) {
-                    mismatches += f.get(5, TimeUnit.MINUTES);
-                }
+                long mismatches = StressRounds.mismatches(done, 5);
                 assertThat(mismatches).as("seed %d: decodes that differ from the one-thread replay", seed).isZero();
             } finally {
                 pool.shutdownNow();

@@ -84,4 +84,13 @@ final class StressRounds {
         }
         return mismatches;
     }
+
+    /** The mismatches the stress threads report, waiting at most {@code minutes} for each. */
+    static long mismatches(java.util.List<java.util.concurrent.Future<Long>> threads, long minutes) throws Exception {
+        long mismatches = 0;
+        for (java.util.concurrent.Future<Long> f : threads) {
+            mismatches += f.get(minutes, java.util.concurrent.TimeUnit.MINUTES);
+        }
+        return mismatches;
+    }
 }
