@@ -35,7 +35,8 @@ zip -q -d "$out/app/calibquant-cli.jar" 'dev/calibquant/ptx/*' 'dev/calibquant/m
 # the embedding example, compiled against the installed library (gpu-run.sh runs it on the GPU)
 ./mvnw -q -B -ntp -f examples/embedding/pom.xml compile
 cp -r examples/embedding/target/classes "$out/app/example-classes"
-cp tools/gpu-host/gpu-run.sh tools/gpu-host/bench_sdpa.py tools/gpu-host/profile-gpu.sh tools/gpu-host/ncu_summary.py "$out/"
+cp tools/gpu-host/gpu-run.sh tools/gpu-host/bench_sdpa.py tools/gpu-host/profile-gpu.sh tools/gpu-host/ncu_summary.py \
+    tools/gpu-host/sanitizer-summary.sh "$out/"
 
 rm -rf "$out/jre"
 "$JAVA_HOME/bin/jlink" --add-modules java.base,java.desktop,java.logging,java.management,java.xml,jdk.unsupported,jdk.incubator.vector,jdk.management \

@@ -6,9 +6,9 @@
 # console launcher and XML reports. --bench adds `calibquant bench` with PyTorch SDPA measured in the same run
 # (tools/gpu-host/bench_sdpa.py, where torch is installed), then `calibquant bench --budget-gb ${BUDGET_GB:-100}` (decode
 # throughput at a fixed KV budget: logs/bench-budget.txt and .csv). --sanitize runs `selftest` under
-# compute-sanitizer memcheck and racecheck. --sanitize-junit runs every GPU-tagged JUnit test but the soak and the
-# stress test (10⁵ steps each: hours under a sanitizer) under compute-sanitizer memcheck, racecheck and synccheck
-# (${SANITIZE_SECONDS:-150} s each at most). --regression runs the kernel regression suite against the expectations
+# compute-sanitizer memcheck and racecheck. --sanitize-junit runs every GPU-tagged JUnit test (the soak and the
+# device stress test at a sanitizer's size) under compute-sanitizer memcheck, racecheck and synccheck, the three at once
+# (${SANITIZE_SECONDS:-150} s each at most; logs/sanitizer-junit-summary.txt). --regression runs the kernel regression suite against the expectations
 # shipped in the jar on both PTX targets (JUnit XML in logs/regression-*.xml). --regression-record records them first
 # into logs/expectations.json (copy it to ptx/regression/expectations.json and commit it), then checks both targets
 # against that file.
@@ -85,7 +85,7 @@ select=(--scan-class-path "$app/test-classes")  # JUNIT_CLASSES=a.B,c.D runs onl
 [ -n "${JUNIT_CLASSES:-}" ] && select=($(printf -- '--select-class %s ' ${JUNIT_CLASSES//,/ }))
 "$java" "${jflags[@]}" -Xmx24g -jar "$app"/junit-platform-console-standalone-*.jar execute "${tag_opt[@]}" \
     --class-path "$cp_test" "${select[@]}" \
-    --include-classname '.*(Test|Tests|Properties)$' --exclude-package dev.calibquant.bench --exclude-package dev.calibquant.fuzz \
+    --include-classname '.*(Test|Tests|Properties)$' --exclude-package dev.calibquant.fuzz \
     --reports-dir "$logs/junit" --details=tree --details-theme=ascii --disable-banner > "$logs/junit.txt" 2>&1 \
     || status=1
 grep -E "tests (successful|failed|skipped|aborted)|calibquant\]" "$logs/junit.txt" | tail -60
@@ -165,20 +165,33 @@ if [ "$sanitize" = 1 ]; then
 fi
 
 if [ "$sanitize_junit" = 1 ]; then
+  # The three tools run at once on the one GPU (each its own process and context; SANITIZE_SERIAL=1 runs them one after
+  # the other), over every GPU-tagged test, the soak and the device stress test included at a sanitizer's size
+  # (SANITIZE_SOAK_STEPS, SANITIZE_STRESS_OPERATIONS). Tests print as they finish, so a run stopped at its time limit
+  # still says which tests ran clean; logs/sanitizer-junit-summary.txt has one line per tool.
+  fits "${SANITIZE_SECONDS:-150}" "compute-sanitizer over the GPU tests" && {
+  step "compute-sanitizer memcheck, racecheck, synccheck over the GPU JUnit tests (at most ${SANITIZE_SECONDS:-150} s each)"
+  tar -C "$work" -czf "$out/gpu-run.tar.gz" logs   # in case the sanitizers outlive the call
+  pids=()
   for tool in memcheck racecheck synccheck; do
-    fits "${SANITIZE_SECONDS:-150}" "compute-sanitizer $tool over the GPU tests" || continue
-    step "compute-sanitizer $tool over the GPU JUnit tests (at most ${SANITIZE_SECONDS:-150} s)"
-    timeout "${SANITIZE_SECONDS:-150}" compute-sanitizer --tool "$tool" --error-exitcode 99 --target-processes all \
-        "$java" "${jflags[@]}" -Xmx24g -jar "$app"/junit-platform-console-standalone-*.jar execute --include-tag gpu \
+    ( timeout "${SANITIZE_SECONDS:-150}" compute-sanitizer --tool "$tool" --error-exitcode 99 --target-processes all \
+        "$java" "${jflags[@]}" -Xmx8g -Dcalibquant.soak.steps="${SANITIZE_SOAK_STEPS:-300}" \
+        -Dcalibquant.stress.operations="${SANITIZE_STRESS_OPERATIONS:-2000}" \
+        -jar "$app"/junit-platform-console-standalone-*.jar execute --include-tag gpu \
         --class-path "$cp_test" --scan-class-path "$app/test-classes" \
-        --include-classname '.*(Test|Tests|Properties)$' --exclude-classname '.*(Soak|Stress).*' \
-        --exclude-package dev.calibquant.bench --exclude-package dev.calibquant.fuzz \
-        --details=summary --disable-banner > "$logs/sanitizer-junit-$tool.txt" 2>&1
-    rc=$?
-    echo "compute-sanitizer $tool: exit $rc (124 = stopped at the time limit)" | tee -a "$logs/sanitizer-junit-$tool.txt"
-    [ $rc -ne 0 ] && [ $rc -ne 124 ] && status=1
-    grep -E "ERROR SUMMARY|tests (successful|failed|skipped|aborted)" "$logs/sanitizer-junit-$tool.txt" | tail -8
+        --include-classname '.*(Test|Tests|Properties)$' --exclude-package dev.calibquant.fuzz \
+        --details=flat --disable-ansi-colors --disable-banner \
+        > "$logs/sanitizer-junit-$tool.txt" 2>&1
+      echo "exit $?" >> "$logs/sanitizer-junit-$tool.txt" ) &
+    pids+=($!)
+    [ -n "${SANITIZE_SERIAL:-}" ] && wait "${pids[-1]}"
   done
+  wait "${pids[@]}"
+  for tool in memcheck racecheck synccheck; do
+    bash "$here/sanitizer-summary.sh" "$tool" "$logs/sanitizer-junit-$tool.txt" | tee -a "$logs/sanitizer-junit-summary.txt" \
+        || status=1
+  done
+  }
 fi
 
 [ -n "${watchdog:-}" ] && { pkill -P "$watchdog" 2>/dev/null; kill "$watchdog" 2>/dev/null; }

@@ -31,7 +31,8 @@ import org.junit.jupiter.api.extension.RegisterExtension;
 class DeviceManagerStressGpuTest {
     static final ModelGeometry GEOMETRY = new ModelGeometry(2, 8, 2, 64);
     static final int THREADS = 4;
-    static final long OPERATIONS = 100_000;
+    /** At least 10⁵; fewer ({@code -Dcalibquant.stress.operations}) where a sanitizer slows every launch. */
+    static final long OPERATIONS = Long.getLong("calibquant.stress.operations", 100_000);
 
     @RegisterExtension
     final GpuFixture gpu = new GpuFixture();
