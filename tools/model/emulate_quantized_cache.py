@@ -6,11 +6,16 @@ over the visual span); prefill rows read exact K/V, as the project's cache does.
 ideas can be screened before they are built; the project's own table stays the record. Each row prints exact match,
 its paired difference from the first row with a 95 % interval, and exact match per question kind.
 
-Usage (from the project root): python3 tools/model/emulate_quantized_cache.py . N_IMAGES CONFIG...
+Usage (from the project root): python3 tools/model/emulate_quantized_cache.py [--question-after-image] . N_IMAGES CONFIG...
+(--question-after-image: as `demo --question-after-image`, the question's rows read the quantized cache too)
 CONFIG: fp16 | paper:BITS:CK:CV:cal|nocal | mid:BITS:CK:CV:cal|nocal (clip about the channel midpoint) |
 lloyd:1:-:-:cal|nocal | lsq:BITS:-:-:cal|nocal | kl2vl1:-:-:cal|nocal | k2vmid:CV:cal|nocal (2-bit keys, 1-bit values
 about the midpoint) | kmix:FRAC:CK:CV:cal|nocal (the FRAC widest key channels of each head at 2 bits, the rest and the
-values 1 bit about the midpoint) | kmixh:...: kmix with every offset and scale rounded to fp16
+values 1 bit about the midpoint) | kmixh:...: kmix with every offset and scale rounded to fp16 |
+auto:C1/C2/...:half|full:cal|nocal (1 bit about the midpoint, each KV head's key and value clips picked from the list
+at prefill by the attention of the text after the image: keys by KL, values by output error) |
+rot:CK:CV:cal|nocal (keys rotated per head by a fixed random orthogonal matrix before 1-bit midpoint quantization) |
+tokscale:CK:CV:cal|nocal (1-bit midpoint keys with a least-squares fp16 factor per token; CK cancels out)
 (first written in ../shared/tools; moved here with kmix, kmixh and the paired differences, 2026-12-07)"""
 import os
 import sys
@@ -80,7 +85,39 @@ def make(cfg):
     if p[0] == "kmixh":  # kmix with every offset and scale stored as fp16
         fr = float(p[1]); ck = float(p[2]); cv = float(p[3])
         return (lambda X: q_kmix(X, fr, ck, half=True)), (lambda X: q_mid(X, 1, cv, half=True)), cal
+    if p[0] == "rot":  # keys rotated per head by a fixed random orthogonal matrix, quantized, rotated back (values: mid)
+        ck = float(p[1]); cv = float(p[2])
+        return (lambda X: q_rotated(X, ck)), (lambda X: q_mid(X, 1, cv, True)), cal
+    if p[0] == "tokscale":  # keys: 1 bit about the midpoint times a per-token fp16 factor (least squares); values: mid
+        ck = float(p[1]); cv = float(p[2])
+        return (lambda X: q_token_scaled(X, ck)), (lambda X: q_mid(X, 1, cv, True)), cal
+    if p[0] == "auto":  # 1 bit about the midpoint; per KV head, key and value clips picked at prefill (see pick_clips)
+        return ("auto", [float(x) for x in p[1].split("/")], p[2] == "half"), None, cal
     raise SystemExit("unknown config " + cfg)
+
+
+def pick_clips(q, k, v, vs, nv, rows, grid, half):
+    """Per KV head, the key clip whose quantized keys give the prompt's rows `rows` (the text after the image: they
+    read the image as decode steps will) attention over the visual span closest to exact (KL), then the value clip
+    whose values give the closest attention output under exact attention. Quantized about the midpoint, 1 bit."""
+    G = q.shape[0] // k.shape[0]; D = k.shape[2]; kq = np.empty_like(k[:, vs:vs + nv]); vq = np.empty_like(kq)
+    for hh in range(k.shape[0]):
+        qs = q[hh * G:(hh + 1) * G, rows]  # [G, R, D]
+        K = k[hh:hh + 1, vs:vs + nv].astype(np.float64); V = v[hh:hh + 1, vs:vs + nv].astype(np.float64)
+        s = qs @ K[0].T / np.sqrt(D); p = np.exp(s - s.max(-1, keepdims=True)); p /= p.sum(-1, keepdims=True)
+        best = None
+        for c in grid:
+            Kq = q_mid(K, 1, c, half)
+            t = qs @ Kq[0].T / np.sqrt(D); r = np.exp(t - t.max(-1, keepdims=True)); r /= r.sum(-1, keepdims=True)
+            kl = float((p * (np.log(p + 1e-30) - np.log(r + 1e-30))).sum(-1).mean())
+            if best is None or kl < best[0]: best = (kl, Kq)
+        kq[hh] = best[1][0]
+        o = p @ V[0]; best = None
+        for c in grid:
+            Vq = q_mid(V, 1, c, half); e = float(((p @ Vq[0] - o) ** 2).sum())
+            if best is None or e < best[0]: best = (e, Vq)
+        vq[hh] = best[1][0]
+    return kq, vq
 
 def q_kmix(X, frac, ck, half=False):
     rng = X.max(1) - X.min(1)  # [H, D]
@@ -92,6 +129,31 @@ def q_kmix(X, frac, ck, half=False):
         for h in range(X.shape[0]):
             out[h][:, idx[h]] = two[h][:, idx[h]]
     return out
+
+_ROT = {}
+
+
+def rotation(D):
+    """A fixed random orthogonal D x D matrix (QR of a seeded Gaussian): the same for every head and image."""
+    if D not in _ROT:
+        qm, r = np.linalg.qr(np.random.default_rng(2502).standard_normal((D, D)))
+        _ROT[D] = qm * np.sign(np.diag(r))[None, :]
+    return _ROT[D]
+
+
+def q_rotated(X, ck):
+    R = rotation(X.shape[2])
+    return q_mid(X @ R, 1, ck, True) @ R.T
+
+
+def q_token_scaled(X, ck):
+    """1 bit about the midpoint, then each token's row scaled about the channel midpoints by the least-squares factor
+    (stored as fp16: 2 bytes per token and head)."""
+    lo = X.min(1, keepdims=True); hi = X.max(1, keepdims=True); m = (lo + hi) / 2
+    Y = q_mid(X, 1, ck, True) - m; Z = X - m
+    a = (Y * Z).sum(2, keepdims=True) / np.maximum((Y * Y).sum(2, keepdims=True), 1e-30)
+    return m + h(a) * Y
+
 
 def forward(visual, tokens, vs, nv, prompt_len, qk, qv, cal):
     T = len(tokens); x = f("language.embed.weight")[np.asarray(tokens)].copy(); x[vs:vs + nv] = visual
@@ -109,7 +171,11 @@ def forward(visual, tokens, vs, nv, prompt_len, qk, qv, cal):
         s = np.where(mask[None], -np.inf, s)
         vv = np.repeat(v, G, 0)
         if qk is not None and T > prompt_len:
-            kq = qk(k[:, vs:vs + nv].astype(np.float64)).astype(dt); vq = qv(v[:, vs:vs + nv].astype(np.float64)).astype(dt)
+            if isinstance(qk, tuple):
+                kq, vq = pick_clips(q, k, v, vs, nv, range(vs + nv, prompt_len), qk[1], qk[2])
+                kq, vq = kq.astype(dt), vq.astype(dt)
+            else:
+                kq = qk(k[:, vs:vs + nv].astype(np.float64)).astype(dt); vq = qv(v[:, vs:vs + nv].astype(np.float64)).astype(dt)
             sd = q[:, prompt_len:] @ np.repeat(kq, G, 0).transpose(0, 2, 1) / np.sqrt(D).astype(dt)  # decode rows' visual scores
             if cal:
                 g = sd.min(-1, keepdims=True); d = sd.max(-1, keepdims=True)
@@ -128,8 +194,10 @@ def forward(visual, tokens, vs, nv, prompt_len, qk, qv, cal):
         x = x + (gg / (1 + np.exp(-gg)) * (h @ f(b + "mlp.up.weight").T)) @ f(b + "mlp.down.weight").T
     return M._rms_norm(x, f("language.norm.weight"), eps) @ f("language.lm_head.weight").T
 
-def evaluate(root, n, configs, out=print):
-    """Answers the first n test images under each config; per config its list of exact-match outcomes."""
+def evaluate(root, n, configs, out=print, after_image=False):
+    """Answers the first n test images under each config; per config its list of exact-match outcomes. after_image:
+    the question is asked after the image's cache was quantized (Java's demo --question-after-image): every row after
+    the image reads the quantized visual cache, the question's rows included."""
     global W
     W, _ = M.read_safetensors(f"{root}/src/cli/main/resources/dev/calibquant/model/model.safetensors")
     s = S.generate(S.TEST_SEED, 0, n); images = S.render(s, np); nv = (C["image_size"] // C["patch_size"]) ** 2
@@ -138,7 +206,8 @@ def evaluate(root, n, configs, out=print):
     for cfg in configs:
         qk, qv, cal = make(cfg); t0 = time.time(); bytype = {}
         for i in range(n):
-            toks = S.prompt_tokens(s["question"][i], s["qlen"][i], nv); pl = len(toks); vs = len(S.PREFIX); ans = []
+            toks = S.prompt_tokens(s["question"][i], s["qlen"][i], nv); vs = len(S.PREFIX); ans = []
+            pl = vs + nv + 1 if after_image else len(toks)  # the first row that reads the quantized cache
             for _ in range(S.MAX_ANSWER):
                 nxt = int(forward(vis[i], toks, vs, nv, pl, qk, qv, cal)[-1].argmax()); ans.append(nxt)
                 toks = toks + [nxt]
@@ -156,4 +225,7 @@ def evaluate(root, n, configs, out=print):
 
 
 if __name__ == "__main__":
-    evaluate(sys.argv[1], int(sys.argv[2]), sys.argv[3:], out=lambda line: print(line, flush=True))
+    args = sys.argv[1:]
+    after = "--question-after-image" in args
+    args = [a for a in args if a != "--question-after-image"]
+    evaluate(args[0], int(args[1]), args[2:], out=lambda line: print(line, flush=True), after_image=after)

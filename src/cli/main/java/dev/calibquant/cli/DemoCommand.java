@@ -7,6 +7,7 @@ import dev.calibquant.model.ModelConfig;
 import dev.calibquant.model.Evaluation;
 import dev.calibquant.model.KvCapture;
 import dev.calibquant.model.KvSetting;
+import dev.calibquant.model.QuestionTiming;
 import dev.calibquant.model.QuestionType;
 import dev.calibquant.model.SceneModel;
 import dev.calibquant.model.TaskGenerator;
@@ -89,6 +90,12 @@ public final class DemoCommand implements Callable<Integer> {
             + "2-bit, 4-bit")
     boolean table;
 
+    @Option(names = "--question-after-image", description = "prefill the image alone and quantize its cache, then feed "
+            + "the question through decode steps, as for an image kept in the cache for later questions: every answer "
+            + "token then reads the quantized cache (by default the question is prefilled with the image, exactly, and "
+            + "the first answer token comes from that prefill)")
+    boolean questionAfterImage;
+
     @Option(names = "--no-progress", description = "no progress bar")
     boolean noProgress;
 
@@ -152,7 +159,8 @@ public final class DemoCommand implements Callable<Integer> {
                 if (device.gpu && !b.onGpu()) {
                     err.println("calibquant demo: --gpu: decode attention runs on the CPU: " + b.cpuReason());
                 }
-                Evaluation evaluation = new Evaluation(model, b.manager(), b::attention, settings);
+                Evaluation evaluation = new Evaluation(model, b.manager(), b::attention, settings,
+                        questionAfterImage ? QuestionTiming.AFTER_IMAGE : QuestionTiming.WITH_IMAGE);
                 List<Evaluation.Result> results = run(evaluation, count, err);
                 if (table) {
                     printTable(out, evaluation, count);
@@ -260,8 +268,9 @@ public final class DemoCommand implements Callable<Integer> {
                     s.decodeTokensPerSecond());
         }
         out.printf(Locale.ROOT, "%s: %s.%n", scores.get(1).setting().name(), scores.get(1).setting().describe());
-        out.printf(Locale.ROOT, "%d images; prefill (vision encoder, then exact attention over the prompt) %.0f ms "
+        out.printf(Locale.ROOT, "%d images; prefill (vision encoder, then exact attention over the %s) %.0f ms "
                 + "per image on the CPU; decode attention on the %s.%n", count,
+                evaluation.timing() == QuestionTiming.WITH_IMAGE ? "prompt" : "image; the question through decode steps",
                 evaluation.prefillNanos() / 1e6 / count, backend != null && backend.onGpu() ? "GPU" : "CPU");
     }
 
@@ -270,8 +279,10 @@ public final class DemoCommand implements Callable<Integer> {
         double fp16Bytes = scores.get(0).kvBytesPerSequence();
         out.printf(Locale.ROOT, "Accuracy of the built-in scene model on %d test images (seed %d), greedy answers; "
                 + "KV bytes of one sequence, all layers, at the end of its answer. \"vs fp16, paired\": exact match "
-                + "minus fp16's on the same images, in points, with its 95 %% confidence interval.%n%n", count,
-                TaskGenerator.TEST_SEED);
+                + "minus fp16's on the same images, in points, with its 95 %% confidence interval.%s%n%n", count,
+                TaskGenerator.TEST_SEED, evaluation.timing() == QuestionTiming.WITH_IMAGE ? ""
+                        : " The question is asked after the image: the image alone is prefilled and its cache "
+                                + "quantized, then the question is fed through decode steps.");
         out.println("| visual KV | exact match | vs fp16, paired | token accuracy | KV bytes / sequence | vs fp16 |");
         out.println("|---|---:|---:|---:|---:|---:|");
         for (int i = 0; i < scores.size(); i++) {
@@ -282,7 +293,8 @@ public final class DemoCommand implements Callable<Integer> {
         }
         out.println();
         out.println("Exact match by question kind (images of that kind; share of the true answer's tokens that a decode "
-                + "step produces, reading the visual cache: the first comes from prefill, exact in every setting):");
+                + "step produces, reading the visual cache" + (evaluation.timing() == QuestionTiming.WITH_IMAGE
+                        ? ": the first comes from prefill, exact in every setting):" : "):"));
         out.println();
         StringBuilder head = new StringBuilder("| visual KV |");
         StringBuilder rule = new StringBuilder("|---|");

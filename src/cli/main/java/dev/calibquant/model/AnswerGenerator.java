@@ -51,14 +51,36 @@ public final class AnswerGenerator {
 
     /** Greedy answer from a prefill; {@code quant} null keeps the visual span in full precision. */
     public Answer answer(Prefill prefill, dev.calibquant.quant.QuantConfig quant) {
+        return answer(prefill, quant, new int[0]);
+    }
+
+    /**
+     * Greedy answer after feeding {@code fedFirst} (the rest of the prompt, say) through decode steps over the cache
+     * filled from {@code prefill}: the answer starts from the logits of the last token fed, or of the prefill when
+     * none is. The answer's decode steps and time include those of the tokens fed.
+     */
+    public Answer answer(Prefill prefill, dev.calibquant.quant.QuantConfig quant, int[] fedFirst) {
+        Objects.requireNonNull(fedFirst, "fedFirst");
+        int vocab = model.config().vocabSize();
+        for (int t : fedFirst) {
+            if (t < 0 || t >= vocab) {
+                throw new IllegalArgumentException("token " + t + " to feed is outside the vocabulary of " + vocab);
+            }
+        }
         DecodeAttention decode = attentionFor(quant);
         int[] tokens = new int[maxTokens];
         int count = 0;
-        int next = Ops.argmax(prefill.lastLogits());
         int steps = 0;
         long nanos = 0;
         try (Sequence sequence = open(prefill, quant)) {
             int position = prefill.tokens();
+            int next = Ops.argmax(prefill.lastLogits());
+            for (int fed : fedFirst) {
+                long started = System.nanoTime();
+                next = Ops.argmax(model.step(fed, position++, sequence, cache.dtype(), decode));
+                nanos += System.nanoTime() - started;
+                steps++;
+            }
             while (true) {
                 tokens[count++] = next;
                 if (next == Vocabulary.EOS || count == maxTokens) {

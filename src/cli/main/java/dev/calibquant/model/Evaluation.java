@@ -3,13 +3,15 @@ package dev.calibquant.model;
 import dev.calibquant.cache.KvCacheManager;
 import dev.calibquant.quant.DType;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 import java.util.Objects;
 
 /**
  * Answers test samples of the scene task under several {@link KvSetting}s and scores them: one prefill per image
  * (exact attention, shared by every setting, since quantization happens only after it), then one greedy decode per
- * setting through a fresh fp16 cache sequence.
+ * setting through a fresh fp16 cache sequence. With {@link QuestionTiming#AFTER_IMAGE} the prefill covers the image
+ * alone and the question goes through the decode steps too.
  */
 public final class Evaluation {
 
@@ -115,6 +117,7 @@ public final class Evaluation {
     }
 
     private final SceneModel model;
+    private final QuestionTiming timing;
     private final List<KvSetting> settings;
     private final List<Score> scores = new ArrayList<>();
     private final AnswerGenerator generator;
@@ -123,7 +126,13 @@ public final class Evaluation {
 
     public Evaluation(SceneModel model, KvCacheManager cache, DecodeAttentionFactory attention,
             List<KvSetting> settings) {
+        this(model, cache, attention, settings, QuestionTiming.WITH_IMAGE);
+    }
+
+    public Evaluation(SceneModel model, KvCacheManager cache, DecodeAttentionFactory attention,
+            List<KvSetting> settings, QuestionTiming timing) {
         this.model = Objects.requireNonNull(model, "model");
+        this.timing = Objects.requireNonNull(timing, "timing");
         this.settings = List.copyOf(settings);
         if (this.settings.isEmpty()) {
             throw new IllegalArgumentException("no settings to evaluate");
@@ -140,11 +149,15 @@ public final class Evaluation {
     /** Prefills the sample once and answers it under every setting. */
     public Result run(TaskSample sample) {
         long started = System.nanoTime();
-        Prefill prefill = model.prefill(sample.image(), sample.question());
+        int[] prompt = model.prompt(sample.question());
+        // the image ends with its closing token, right after the visual span
+        int prefilled = timing == QuestionTiming.WITH_IMAGE ? prompt.length : model.visualSpan().end() + 1;
+        Prefill prefill = model.prefillTokens(sample.image(), Arrays.copyOf(prompt, prefilled));
+        int[] fed = Arrays.copyOfRange(prompt, prefilled, prompt.length);
         prefillNanos += System.nanoTime() - started;
         List<Answer> answers = new ArrayList<>();
         for (int i = 0; i < settings.size(); i++) {
-            answers.add(generator.answer(prefill, settings.get(i).quant()));
+            answers.add(generator.answer(prefill, settings.get(i).quant(), fed));
         }
         boolean firstRight = exactMatch(answers.getFirst().tokens(), sample.answer());
         for (int i = 0; i < settings.size(); i++) {
@@ -162,15 +175,22 @@ public final class Evaluation {
         return prefillNanos;
     }
 
+    public QuestionTiming timing() {
+        return timing;
+    }
+
     /**
      * The share of the true answers' tokens ({@code <eos>} included) of {@code kind} that are produced by a decode
-     * step, reading the (quantized) visual cache: all but the first, which comes from prefill and is exact in every
-     * setting. NaN when no question of that kind was asked.
+     * step, reading the (quantized) visual cache: with the question prefilled with the image, all but the first, which
+     * comes from prefill and is exact in every setting; with the question after the image, all. NaN when no question
+     * of that kind was asked.
      */
     public double cacheReadShare(QuestionType kind) {
         long tokens = truthTokens.getOrDefault(kind, 0L);
-        long answered = scores.getFirst().samples(kind); // every setting answered each image once
-        return tokens == 0 ? Double.NaN : (double) (tokens - answered) / tokens;
+        long fromPrefill = timing == QuestionTiming.WITH_IMAGE
+                ? scores.getFirst().samples(kind) // every setting answered each image once
+                : 0;
+        return tokens == 0 ? Double.NaN : (double) (tokens - fromPrefill) / tokens;
     }
 
     /** The whole answer, {@code <eos>} included, is the truth. */

@@ -77,6 +77,26 @@ class DemoCommandTest {
     }
 
     @Test
+    void withTheQuestionAfterTheImageEveryAnswerTokenReadsTheCache() throws Exception {
+        Result r = run("--weights", tinyWeights(), "--images", "3", "--table", "--question-after-image",
+                "--no-progress");
+        assertThat(r.exitCode()).as(r.err()).isZero();
+        assertThat(r.out()).contains("The question is asked after the image", "| fp16 |", "| 4-bit |");
+        // every kind asked shows 100 % of its answer tokens from decode steps; a kind not asked shows NaN
+        java.util.regex.Matcher shares = java.util.regex.Pattern.compile("\\((\\d+); (\\S+) %\\)").matcher(r.out());
+        int kindsAsked = 0;
+        while (shares.find()) {
+            if (!shares.group(1).equals("0")) {
+                assertThat(shares.group(2)).isEqualTo("100");
+                kindsAsked++;
+            }
+        }
+        assertThat(kindsAsked).isPositive();
+        Result usual = run("--weights", tinyWeights(), "--images", "3", "--table", "--no-progress");
+        assertThat(usual.out()).doesNotContain("asked after the image");
+    }
+
+    @Test
     void withoutTrainedWeightsItSaysSo() {
         if (SceneModel.hasBundledWeights()) {
             return; // trained weights ship: nothing to refuse

@@ -1,12 +1,14 @@
 package dev.calibquant.model;
 
 import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import dev.calibquant.cache.KvCacheManager;
 import dev.calibquant.cache.RandomSeedExtension;
 import dev.calibquant.quant.DType;
 import dev.calibquant.quant.QuantConfig;
 import java.nio.file.Path;
+import java.util.Arrays;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.extension.RegisterExtension;
 import org.junit.jupiter.api.io.TempDir;
@@ -62,6 +64,72 @@ class DecodeThroughCacheTest {
             }
             assertThat(cache.openSequences()).isZero();
         }
+    }
+
+    /**
+     * The question fed through decode steps after a prefill of the image alone ({@link QuestionTiming#AFTER_IMAGE})
+     * computes, with an fp32 cache and no quantization, the same function as prefill of the whole prompt: the same
+     * bound as above. The answer starts from the last question token's step, so it reads the cache from its first
+     * token on; the steps and the cache's bytes count the question's tokens.
+     */
+    @Test
+    void aQuestionFedAfterTheImageComputesWhatPrefillOfTheWholePromptDoes() throws Exception {
+        SceneModel model = randomModel();
+        double bound = 2 * 16 * ReferenceLogits.read(ForwardPassTest.resource("tiny-random-logits.safetensors"))
+                .fp32Gap();
+        TaskGenerator task = new TaskGenerator(seed.seed() + 2);
+        int vocab = model.config().vocabSize();
+        try (KvCacheManager cache = KvCacheManager.onHost(model.config().geometry(), DType.FP32)) {
+            AnswerGenerator generator = new AnswerGenerator(model, cache, DecodeAttentionFactory.cpu(), 16);
+            for (int n = 0; n < 2; n++) {
+                TaskSample sample = task.sample(n);
+                int[] prompt = model.prompt(sample.question());
+                int imageEnd = model.visualSpan().end() + 1;
+                assertThat(prompt[imageEnd - 1]).isEqualTo(Vocabulary.IMG_END);
+                Prefill whole = model.prefillTokens(sample.image(), concat(prompt, sample.answer()));
+                Prefill image = model.prefillTokens(sample.image(), Arrays.copyOf(prompt, imageEnd));
+                int[] rest = Arrays.copyOfRange(concat(prompt, sample.answer()), imageEnd,
+                        prompt.length + sample.answer().length);
+                float[][] stepped = generator.forcedLogits(image, null, rest);
+                for (int i = 0; i < stepped.length; i++) {
+                    assertThat(maxDiff(whole.logits(), (imageEnd + i) * vocab, stepped[i]))
+                            .as("sample %d step %d", n, i).isLessThanOrEqualTo(bound);
+                }
+                int[] question = Arrays.copyOfRange(prompt, imageEnd, prompt.length);
+                Answer after = generator.answer(image, null, question);
+                Answer with = generator.answer(model.prefill(sample.image(), sample.question()), null);
+                assertThat(after.decodeSteps()).isEqualTo(with.decodeSteps() + question.length);
+                assertThat(after.kvBytes() - with.kvBytes()).isZero(); // the same tokens end in the cache
+                float[] last = stepped[question.length - 1];
+                if (margin(last) > 2 * bound) { // a tie within rounding may go either way
+                    assertThat(after.tokens()[0]).isEqualTo(Ops.argmax(Arrays.copyOfRange(whole.logits(),
+                            (prompt.length - 1) * vocab, prompt.length * vocab)));
+                }
+            }
+            assertThat(cache.openSequences()).isZero();
+        }
+    }
+
+    @Test
+    void aTokenToFeedOutsideTheVocabularyIsRefusedBeforeAnyStep() throws Exception {
+        SceneModel model = randomModel();
+        TaskSample sample = new TaskGenerator(seed.seed()).sample(0);
+        try (KvCacheManager cache = KvCacheManager.onHost(model.config().geometry(), DType.FP32)) {
+            AnswerGenerator generator = new AnswerGenerator(model, cache, DecodeAttentionFactory.cpu(), 16);
+            Prefill prefill = model.prefill(sample.image(), sample.question());
+            int vocab = model.config().vocabSize();
+            assertThatThrownBy(() -> generator.answer(prefill, null, new int[] {1, vocab}))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("token " + vocab);
+            assertThat(cache.openSequences()).isZero();
+            assertThat(cache.usage().totalBytes()).isZero();
+        }
+    }
+
+    /** Top logit minus the runner-up. */
+    private static double margin(float[] logits) {
+        float[] sorted = logits.clone();
+        Arrays.sort(sorted);
+        return sorted[sorted.length - 1] - sorted[sorted.length - 2];
     }
 
     /**
