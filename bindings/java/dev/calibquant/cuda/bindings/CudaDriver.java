@@ -3086,6 +3086,68 @@ public class CudaDriver {
         }
     }
 
+    private static class cuMemcpyPeer {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            CudaDriver.C_INT,
+            CudaDriver.C_LONG_LONG,
+            CudaDriver.C_POINTER,
+            CudaDriver.C_LONG_LONG,
+            CudaDriver.C_POINTER,
+            CudaDriver.C_LONG
+        );
+
+        public static final MemorySegment ADDR = CudaDriver.findOrThrow("cuMemcpyPeer");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * CUresult cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount)
+     * }
+     */
+    public static FunctionDescriptor cuMemcpyPeer$descriptor() {
+        return cuMemcpyPeer.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * CUresult cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount)
+     * }
+     */
+    public static MethodHandle cuMemcpyPeer$handle() {
+        return cuMemcpyPeer.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * CUresult cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount)
+     * }
+     */
+    public static MemorySegment cuMemcpyPeer$address() {
+        return cuMemcpyPeer.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * CUresult cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount)
+     * }
+     */
+    public static int cuMemcpyPeer(long dstDevice, MemorySegment dstContext, long srcDevice, MemorySegment srcContext, long ByteCount) {
+        var mh$ = cuMemcpyPeer.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("cuMemcpyPeer", dstDevice, dstContext, srcDevice, srcContext, ByteCount);
+            }
+            return (int)mh$.invokeExact(dstDevice, dstContext, srcDevice, srcContext, ByteCount);
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
     private static class cuMemcpyHtoD_v2 {
         public static final FunctionDescriptor DESC = FunctionDescriptor.of(
             CudaDriver.C_INT,
@@ -3261,6 +3323,69 @@ public class CudaDriver {
                 traceDowncall("cuMemcpyDtoD_v2", dstDevice, srcDevice, ByteCount);
             }
             return (int)mh$.invokeExact(dstDevice, srcDevice, ByteCount);
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class cuMemcpyPeerAsync {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            CudaDriver.C_INT,
+            CudaDriver.C_LONG_LONG,
+            CudaDriver.C_POINTER,
+            CudaDriver.C_LONG_LONG,
+            CudaDriver.C_POINTER,
+            CudaDriver.C_LONG,
+            CudaDriver.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = CudaDriver.findOrThrow("cuMemcpyPeerAsync");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * CUresult cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount, CUstream hStream)
+     * }
+     */
+    public static FunctionDescriptor cuMemcpyPeerAsync$descriptor() {
+        return cuMemcpyPeerAsync.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * CUresult cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount, CUstream hStream)
+     * }
+     */
+    public static MethodHandle cuMemcpyPeerAsync$handle() {
+        return cuMemcpyPeerAsync.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * CUresult cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount, CUstream hStream)
+     * }
+     */
+    public static MemorySegment cuMemcpyPeerAsync$address() {
+        return cuMemcpyPeerAsync.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * CUresult cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContext, CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount, CUstream hStream)
+     * }
+     */
+    public static int cuMemcpyPeerAsync(long dstDevice, MemorySegment dstContext, long srcDevice, MemorySegment srcContext, long ByteCount, MemorySegment hStream) {
+        var mh$ = cuMemcpyPeerAsync.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("cuMemcpyPeerAsync", dstDevice, dstContext, srcDevice, srcContext, ByteCount, hStream);
+            }
+            return (int)mh$.invokeExact(dstDevice, dstContext, srcDevice, srcContext, ByteCount, hStream);
         } catch (Throwable ex$) {
            throw new AssertionError("should not reach here", ex$);
         }
@@ -4757,6 +4882,183 @@ public class CudaDriver {
                 traceDowncall("cuOccupancyMaxActiveBlocksPerMultiprocessor", numBlocks, func, blockSize, dynamicSMemSize);
             }
             return (int)mh$.invokeExact(numBlocks, func, blockSize, dynamicSMemSize);
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class cuDeviceCanAccessPeer {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            CudaDriver.C_INT,
+            CudaDriver.C_POINTER,
+            CudaDriver.C_INT,
+            CudaDriver.C_INT
+        );
+
+        public static final MemorySegment ADDR = CudaDriver.findOrThrow("cuDeviceCanAccessPeer");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * CUresult cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice dev, CUdevice peerDev)
+     * }
+     */
+    public static FunctionDescriptor cuDeviceCanAccessPeer$descriptor() {
+        return cuDeviceCanAccessPeer.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * CUresult cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice dev, CUdevice peerDev)
+     * }
+     */
+    public static MethodHandle cuDeviceCanAccessPeer$handle() {
+        return cuDeviceCanAccessPeer.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * CUresult cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice dev, CUdevice peerDev)
+     * }
+     */
+    public static MemorySegment cuDeviceCanAccessPeer$address() {
+        return cuDeviceCanAccessPeer.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * CUresult cuDeviceCanAccessPeer(int *canAccessPeer, CUdevice dev, CUdevice peerDev)
+     * }
+     */
+    public static int cuDeviceCanAccessPeer(MemorySegment canAccessPeer, int dev, int peerDev) {
+        var mh$ = cuDeviceCanAccessPeer.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("cuDeviceCanAccessPeer", canAccessPeer, dev, peerDev);
+            }
+            return (int)mh$.invokeExact(canAccessPeer, dev, peerDev);
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class cuCtxEnablePeerAccess {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            CudaDriver.C_INT,
+            CudaDriver.C_POINTER,
+            CudaDriver.C_INT
+        );
+
+        public static final MemorySegment ADDR = CudaDriver.findOrThrow("cuCtxEnablePeerAccess");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * CUresult cuCtxEnablePeerAccess(CUcontext peerContext, unsigned int Flags)
+     * }
+     */
+    public static FunctionDescriptor cuCtxEnablePeerAccess$descriptor() {
+        return cuCtxEnablePeerAccess.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * CUresult cuCtxEnablePeerAccess(CUcontext peerContext, unsigned int Flags)
+     * }
+     */
+    public static MethodHandle cuCtxEnablePeerAccess$handle() {
+        return cuCtxEnablePeerAccess.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * CUresult cuCtxEnablePeerAccess(CUcontext peerContext, unsigned int Flags)
+     * }
+     */
+    public static MemorySegment cuCtxEnablePeerAccess$address() {
+        return cuCtxEnablePeerAccess.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * CUresult cuCtxEnablePeerAccess(CUcontext peerContext, unsigned int Flags)
+     * }
+     */
+    public static int cuCtxEnablePeerAccess(MemorySegment peerContext, int Flags) {
+        var mh$ = cuCtxEnablePeerAccess.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("cuCtxEnablePeerAccess", peerContext, Flags);
+            }
+            return (int)mh$.invokeExact(peerContext, Flags);
+        } catch (Throwable ex$) {
+           throw new AssertionError("should not reach here", ex$);
+        }
+    }
+
+    private static class cuCtxDisablePeerAccess {
+        public static final FunctionDescriptor DESC = FunctionDescriptor.of(
+            CudaDriver.C_INT,
+            CudaDriver.C_POINTER
+        );
+
+        public static final MemorySegment ADDR = CudaDriver.findOrThrow("cuCtxDisablePeerAccess");
+
+        public static final MethodHandle HANDLE = Linker.nativeLinker().downcallHandle(ADDR, DESC);
+    }
+
+    /**
+     * Function descriptor for:
+     * {@snippet lang=c :
+     * CUresult cuCtxDisablePeerAccess(CUcontext peerContext)
+     * }
+     */
+    public static FunctionDescriptor cuCtxDisablePeerAccess$descriptor() {
+        return cuCtxDisablePeerAccess.DESC;
+    }
+
+    /**
+     * Downcall method handle for:
+     * {@snippet lang=c :
+     * CUresult cuCtxDisablePeerAccess(CUcontext peerContext)
+     * }
+     */
+    public static MethodHandle cuCtxDisablePeerAccess$handle() {
+        return cuCtxDisablePeerAccess.HANDLE;
+    }
+
+    /**
+     * Address for:
+     * {@snippet lang=c :
+     * CUresult cuCtxDisablePeerAccess(CUcontext peerContext)
+     * }
+     */
+    public static MemorySegment cuCtxDisablePeerAccess$address() {
+        return cuCtxDisablePeerAccess.ADDR;
+    }
+
+    /**
+     * {@snippet lang=c :
+     * CUresult cuCtxDisablePeerAccess(CUcontext peerContext)
+     * }
+     */
+    public static int cuCtxDisablePeerAccess(MemorySegment peerContext) {
+        var mh$ = cuCtxDisablePeerAccess.HANDLE;
+        try {
+            if (TRACE_DOWNCALLS) {
+                traceDowncall("cuCtxDisablePeerAccess", peerContext);
+            }
+            return (int)mh$.invokeExact(peerContext);
         } catch (Throwable ex$) {
            throw new AssertionError("should not reach here", ex$);
         }

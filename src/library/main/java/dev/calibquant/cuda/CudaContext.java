@@ -22,6 +22,8 @@ public final class CudaContext implements AutoCloseable {
     private final CudaDevice device;
     private final MemorySegment handle;
     private final Set<NativeResource> live = new LinkedHashSet<>();
+    /** Contexts whose memory this one reaches directly ({@link #enablePeerAccess}). */
+    private final Set<CudaContext> peers = new LinkedHashSet<>();
     private boolean closed;
     private long liveDeviceBytes;
     private long livePinnedBytes;
@@ -141,6 +143,53 @@ public final class CudaContext implements AutoCloseable {
     public void synchronize() {
         bind();
         Driver.check(cuCtxSynchronize(), "cuCtxSynchronize");
+    }
+
+    /**
+     * Whether kernels and copies of this context can reach {@code peer}'s device memory directly once
+     * {@link #enablePeerAccess} was called: always for the same device, otherwise as the driver says (NVLink or PCIe
+     * peer-to-peer). Without it, {@link DeviceBuffer#copyFromPeer} still works, staged by the driver.
+     */
+    public boolean canAccessPeer(CudaContext peer) {
+        if (peer.device.handle() == device.handle()) {
+            return true;
+        }
+        bind();
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment out = arena.allocate(C_INT);
+            Driver.check(cuDeviceCanAccessPeer(out, device.handle(), peer.device.handle()), "cuDeviceCanAccessPeer");
+            return out.get(C_INT, 0) != 0;
+        }
+    }
+
+    /**
+     * Lets this context reach {@code peer}'s memory directly (one way; call it on both for both ways). Idempotent.
+     * Returns false, changing nothing, where {@link #canAccessPeer} is false; nothing to do for the same device.
+     */
+    public boolean enablePeerAccess(CudaContext peer) {
+        if (peer == this || peer.device.handle() == device.handle()) {
+            return true;
+        }
+        peer.bind(); // a closed peer is refused here, before the driver sees its handle
+        if (!canAccessPeer(peer)) {
+            return false;
+        }
+        synchronized (this) {
+            if (peers.contains(peer)) {
+                return true;
+            }
+            bind();
+            int result = cuCtxEnablePeerAccess(peer.handle, 0);
+            if (result != CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED()) {
+                Driver.check(result, "cuCtxEnablePeerAccess(device " + peer.device.handle() + ")");
+            }
+            peers.add(peer);
+            return true;
+        }
+    }
+
+    MemorySegment handle() {
+        return handle;
     }
 
     /** Free and total device memory as the driver sees it now. */

@@ -105,6 +105,29 @@ public final class DeviceBuffer extends NativeResource {
         }
     }
 
+    /**
+     * Copies {@code bytes} from {@code src[srcOffset..]}, which may belong to another context (another GPU), to
+     * {@code this[dstOffset..]}; complete on return. Between contexts it is {@code cuMemcpyPeer}: direct where
+     * {@link CudaContext#enablePeerAccess} was granted, staged by the driver otherwise. Within one context it is
+     * {@link #copyFrom(DeviceBuffer, long, long, long)}.
+     */
+    public void copyFromPeer(DeviceBuffer src, long srcOffset, long dstOffset, long bytes) {
+        if (src.owner() == owner()) {
+            copyFrom(src, srcOffset, dstOffset, bytes);
+            return;
+        }
+        checkRange(src.describe(), src.byteSize, srcOffset, bytes);
+        checkRange(describe(), byteSize, dstOffset, bytes);
+        src.checkOpen();
+        checkOpen();
+        if (bytes > 0) {
+            InjectedFaults.before("cuMemcpyPeer");
+            Driver.check(cuMemcpyPeer(address + dstOffset, owner().handle(), src.address + srcOffset,
+                    src.owner().handle(), bytes), "cuMemcpyPeer");
+            finishLegacyStream("cuMemcpyPeer");
+        }
+    }
+
     /** Asynchronous device-to-device copy on {@code stream}. */
     public void copyFromAsync(DeviceBuffer src, long srcOffset, long dstOffset, long bytes, CudaStream stream) {
         checkRange(src.describe(), src.byteSize, srcOffset, bytes);

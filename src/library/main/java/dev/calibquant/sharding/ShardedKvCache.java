@@ -62,8 +62,9 @@ import java.util.function.Supplier;
  *
  * <p><b>Moving.</b> With a {@code BY_SEQUENCE} placement, {@link #move} takes a sequence to another shard through
  * host memory: each layer downloaded from its shard, stored bit for bit on the other ({@link Sequence#restoreLayer}),
- * then the original freed. Copying device to device directly (peer access, {@code cuMemcpyPeer}) is the remaining
- * step: the generated CUDA bindings do not declare the peer functions yet.
+ * then the original freed. Copying device to device directly is the remaining step: the CUDA layer has the peer
+ * copy ({@link dev.calibquant.cuda.DeviceBuffer#copyFromPeer}, {@link dev.calibquant.cuda.CudaContext#enablePeerAccess}),
+ * the device storage does not yet hand a layer's blocks to it.
  */
 public final class ShardedKvCache implements AutoCloseable {
     private final ModelGeometry geometry;
@@ -567,7 +568,7 @@ public final class ShardedKvCache implements AutoCloseable {
      * Moves {@code sequence} to shard {@code target} (index in {@link #shards()}) through host memory: each filled
      * layer is downloaded from its shard and stored bit for bit on the target ({@link Sequence#restoreLayer}), then
      * the original is freed. Nothing changes when it fails; moving to the shard it is on does nothing. (Device to
-     * device copies are the remaining step: the CUDA bindings lack the peer-access functions.)
+     * device copies are the remaining step; see the class comment.)
      *
      * @throws IllegalStateException when the placement is {@link Placement#BY_KV_HEAD}, or the sequence is closed
      * @throws IndexOutOfBoundsException when there is no such shard

@@ -73,6 +73,52 @@ class CudaLayerGpuTest {
         }
     }
 
+    /**
+     * Peer copies: within one context a plain device-to-device copy; with a second GPU, between the two contexts,
+     * with peer access where the pair allows it (a second GPU is named in the output when there is none).
+     */
+    @Test
+    void peerCopiesAreBitForBitAndBoundsChecked() {
+        CudaContext ctx = gpu.context();
+        assertThat(ctx.canAccessPeer(ctx)).isTrue();
+        assertThat(ctx.enablePeerAccess(ctx)).isTrue();
+        int n = 65_537;
+        byte[] data = new byte[n];
+        gpu.random().nextBytes(data);
+        try (DeviceBuffer a = ctx.allocate(n); DeviceBuffer b = ctx.allocate(n + 8); Arena arena = Arena.ofConfined()) {
+            a.copyFrom(MemorySegment.ofArray(data));
+            b.fill((byte) 0x5a);
+            b.copyFromPeer(a, 1, 8, n - 1);
+            MemorySegment back = arena.allocate(n + 8);
+            b.copyTo(back);
+            assertThat(back.asSlice(8, n - 1).toArray(ValueLayout.JAVA_BYTE))
+                    .isEqualTo(java.util.Arrays.copyOfRange(data, 1, n));
+            assertThat(back.get(ValueLayout.JAVA_BYTE, 7)).isEqualTo((byte) 0x5a);
+            assertThatThrownBy(() -> b.copyFromPeer(a, 2, 8, n - 1)).isInstanceOf(IndexOutOfBoundsException.class);
+            assertThatThrownBy(() -> b.copyFromPeer(a, 0, 10, n)).isInstanceOf(IndexOutOfBoundsException.class);
+        }
+        if (Cuda.deviceCount() < 2) {
+            System.out.println("[calibquant] peer copies between two GPUs not run: this host has one GPU");
+            return;
+        }
+        try (CudaContext other = Cuda.device(1).openContext(); DeviceBuffer a = ctx.allocate(n);
+                DeviceBuffer far = other.allocate(n); DeviceBuffer back = ctx.allocate(n);
+                Arena arena = Arena.ofConfined()) {
+            boolean direct = ctx.enablePeerAccess(other) & other.enablePeerAccess(ctx);
+            assertThat(direct).isEqualTo(ctx.canAccessPeer(other) && other.canAccessPeer(ctx));
+            a.copyFrom(MemorySegment.ofArray(data));
+            far.fill((byte) 0);
+            far.copyFromPeer(a, 0, 0, n);
+            back.fill((byte) 0);
+            back.copyFromPeer(far, 0, 0, n);
+            MemorySegment out = arena.allocate(n);
+            back.copyTo(out);
+            assertThat(out.toArray(ValueLayout.JAVA_BYTE)).isEqualTo(data);
+            System.out.printf("[calibquant] peer copies between GPU 0 and GPU 1: bit for bit, %s%n",
+                    direct ? "direct (peer access)" : "staged by the driver (no peer access)");
+        }
+    }
+
     @Test
     void fill32WritesTheBitPattern() {
         try (DeviceBuffer buf = gpu.context().allocate(64); Arena arena = Arena.ofConfined()) {
