@@ -15,7 +15,8 @@ values 1 bit about the midpoint) | kmixh:...: kmix with every offset and scale r
 auto:C1/C2/...:half|full:cal|nocal (1 bit about the midpoint, each KV head's key and value clips picked from the list
 at prefill by the attention of the text after the image: keys by KL, values by output error) |
 rot:CK:CV:cal|nocal (keys rotated per head by a fixed random orthogonal matrix before 1-bit midpoint quantization) |
-tokscale:CK:CV:cal|nocal (1-bit midpoint keys with a least-squares fp16 factor per token; CK cancels out)
+tokscale:CK:CV:cal|nocal (1-bit midpoint keys with a least-squares fp16 factor per token; CK cancels out) |
+kmixq:FRAC:CK:CV:cal|nocal (kmixh, the 2-bit key channels picked by the prompt's text queries, q_c^2 times range^2)
 (first written in ../shared/tools; moved here with kmix, kmixh and the paired differences, 2026-12-07)"""
 import os
 import sys
@@ -91,9 +92,25 @@ def make(cfg):
     if p[0] == "tokscale":  # keys: 1 bit about the midpoint times a per-token fp16 factor (least squares); values: mid
         ck = float(p[1]); cv = float(p[2])
         return (lambda X: q_token_scaled(X, ck)), (lambda X: q_mid(X, 1, cv, True)), cal
+    if p[0] == "kmixq":  # kmixh, the 2-bit key channels picked by the prompt's text queries (see pick_key_channels)
+        return ("kmixq", float(p[1]), float(p[2]), float(p[3])), None, cal
     if p[0] == "auto":  # 1 bit about the midpoint; per KV head, key and value clips picked at prefill (see pick_clips)
         return ("auto", [float(x) for x in p[1].split("/")], p[2] == "half"), None, cal
     raise SystemExit("unknown config " + cfg)
+
+
+def kmix_by_queries(q, k, v, vs, nv, rows, frac, ck, cv):
+    """kmixh whose 2-bit key channels are, per KV head, those that move the scores of the prompt's text rows most:
+    mean q_c^2 over those rows and the head's query heads, times the channel's range squared. fp16 parameters."""
+    G = q.shape[0] // k.shape[0]; K = k[:, vs:vs + nv].astype(np.float64); out = q_mid(K, 1, ck, True)
+    two = q_paper(K, 2, 1.0, True); n = int(round(frac * K.shape[2]))
+    rng = K.max(1) - K.min(1)  # [H, D]
+    for hh in range(K.shape[0]):
+        qs = q[hh * G:(hh + 1) * G, list(rows)].astype(np.float64)
+        weight = (qs ** 2).mean((0, 1)) * rng[hh] ** 2
+        idx = np.argsort(-weight)[:n]
+        out[hh][:, idx] = two[hh][:, idx]
+    return out, q_mid(v[:, vs:vs + nv].astype(np.float64), 1, cv, True)
 
 
 def pick_clips(q, k, v, vs, nv, rows, grid, half):
@@ -171,7 +188,10 @@ def forward(visual, tokens, vs, nv, prompt_len, qk, qv, cal):
         s = np.where(mask[None], -np.inf, s)
         vv = np.repeat(v, G, 0)
         if qk is not None and T > prompt_len:
-            if isinstance(qk, tuple):
+            if isinstance(qk, tuple) and qk[0] == "kmixq":
+                kq, vq = kmix_by_queries(q, k, v, vs, nv, range(vs + nv, prompt_len), qk[1], qk[2], qk[3])
+                kq, vq = kq.astype(dt), vq.astype(dt)
+            elif isinstance(qk, tuple):
                 kq, vq = pick_clips(q, k, v, vs, nv, range(vs + nv, prompt_len), qk[1], qk[2])
                 kq, vq = kq.astype(dt), vq.astype(dt)
             else:

@@ -76,6 +76,26 @@ public final class HostStorage implements KvStorage {
         copyRows(from, to, copy);
     }
 
+    /** Another host storage's blocks are plain memory too. */
+    @Override
+    public boolean canCopyFrom(KvStorage other) {
+        return other instanceof HostStorage;
+    }
+
+    @Override
+    public void copyFrom(KvStorage other, StorageBlock source, StorageBlock target) {
+        if (!(other instanceof HostStorage from)) {
+            throw new UnsupportedOperationException(name() + " cannot copy blocks of " + other.name() + " directly");
+        }
+        MemorySegment src = from.own(source).segment();
+        MemorySegment to = own(target).segment();
+        if (src.byteSize() != to.byteSize()) {
+            throw new IllegalArgumentException("copying block " + source.label() + " (" + src.byteSize()
+                    + " bytes) into block " + target.label() + " (" + to.byteSize() + " bytes): sizes differ");
+        }
+        MemorySegment.copy(src, 0, to, 0, src.byteSize());
+    }
+
     private static void copyRows(MemorySegment from, MemorySegment to, RowCopy copy) {
         for (int r = 0; r < copy.rows(); r++) {
             MemorySegment.copy(from, copy.sourceOffset() + r * copy.sourcePitch(),

@@ -218,6 +218,14 @@ public final class KvCacheManager implements AutoCloseable {
         return storage;
     }
 
+    /**
+     * Whether {@link Sequence#copyLayerFrom} can copy layers of {@code other}'s sequences into this manager's,
+     * storage to storage (host to host, or device to device between GPUs), instead of through a download.
+     */
+    public boolean canCopyFrom(KvCacheManager other) {
+        return other != this && storage.canCopyFrom(other.storage);
+    }
+
     MemoryAccountant accountant() {
         return accountant;
     }

@@ -81,6 +81,25 @@ public interface KvStorage extends AutoCloseable {
         }
     }
 
+    /**
+     * Whether {@link #copyFrom} can copy blocks of {@code other} (another storage) into this one without host memory in
+     * between. False by default: the bytes then go through host memory ({@link Sequence#restoreLayer}).
+     */
+    default boolean canCopyFrom(KvStorage other) {
+        return false;
+    }
+
+    /**
+     * Copies all of {@code source}, a block of {@code other}, into {@code target}, a block of this storage of the same
+     * size; complete (visible to this storage's later work) on return. Both storages are checked first: blocks that
+     * are not theirs, closed, or of different sizes are refused with nothing copied.
+     *
+     * @throws UnsupportedOperationException where {@link #canCopyFrom} is false
+     */
+    default void copyFrom(KvStorage other, StorageBlock source, StorageBlock target) {
+        throw new UnsupportedOperationException(name() + " cannot copy blocks of " + other.name() + " directly");
+    }
+
     /** Copies rows from one block of this storage to another (distinct) one. */
     void copy(StorageBlock source, StorageBlock target, RowCopy copy);
 

@@ -59,6 +59,10 @@ final class LayerCache {
         return full;
     }
 
+    List<StoredSpan> spans() {
+        return spans;
+    }
+
     int fullCapacity() {
         return fullCapacity;
     }

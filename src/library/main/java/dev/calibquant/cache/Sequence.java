@@ -26,7 +26,11 @@ public final class Sequence implements AutoCloseable {
 
     private enum State { OPEN, CLOSED, FREED_BY_MANAGER }
 
+    /** A JVM-wide order in which {@link #copyLayerFrom} takes two sequences' locks (ids repeat across managers). */
+    private static final java.util.concurrent.atomic.AtomicLong LOCK_ORDER = new java.util.concurrent.atomic.AtomicLong();
+
     private final KvCacheManager manager;
+    private final long lockOrder = LOCK_ORDER.incrementAndGet();
     private final long id;
     private final int promptTokens;
     private final List<TokenSpan> visualSpans;
@@ -229,6 +233,68 @@ public final class Sequence implements AutoCloseable {
                 writeParts(storage, pair.values(), q.valueScale(), q.valueOffset(), q.valueCodes());
             }
         });
+    }
+
+    /**
+     * Stores layer {@code layer} as a bit-for-bit copy of the same layer of {@code source}, a sequence of another
+     * cache manager, storage to storage without host memory in between (device to device between GPUs, say): the
+     * way {@link #restoreLayer} stores a downloaded layer, without the download. {@code source} must have this
+     * sequence's geometry, dtype, prompt, visual spans and quantization config, and this storage must be able to copy
+     * from its storage ({@link KvStorage#canCopyFrom}). Everything is checked before anything is allocated; on any
+     * failure this sequence is as it was. Both sequences are locked meanwhile (in one JVM-wide order).
+     *
+     * @throws IllegalArgumentException when the two sequences differ in any of the above, or are one
+     * @throws UnsupportedOperationException when this storage cannot copy from the source's
+     * @throws CacheMemoryLimitException when the layer would take this cache past its byte limit
+     * @throws IllegalStateException when the layer is already filled here or not filled in {@code source}, or either
+     *     sequence is closed
+     */
+    public void copyLayerFrom(int layer, Sequence source) {
+        Objects.requireNonNull(source, "source");
+        if (source == this) {
+            throw new IllegalArgumentException("copying layer " + layer + " of " + this + " onto itself");
+        }
+        Object first = lockOrder < source.lockOrder ? this : source;
+        Object second = first == this ? source : this;
+        synchronized (first) {
+            synchronized (second) {
+                copyLayerLocked(layer, source);
+            }
+        }
+    }
+
+    private void copyLayerLocked(int layer, Sequence source) {
+        String what = checkUnfilled(layer);
+        source.checkOpen();
+        String from = "layer " + layer + " of " + source;
+        LayerCache src = layer < source.layers.length ? source.layers[layer] : null;
+        if (src == null) {
+            throw new IllegalStateException("copying " + from + " into " + what + ": it is not filled");
+        }
+        KvCacheManager other = source.manager;
+        if (!other.geometry().equals(manager.geometry()) || other.dtype() != manager.dtype()
+                || source.promptTokens != promptTokens || !source.visualSpans.equals(visualSpans)
+                || !source.quantConfig.equals(quantConfig)) {
+            throw new IllegalArgumentException("copying " + from + " into " + what + ": the two differ in geometry ("
+                    + other.geometry() + " / " + manager.geometry() + "), dtype, prompt, visual spans or quantization");
+        }
+        KvStorage storage = manager.storage();
+        KvStorage sourceStorage = other.storage();
+        if (!storage.canCopyFrom(sourceStorage)) {
+            throw new UnsupportedOperationException("copying " + from + " into " + what + ": " + storage.name()
+                    + " cannot copy blocks of " + sourceStorage.name() + " directly (download and restore the layer)");
+        }
+        List<LayerCache.StoredSpan> sourceSpans = src.spans();
+        store(layer, "copying " + from + " into " + what, src.fullCapacity(), src.fullTokens(),
+                src.fullTokens() + visualTokens, (full, targets) -> {
+                    storage.copyFrom(sourceStorage, src.full().keys(), full.keys());
+                    storage.copyFrom(sourceStorage, src.full().values(), full.values());
+                    for (int i = 0; i < targets.size(); i++) {
+                        BlockPair pair = targets.get(i).blocks();
+                        storage.copyFrom(sourceStorage, sourceSpans.get(i).blocks().keys(), pair.keys());
+                        storage.copyFrom(sourceStorage, sourceSpans.get(i).blocks().values(), pair.values());
+                    }
+                });
     }
 
     /** A restored span against this sequence's span {@code span}: its length, config and segment sizes; finite. */

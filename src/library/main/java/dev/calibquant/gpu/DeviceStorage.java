@@ -80,6 +80,9 @@ final class DeviceStorage implements KvStorage {
     private final CudaContext context;
     private final String name;
     private final CudaStream stream;
+    /** A JVM-wide order in which {@link #copyFrom} takes two storages' locks. */
+    private final long lockOrder = LOCK_ORDER.incrementAndGet();
+    private static final java.util.concurrent.atomic.AtomicLong LOCK_ORDER = new java.util.concurrent.atomic.AtomicLong();
     private final DeviceBuffer[] planes;
     private final RangeAllocator ranges;
     private final Map<MemorySegment.Scope, DeviceBlock> live = new HashMap<>();
@@ -517,6 +520,42 @@ final class DeviceStorage implements KvStorage {
                 planes[to.plane].copyFromAsync(planes[from.plane], run.source(), run.target(), run.bytes(), stream);
             }
             to.version++;
+        }
+    }
+
+    /** Any device storage: on another GPU through the driver's peer copy (direct where peer access is granted). */
+    @Override
+    public boolean canCopyFrom(KvStorage other) {
+        return other instanceof DeviceStorage;
+    }
+
+    /**
+     * Copies a block of another device storage (its own context and stream, maybe another GPU) into one of this
+     * storage: both streams are drained first (the source's writes are done; this block's zero-fill is not still
+     * queued behind the copy), then {@code cuMemcpyPeer}, complete on return. Locks both storages in a JVM-wide order.
+     */
+    @Override
+    public void copyFrom(KvStorage other, StorageBlock source, StorageBlock target) {
+        if (!(other instanceof DeviceStorage from)) {
+            throw new UnsupportedOperationException(name() + " cannot copy blocks of " + other.name() + " directly");
+        }
+        DeviceStorage first = from.lockOrder < lockOrder ? from : this;
+        DeviceStorage second = first == this ? from : this;
+        synchronized (first) {
+            synchronized (second) {
+                DeviceBlock src = from.own(source);
+                DeviceBlock to = own(target);
+                if (src.bytes != to.bytes) {
+                    throw new IllegalArgumentException("copying block " + source.label() + " (" + src.bytes
+                            + " bytes) into block " + target.label() + " (" + to.bytes + " bytes): sizes differ");
+                }
+                if (from != this) {
+                    from.stream.synchronize();
+                }
+                stream.synchronize();
+                planes[to.plane].copyFromPeer(from.planes[src.plane], src.range.offset, to.range.offset, src.bytes);
+                to.version++;
+            }
         }
     }
 

@@ -60,11 +60,12 @@ import java.util.function.Supplier;
  * until it returns, so operations on different sequences run in parallel and a batch never deadlocks with another;
  * the parts of calls from several threads queue on each shard's thread. {@link #close()} waits for calls in flight.
  *
- * <p><b>Moving.</b> With a {@code BY_SEQUENCE} placement, {@link #move} takes a sequence to another shard through
- * host memory: each layer downloaded from its shard, stored bit for bit on the other ({@link Sequence#restoreLayer}),
- * then the original freed. Copying device to device directly is the remaining step: the CUDA layer has the peer
- * copy ({@link dev.calibquant.cuda.DeviceBuffer#copyFromPeer}, {@link dev.calibquant.cuda.CudaContext#enablePeerAccess}),
- * the device storage does not yet hand a layer's blocks to it.
+ * <p><b>Moving.</b> With a {@code BY_SEQUENCE} placement, {@link #move} takes a sequence to another shard, each
+ * layer stored bit for bit, then the original freed. Between device shards (and between host shards) each layer goes
+ * storage to storage ({@link Sequence#copyLayerFrom}: {@code cuMemcpyPeer} between GPUs, direct where
+ * {@link dev.calibquant.cuda.CudaContext#enablePeerAccess peer access} is granted, staged by the driver otherwise);
+ * between shards of other kinds it goes through host memory, downloaded from one and stored on the other
+ * ({@link Sequence#restoreLayer}).
  */
 public final class ShardedKvCache implements AutoCloseable {
     private final ModelGeometry geometry;
@@ -142,7 +143,9 @@ public final class ShardedKvCache implements AutoCloseable {
     /**
      * One {@link DeviceCacheShard} per context (named after its device and its place: cuda:0#0, cuda:1#1, ...), each
      * opened with {@link #shardGeometry} and at most {@code byteLimitPerShard} bytes. A context may appear several
-     * times: several caches on one GPU, each with its own memory and stream. The contexts stay the caller's.
+     * times: several caches on one GPU, each with its own memory and stream. The contexts stay the caller's. Where
+     * two devices can reach each other's memory, peer access is enabled both ways, so that {@link #move} copies
+     * directly between them.
      *
      * @throws IllegalArgumentException when the placement cannot split the geometry over that many shards, or the GPU
      *     path cannot take it ({@link dev.calibquant.gpu.DeviceKvCache#unsupportedReason})
@@ -154,6 +157,13 @@ public final class ShardedKvCache implements AutoCloseable {
         ModelGeometry each = shardGeometry(geometry, placement, contexts.size());
         List<CacheShard> made = new ArrayList<>();
         try {
+            for (CudaContext a : contexts) {
+                for (CudaContext b : contexts) {
+                    if (a != null && b != null && a != b) {
+                        a.enablePeerAccess(b); // false, and nothing done, where the pair cannot
+                    }
+                }
+            }
             for (int i = 0; i < contexts.size(); i++) {
                 CudaContext context = Objects.requireNonNull(contexts.get(i), "context " + i);
                 DeviceKvCache cache = DeviceKvCache.open(context, each, byteLimitPerShard);
@@ -565,10 +575,10 @@ public final class ShardedKvCache implements AutoCloseable {
     }
 
     /**
-     * Moves {@code sequence} to shard {@code target} (index in {@link #shards()}) through host memory: each filled
-     * layer is downloaded from its shard and stored bit for bit on the target ({@link Sequence#restoreLayer}), then
-     * the original is freed. Nothing changes when it fails; moving to the shard it is on does nothing. (Device to
-     * device copies are the remaining step; see the class comment.)
+     * Moves {@code sequence} to shard {@code target} (index in {@link #shards()}): each filled layer is stored bit for
+     * bit on the target, storage to storage where the two shards' storages can ({@link Sequence#copyLayerFrom}), else
+     * downloaded from its shard and restored ({@link Sequence#restoreLayer}); then the original is freed. Nothing
+     * changes when it fails; moving to the shard it is on does nothing.
      *
      * @throws IllegalStateException when the placement is {@link Placement#BY_KV_HEAD}, or the sequence is closed
      * @throws IndexOutOfBoundsException when there is no such shard
@@ -601,11 +611,19 @@ public final class ShardedKvCache implements AutoCloseable {
                 if (sequence.label() != null) {
                     copy.label(sequence.label());
                 }
+                boolean direct = dst.manager().canCopyFrom(src.manager());
                 for (int layer = 0; layer < geometry.layers(); layer++) {
                     if (!source.isFilled(layer)) {
                         continue;
                     }
                     int l = layer;
+                    if (direct) { // storage to storage: device to device between GPUs
+                        runOn(dst, "copying layer " + layer + " while moving " + what, () -> {
+                            copy.copyLayerFrom(l, source);
+                            return null;
+                        });
+                        continue;
+                    }
                     try (Arena arena = Arena.ofConfined()) {
                         LayerKvView view = runOn(src, "downloading layer " + layer + " while moving " + what,
                                 () -> src.download(source, l, arena));

@@ -21,7 +21,8 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.extension.RegisterExtension;
 
 /**
- * {@link Sequence#restoreLayer} (a layer stored byte for byte from another cache), {@link Sequence#clearLayer},
+ * {@link Sequence#restoreLayer} (a layer stored byte for byte from another cache), {@link Sequence#copyLayerFrom}
+ * (the same, storage to storage), {@link Sequence#clearLayer},
  * {@link Sequence#truncate} and {@link Sequence#fillBytes}: what moving a sequence and undoing a write rest on.
  */
 class LayerRestoreTest {
@@ -209,6 +210,146 @@ class LayerRestoreTest {
             assertThatThrownBy(() -> to.restoreLayer(1, good)).isInstanceOf(IllegalStateException.class)
                     .hasMessageContaining("is closed");
             from.close();
+        }
+    }
+
+    @Test
+    void aLayerCopiedStorageToStorageHoldsTheSameBytesAndDecodesIdentically() {
+        Random random = seed.random();
+        QuantConfig config = QuantConfig.defaults(1);
+        try (Arena arena = Arena.ofConfined();
+                KvCacheManager source = KvCacheManager.onHost(GEOMETRY, DType.FP16);
+                KvCacheManager target = KvCacheManager.onHost(GEOMETRY, DType.FP16, 1L << 20)) {
+            assertThat(target.canCopyFrom(source)).isTrue();
+            assertThat(target.canCopyFrom(target)).isFalse();
+            Sequence from = source.createSequence(PROMPT, SPANS, config, 4);
+            Sequence to = target.createSequence(PROMPT, SPANS, config, 4);
+            for (int l = 0; l < GEOMETRY.layers(); l++) {
+                MemorySegment[] kv = prompt(arena, random, DType.FP16);
+                from.fill(l, kv[0], kv[1], DType.FP16);
+                for (int t = 0; t < 6 + l; t++) { // past the reservation: the block grew
+                    from.append(l, step(arena, random, DType.FP16), step(arena, random, DType.FP16), DType.FP16);
+                }
+                to.copyLayerFrom(l, from);
+                assertSameLayer(to.layer(l), from.layer(l));
+                assertThat(to.tokens(l)).isEqualTo(from.tokens(l));
+            }
+            assertThat(to.usage()).isEqualTo(from.usage());
+            CpuCalibQuantAttention attention = new CpuCalibQuantAttention(config.calibration());
+            for (int l = 0; l < GEOMETRY.layers(); l++) {
+                MemorySegment key = step(arena, random, DType.FP16);
+                MemorySegment value = step(arena, random, DType.FP16);
+                from.append(l, key, value, DType.FP16);
+                to.append(l, key, value, DType.FP16);
+                MemorySegment q = KvData.normal(arena, random, DType.FP16, GEOMETRY.queryHeads(), 1,
+                        GEOMETRY.headDim());
+                assertThat(decode(attention, to, l, q, arena)).isEqualTo(decode(attention, from, l, q, arena));
+            }
+            from.close();
+            to.close();
+        }
+    }
+
+    @Test
+    void aCopyBetweenUnlikeSequencesOrStoragesIsRefusedAndLeavesNothing() {
+        Random random = seed.random();
+        QuantConfig oneBit = QuantConfig.defaults(1);
+        try (Arena arena = Arena.ofConfined();
+                KvCacheManager source = KvCacheManager.onHost(GEOMETRY, DType.FP16);
+                KvCacheManager target = KvCacheManager.onHost(GEOMETRY, DType.FP16);
+                KvCacheManager fp32 = KvCacheManager.onHost(GEOMETRY, DType.FP32)) {
+            Sequence from = source.createSequence(PROMPT, SPANS, oneBit);
+            MemorySegment[] kv = prompt(arena, random, DType.FP16);
+            from.fill(0, kv[0], kv[1], DType.FP16);
+            long layerBytes = from.usage().totalBytes();
+            for (Sequence unlike : List.of(target.createSequence(PROMPT, SPANS, QuantConfig.defaults(2)),
+                    target.createSequence(PROMPT, List.of(new TokenSpan(3, 40)), oneBit),
+                    target.createSequence(PROMPT + 1, SPANS, oneBit),
+                    fp32.createSequence(PROMPT, SPANS, oneBit))) {
+                assertThatThrownBy(() -> unlike.copyLayerFrom(0, from)).isInstanceOf(IllegalArgumentException.class)
+                        .hasMessageContaining("copying layer 0 of " + from);
+                assertThat(unlike.isFilled(0)).isFalse();
+                unlike.close();
+            }
+            assertThat(target.usage()).isEqualTo(MemoryUsage.ZERO);
+            assertThat(fp32.usage()).isEqualTo(MemoryUsage.ZERO);
+            Sequence to = target.createSequence(PROMPT, SPANS, oneBit);
+            assertThatThrownBy(() -> to.copyLayerFrom(1, from)).isInstanceOf(IllegalStateException.class)
+                    .hasMessageContaining("not filled");
+            assertThatThrownBy(() -> from.copyLayerFrom(0, from)).isInstanceOf(IllegalArgumentException.class);
+            assertThatThrownBy(() -> to.copyLayerFrom(2, from)).isInstanceOf(IndexOutOfBoundsException.class);
+            to.copyLayerFrom(0, from);
+            assertThatThrownBy(() -> to.copyLayerFrom(0, from)).isInstanceOf(IllegalStateException.class)
+                    .hasMessageContaining("already filled");
+            to.close();
+            assertThatThrownBy(() -> to.copyLayerFrom(1, from)).isInstanceOf(IllegalStateException.class)
+                    .hasMessageContaining("closed");
+
+            try (KvCacheManager small = KvCacheManager.onHost(GEOMETRY, DType.FP16, layerBytes - 1)) {
+                Sequence tight = small.createSequence(PROMPT, SPANS, oneBit);
+                assertThatThrownBy(() -> tight.copyLayerFrom(0, from))
+                        .isInstanceOf(CacheMemoryLimitException.class).hasMessageContaining("copying layer 0");
+                assertThat(small.usage()).isEqualTo(MemoryUsage.ZERO);
+                tight.close();
+            }
+            // a storage that cannot copy from the host directly: refused before anything is allocated
+            HostDelegate plain = new HostDelegate(new HostStorage());
+            try (KvCacheManager other = new KvCacheManager(GEOMETRY, DType.FP16, plain, KvCacheManager.NO_LIMIT)) {
+                assertThat(other.canCopyFrom(source)).isFalse();
+                Sequence there = other.createSequence(PROMPT, SPANS, oneBit);
+                assertThatThrownBy(() -> there.copyLayerFrom(0, from))
+                        .isInstanceOf(UnsupportedOperationException.class).hasMessageContaining("download");
+                assertThat(plain.liveBlocks()).isZero();
+                there.close();
+            }
+            // a copy failing in the storage midway frees what it allocated
+            HostStorage inner = new HostStorage();
+            int[] copies = {0};
+            HostDelegate failing = new HostDelegate(inner) {
+                @Override
+                public boolean canCopyFrom(KvStorage other) {
+                    return inner.canCopyFrom(other);
+                }
+
+                @Override
+                public void copyFrom(KvStorage other, StorageBlock source, StorageBlock target) {
+                    if (++copies[0] == 3) { // the first span's keys, after the full-precision pair
+                        throw new IllegalStateException("injected copy failure");
+                    }
+                    inner.copyFrom(other, source, target);
+                }
+            };
+            try (KvCacheManager flaky = new KvCacheManager(GEOMETRY, DType.FP16, failing, KvCacheManager.NO_LIMIT)) {
+                Sequence there = flaky.createSequence(PROMPT, SPANS, oneBit);
+                assertThatThrownBy(() -> there.copyLayerFrom(0, from)).hasMessageContaining("injected");
+                assertThat(there.isFilled(0)).isFalse();
+                assertThat(flaky.usage()).isEqualTo(MemoryUsage.ZERO);
+                assertThat(failing.liveBlocks()).isZero();
+                there.copyLayerFrom(0, from); // and it goes through the next time
+                assertSameLayer(there.layer(0), from.layer(0));
+                there.close();
+            }
+            from.close();
+        }
+    }
+
+    @Test
+    void hostStoragesCopyOnlyTheirOwnBlocksOfEqualSize() {
+        try (HostStorage a = new HostStorage(); HostStorage b = new HostStorage()) {
+            StorageBlock small = a.allocate(16, "small");
+            StorageBlock big = b.allocate(32, "big");
+            StorageBlock same = b.allocate(16, "same");
+            small.segment().fill((byte) 7);
+            assertThatThrownBy(() -> b.copyFrom(a, small, big)).isInstanceOf(IllegalArgumentException.class)
+                    .hasMessageContaining("sizes differ");
+            assertThatThrownBy(() -> b.copyFrom(a, same, small)).isInstanceOf(IllegalArgumentException.class)
+                    .hasMessageContaining("does not belong");
+            assertThat(big.segment().toArray(java.lang.foreign.ValueLayout.JAVA_BYTE)).containsOnly((byte) 0);
+            b.copyFrom(a, small, same);
+            assertThat(same.segment().toArray(java.lang.foreign.ValueLayout.JAVA_BYTE)).containsOnly((byte) 7);
+            small.close();
+            big.close();
+            same.close();
         }
     }
 
