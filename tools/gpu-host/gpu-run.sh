@@ -8,7 +8,8 @@
 # throughput at a fixed KV budget: logs/bench-budget.txt and .csv). --sanitize runs `selftest` under
 # compute-sanitizer memcheck and racecheck. --sanitize-junit runs every GPU-tagged JUnit test (the soak and the
 # device stress test at a sanitizer's size) under compute-sanitizer memcheck, racecheck and synccheck, the three at once
-# (${SANITIZE_SECONDS:-150} s each at most; logs/sanitizer-junit-summary.txt). --regression runs the kernel regression suite against the expectations
+# (${SANITIZE_SECONDS:-150} s each at most; logs/sanitizer-junit-summary.txt; SANITIZE_TOOLS and SANITIZE_CLASSES
+# choose fewer tools or test classes, to split the suite over several calls). --regression runs the kernel regression suite against the expectations
 # shipped in the jar on both PTX targets (JUnit XML in logs/regression-*.xml). --regression-record records them first
 # into logs/expectations.json (copy it to ptx/regression/expectations.json and commit it), then checks both targets
 # against that file.
@@ -173,12 +174,15 @@ if [ "$sanitize_junit" = 1 ]; then
   step "compute-sanitizer memcheck, racecheck, synccheck over the GPU JUnit tests (at most ${SANITIZE_SECONDS:-150} s each)"
   tar -C "$work" -czf "$out/gpu-run.tar.gz" logs   # in case the sanitizers outlive the call
   pids=()
-  for tool in memcheck racecheck synccheck; do
+  tools=${SANITIZE_TOOLS:-memcheck,racecheck,synccheck}  # SANITIZE_TOOLS=racecheck runs only that one
+  sselect=(--scan-class-path "$app/test-classes")  # SANITIZE_CLASSES=a.B,c.D: only those (a suite split over calls)
+  [ -n "${SANITIZE_CLASSES:-}" ] && sselect=($(printf -- '--select-class %s ' ${SANITIZE_CLASSES//,/ }))
+  for tool in ${tools//,/ }; do
     ( timeout "${SANITIZE_SECONDS:-150}" compute-sanitizer --tool "$tool" --error-exitcode 99 --target-processes all \
         "$java" "${jflags[@]}" -Xmx8g -Dcalibquant.soak.steps="${SANITIZE_SOAK_STEPS:-300}" \
         -Dcalibquant.stress.operations="${SANITIZE_STRESS_OPERATIONS:-2000}" \
         -jar "$app"/junit-platform-console-standalone-*.jar execute --include-tag gpu \
-        --class-path "$cp_test" --scan-class-path "$app/test-classes" \
+        --class-path "$cp_test" "${sselect[@]}" \
         --include-classname '.*(Test|Tests|Properties)$' --exclude-package dev.calibquant.fuzz \
         --details=flat --disable-ansi-colors --disable-banner \
         > "$logs/sanitizer-junit-$tool.txt" 2>&1
@@ -187,7 +191,7 @@ if [ "$sanitize_junit" = 1 ]; then
     [ -n "${SANITIZE_SERIAL:-}" ] && wait "${pids[-1]}"
   done
   wait "${pids[@]}"
-  for tool in memcheck racecheck synccheck; do
+  for tool in ${tools//,/ }; do
     bash "$here/sanitizer-summary.sh" "$tool" "$logs/sanitizer-junit-$tool.txt" | tee -a "$logs/sanitizer-junit-summary.txt" \
         || status=1
   done
