@@ -333,6 +333,50 @@ class LayerRestoreTest {
         }
     }
 
+    /**
+     * A copy takes the two sequences' locks in one JVM-wide order, so two sequences copying from each other at once
+     * cannot deadlock. Checked without relying on timing: while this thread holds the first sequence's lock, a copy
+     * into the second waits for it holding nothing, so the second sequence stays free for another caller.
+     */
+    @Test
+    void aCopyWaitingForTheFirstLockHoldsNoOther() throws Exception {
+        Random random = seed.random();
+        QuantConfig oneBit = QuantConfig.defaults(1);
+        try (Arena arena = Arena.ofShared();
+                KvCacheManager a = KvCacheManager.onHost(GEOMETRY, DType.FP16);
+                KvCacheManager b = KvCacheManager.onHost(GEOMETRY, DType.FP16)) {
+            MemorySegment[] kv = prompt(arena, random, DType.FP16);
+            Sequence first = a.createSequence(PROMPT, SPANS, oneBit); // made first: first in the order
+            Sequence second = b.createSequence(PROMPT, SPANS, oneBit);
+            first.fill(1, kv[0], kv[1], DType.FP16);
+            java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newFixedThreadPool(2);
+            try {
+                java.util.concurrent.Future<?> copy;
+                java.util.concurrent.atomic.AtomicReference<Thread> copier =
+                        new java.util.concurrent.atomic.AtomicReference<>();
+                synchronized (first) {
+                    copy = pool.submit(() -> {
+                        copier.set(Thread.currentThread());
+                        second.copyLayerFrom(1, first);
+                    });
+                    long deadline = System.nanoTime() + 10_000_000_000L;
+                    while (copier.get() == null || copier.get().getState() != Thread.State.BLOCKED) {
+                        assertThat(System.nanoTime()).as("the copy never waited for the lock").isLessThan(deadline);
+                        Thread.onSpinWait();
+                    }
+                    // isOpen() takes the second sequence's lock: it would hang if the waiting copy held it
+                    assertThat(pool.submit(second::isOpen).get(10, java.util.concurrent.TimeUnit.SECONDS)).isTrue();
+                }
+                copy.get(10, java.util.concurrent.TimeUnit.SECONDS);
+            } finally {
+                pool.shutdownNow();
+            }
+            assertSameLayer(second.layer(1), first.layer(1));
+            first.close();
+            second.close();
+        }
+    }
+
     @Test
     void hostStoragesCopyOnlyTheirOwnBlocksOfEqualSize() {
         try (HostStorage a = new HostStorage(); HostStorage b = new HostStorage()) {
