@@ -62,7 +62,9 @@ import picocli.CommandLine.Spec;
                 + "(token positions, end exclusive).",
             "Per layer, code width, clip (the paper's toward zero, and about each channel's midpoint) and "
                 + "calibration on/off it prints the relative error ||o - o_exact|| / ||o_exact|| of the attention "
-                + "output, its largest absolute error, and the bytes the layer's cache stores next to fp16.",
+                + "output, its largest absolute error, and the bytes the layer's cache stores next to fp16. With 1 and 2 "
+                + "among the widths, also 2-bit keys (full range) with 1-bit values clipped about the midpoint (rows "
+                + "'k2 v1 mid C').",
             "With --error-budget it recommends, per layer, the setting that stores the fewest bytes within it."})
 public final class EvalCommand implements Callable<Integer> {
 
@@ -321,19 +323,20 @@ public final class EvalCommand implements Callable<Integer> {
     }
 
     /**
-     * One line of the report; {@code bits} 0 is the unquantized cache; {@code midpointClip} 0 is the paper's clip
-     * toward zero (the width's defaults), otherwise both keys and values clipped about each channel's midpoint.
+     * One line of the report; {@code bits} 0 is the unquantized cache; {@code valueBits} the values' width (see
+     * {@link Setting}); {@code midpointClip} 0 is the paper's clip toward zero (the width's defaults), otherwise both
+     * keys and values clipped about each channel's midpoint.
      */
-    record Row(int layer, int bits, float midpointClip, boolean calibration, double relativeError, double maxAbsError,
-            long storedBytes, long fp16Bytes) {
+    record Row(int layer, int bits, int valueBits, float midpointClip, boolean calibration, double relativeError,
+            double maxAbsError, long storedBytes, long fp16Bytes) {
 
         String cache() {
-            return bits == 0 ? "unquantized" : new Setting(bits, midpointClip).name();
+            return bits == 0 ? "unquantized" : new Setting(bits, valueBits, midpointClip).name();
         }
 
         /** The quantization this row measured, or null for the unquantized cache. */
         QuantConfig config() {
-            return bits == 0 ? null : new Setting(bits, midpointClip).config(calibration);
+            return bits == 0 ? null : new Setting(bits, valueBits, midpointClip).config(calibration);
         }
     }
 
@@ -386,15 +389,26 @@ public final class EvalCommand implements Callable<Integer> {
         }
     }
 
-    /** A quantized cache to evaluate: a code width and its clip ({@code midpointClip} 0: the width's defaults). */
-    record Setting(int bits, float midpointClip) {
+    /**
+     * A quantized cache to evaluate: a code width and its clip ({@code midpointClip} 0: the width's defaults); or,
+     * where {@code valueBits} differs from {@code bits}, keys over their full range at {@code bits} and values at
+     * {@code valueBits} clipped about each channel's midpoint.
+     */
+    record Setting(int bits, int valueBits, float midpointClip) {
         QuantConfig config(boolean calibrate) {
             QuantConfig c = QuantConfig.defaults(bits).withCalibrate(calibrate);
+            if (valueBits != bits) {
+                return c.withValueBits(valueBits).withKeyClip(1f).withValueClip(midpointClip)
+                        .withClipAnchor(ClipAnchor.MIDPOINT);
+            }
             return midpointClip == 0 ? c : c.withKeyClip(midpointClip).withValueClip(midpointClip)
                     .withClipAnchor(ClipAnchor.MIDPOINT);
         }
 
         String name() {
+            if (valueBits != bits) {
+                return "k" + bits + " v" + valueBits + " mid " + midpointClip;
+            }
             return bits + "-bit" + (midpointClip == 0 ? "" : " mid " + midpointClip);
         }
     }
@@ -407,11 +421,16 @@ public final class EvalCommand implements Callable<Integer> {
     static List<Row> evaluate(Capture c, List<Integer> bitsList, List<Float> midpointClips) {
         List<Setting> settings = new ArrayList<>();
         for (int b : bitsList) {
-            settings.add(new Setting(b, 0f));
+            settings.add(new Setting(b, b, 0f));
         }
         for (int b : bitsList) {
             for (float clip : midpointClips) {
-                settings.add(new Setting(b, clip));
+                settings.add(new Setting(b, b, clip));
+            }
+        }
+        if (bitsList.contains(1) && bitsList.contains(2)) { // keys are what attention is most sensitive to
+            for (float clip : midpointClips) {
+                settings.add(new Setting(2, 1, clip));
             }
         }
         ModelGeometry g = c.geometry();
@@ -432,14 +451,15 @@ public final class EvalCommand implements Callable<Integer> {
                     MemorySegment query = c.queries().get(l).data();
                     float[] expected = decode(reference, exactView, query, c, arena);
                     float[] floor = decode(new CpuExactAttention(), exactView, query, c, arena);
-                    rows.add(row(l, 0, 0f, false, floor, expected, storedBytes(exactView), fp16Bytes));
+                    rows.add(row(l, 0, 0, 0f, false, floor, expected, storedBytes(exactView), fp16Bytes));
                     for (int i = 0; i < settings.size(); i++) {
                         Setting setting = settings.get(i);
                         LayerKvView view = quantized.get(i).layer(l);
                         for (boolean calibrate : new boolean[] {true, false}) {
                             Calibration calibration = setting.config(calibrate).calibration();
                             float[] actual = decode(new CpuCalibQuantAttention(calibration), view, query, c, arena);
-                            rows.add(row(l, setting.bits(), setting.midpointClip(), calibrate, actual, expected,
+                            rows.add(row(l, setting.bits(), setting.valueBits(), setting.midpointClip(), calibrate,
+                                    actual, expected,
                                     storedBytes(view), fp16Bytes));
                         }
                     }
@@ -481,7 +501,8 @@ public final class EvalCommand implements Callable<Integer> {
         return bytes;
     }
 
-    private static Row row(int layer, int bits, float midpointClip, boolean calibration, float[] actual,
+    private static Row row(int layer, int bits, int valueBits, float midpointClip, boolean calibration,
+            float[] actual,
             float[] expected, long storedBytes, long fp16Bytes) {
         double diff = 0;
         double norm = 0;
@@ -494,7 +515,7 @@ public final class EvalCommand implements Callable<Integer> {
         }
         // an output equal to an exact zero (a layer of zero values) has no error; 0/0 would report NaN
         double relative = diff == 0 ? 0 : Math.sqrt(diff / norm);
-        return new Row(layer, bits, midpointClip, calibration, relative, maxAbs, storedBytes, fp16Bytes);
+        return new Row(layer, bits, valueBits, midpointClip, calibration, relative, maxAbs, storedBytes, fp16Bytes);
     }
 
     private static void printTable(PrintWriter out, Capture c, List<Row> rows) {
@@ -542,6 +563,7 @@ public final class EvalCommand implements Callable<Integer> {
                 n.putNull("calibration");
             } else {
                 n.put("bits", r.bits());
+                n.put("valueBits", r.valueBits());
                 n.put("calibration", r.calibration());
                 n.put("clipAnchor", r.midpointClip() == 0 ? "ZERO" : "MIDPOINT");
                 n.put("keyClip", r.config().keyClip());

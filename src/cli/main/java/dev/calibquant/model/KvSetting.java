@@ -26,6 +26,9 @@ public record KvSetting(String name, QuantConfig quant) {
                 new KvSetting("1-bit, clipped about the midpoint (0.8), calibrated", one.withKeyClip(0.8f)
                         .withValueClip(0.8f).withClipAnchor(ClipAnchor.MIDPOINT)),
                 new KvSetting("2-bit CalibQuant", QuantConfig.defaults(2)),
+                new KvSetting("2-bit keys (full range), 1-bit values about the midpoint (0.7), no calibration",
+                        QuantConfig.defaults(2).withValueBits(1).withKeyClip(1f).withValueClip(0.7f)
+                                .withClipAnchor(ClipAnchor.MIDPOINT).withCalibrate(false)),
                 new KvSetting("4-bit", QuantConfig.defaults(4)));
     }
 
@@ -34,7 +37,9 @@ public record KvSetting(String name, QuantConfig quant) {
         if (quant == null) {
             return "visual KV in fp16";
         }
-        return quant.bits() + "-bit visual KV, keys clipped to " + quant.keyClip() + ", values to " + quant.valueClip()
+        String width = quant.valueBits() == quant.bits() ? quant.bits() + "-bit visual KV"
+                : "visual keys at " + quant.bits() + " bits and values at " + quant.valueBits();
+        return width + ", keys clipped to " + quant.keyClip() + ", values to " + quant.valueClip()
                 + (quant.clipAnchor() == ClipAnchor.MIDPOINT ? " about each channel's midpoint" : "")
                 + (quant.valueGranularity() == Granularity.PER_TOKEN ? " (values per token)" : "")
                 + (quant.calibrate() ? ", calibrated (τ " + quant.tauMin() + ", " + quant.tauMax() + ")"

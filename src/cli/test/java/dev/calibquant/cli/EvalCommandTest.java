@@ -138,10 +138,15 @@ class EvalCommandTest {
         Result r = run(file.toString(), "--json", "--bits", "2,1");
         assertThat(r.exitCode()).as(r.err()).isZero();
         JsonNode results = new ObjectMapper().readTree(r.out()).get("results");
-        // unquantized, 1 bit on/off, 2 bits on/off (sorted), then the same two widths clipped about the midpoint (0.7)
-        assertThat(results).hasSize(9);
+        // unquantized, 1 bit on/off, 2 bits on/off (sorted), then the same two widths clipped about the midpoint (0.7),
+        // then 2-bit keys with 1-bit values clipped about the midpoint
+        assertThat(results).hasSize(11);
         assertThat(results.get(5).get("cache").asText()).isEqualTo("1-bit mid 0.7");
         assertThat(results.get(5).get("clipAnchor").asText()).isEqualTo("MIDPOINT");
+        assertThat(results.get(9).get("cache").asText()).isEqualTo("k2 v1 mid 0.7");
+        assertThat(results.get(9).get("bits").asInt()).isEqualTo(2);
+        assertThat(results.get(9).get("valueBits").asInt()).isEqualTo(1);
+        assertThat(results.get(9).get("keyClip").asDouble()).isEqualTo(1.0);
 
         MemorySegment k = c.data("layers.0.k");
         MemorySegment v = c.data("layers.0.v");
@@ -192,7 +197,7 @@ class EvalCommandTest {
         Result r = run(file.toString(), "--json");
         assertThat(r.exitCode()).as(r.err()).isZero();
         JsonNode results = new ObjectMapper().readTree(r.out()).get("results");
-        assertThat(results).hasSize(2 * (1 + 3 * 2 + 3 * 2)); // the widths also clipped about the midpoint
+        assertThat(results).hasSize(2 * (1 + 3 * 2 + 3 * 2 + 2)); // the widths also about the midpoint; k2 v1
         for (JsonNode row : results) {
             if (row.get("layer").asInt() == 1) {
                 assertThat(row.get("relativeError").isNumber()).as("%s", row).isTrue();
@@ -240,7 +245,8 @@ class EvalCommandTest {
         assertThat(r.out()).contains("2 layers, 4 query heads, 2 KV heads, head dim 16; 120 tokens of FP16")
                 .contains("visual spans [5, 60), [100, 118) (73 tokens)").contains("rel. error");
         List<String> rows = r.out().lines().filter(line -> line.matches("\\s+\\d+\\s+\\S+.*x$")).toList();
-        assertThat(rows).hasSize(2 * (1 + 3 * 2 + 3 * 2)); // the defaults, then every width clipped about the midpoint
+        // the defaults, then every width clipped about the midpoint, then 2-bit keys with 1-bit values
+        assertThat(rows).hasSize(2 * (1 + 3 * 2 + 3 * 2 + 2));
         assertThat(rows.get(1)).containsPattern("^\\s+0\\s+1-bit\\s+on\\s");
         assertThat(rows.get(6)).containsPattern("^\\s+0\\s+4-bit\\s+off\\s");
         assertThat(rows.get(7)).containsPattern("^\\s+0\\s+1-bit mid 0.7\\s+on\\s");
@@ -257,7 +263,9 @@ class EvalCommandTest {
         long text = 2L * 2 * 40 * 16 * 2; // 40 fp16 tokens outside the span, keys and values, 2 KV heads
         for (JsonNode row : root.get("results")) {
             int bits = row.get("bits").isNull() ? 16 : row.get("bits").asInt();
-            long expected = bits == 16 ? 2L * 2 * 120 * 16 * 2 : text + 2L * 2 * 80 * 16 * bits / 8 + 4L * 2 * 16 * 4;
+            int valueBits = row.get("bits").isNull() ? 16 : row.get("valueBits").asInt();
+            long expected = bits == 16 ? 2L * 2 * 120 * 16 * 2
+                    : text + 2L * 80 * 16 * (bits + valueBits) / 8 + 4L * 2 * 16 * 4;
             assertThat(row.get("storedBytes").asLong()).as("bits %d", bits).isEqualTo(expected);
             assertThat(row.get("fp16Bytes").asLong()).isEqualTo(2L * 2 * 120 * 16 * 2);
             assertThat(row.get("relativeError").asDouble()).isFinite();

@@ -145,13 +145,14 @@ final class DecodeInputs {
             throw new InvalidShapeException(name + " has " + span.kvHeads() + " KV heads of dim " + span.headDim()
                     + ", the sequence has " + kvHeads + " of dim " + headDim);
         }
-        int bits = span.bits();
-        if (bits != 1 && bits != 2 && bits != 4 && bits != 8) {
-            throw new InvalidShapeException(name + ": bits must be 1, 2, 4 or 8, got " + bits);
-        }
-        if ((headDim * bits) % 8 != 0) {
-            throw new InvalidShapeException(name + ": headDim " + headDim + " times " + bits
-                    + " bits is not a multiple of 8");
+        for (int bits : new int[] {span.bits(), span.valueBits()}) {
+            if (bits != 1 && bits != 2 && bits != 4 && bits != 8) {
+                throw new InvalidShapeException(name + ": bits must be 1, 2, 4 or 8, got " + bits);
+            }
+            if ((headDim * bits) % 8 != 0) {
+                throw new InvalidShapeException(name + ": headDim " + headDim + " times " + bits
+                        + " bits is not a multiple of 8");
+            }
         }
         if (span.tokens() <= 0) {
             throw new InvalidShapeException(name + " has " + span.tokens() + " tokens");
@@ -159,9 +160,10 @@ final class DecodeInputs {
         Granularity kg = Objects.requireNonNull(span.keyGranularity(), name + " keyGranularity");
         Granularity vg = Objects.requireNonNull(span.valueGranularity(), name + " valueGranularity");
         long codeBytes = (long) kvHeads * span.tokens() * span.bytesPerTokenRow();
+        long valueCodeBytes = (long) kvHeads * span.tokens() * span.valueBytesPerTokenRow();
         requireSize(name + " keyCodes", Objects.requireNonNull(span.keyCodes(), name + " keyCodes"), codeBytes);
         requireSize(name + " valueCodes", Objects.requireNonNull(span.valueCodes(), name + " valueCodes"),
-                codeBytes);
+                valueCodeBytes);
         long keyParams = 4 * ChannelQuantizer.paramCount(kg, kvHeads, span.tokens(), headDim);
         long valueParams = 4 * ChannelQuantizer.paramCount(vg, kvHeads, span.tokens(), headDim);
         requireSize(name + " keyScale", Objects.requireNonNull(span.keyScale(), name + " keyScale"), keyParams);

@@ -63,7 +63,7 @@ final class PackedSpanKernel {
 
         int rowBytes = span.bytesPerTokenRow();
         if (useTables(bits, tokens, headDim, rowBytes)) {
-            long[] words = loadWords(span.keyCodes(), span, kvh, sc);
+            long[] words = loadWords(span.keyCodes(), rowBytes, span, kvh, sc);
             int width = blockWidth(groups);
             int perBlock = rowBytes * 256 * width;
             sc.tables = Scratch.grow(sc.tables, groups * rowBytes * 256);
@@ -82,7 +82,7 @@ final class PackedSpanKernel {
                 }
             }
         } else {
-            byte[] codes = loadCodes(span.keyCodes(), span, kvh, sc);
+            byte[] codes = loadCodes(span.keyCodes(), rowBytes, span, kvh, sc);
             sc.rows = Scratch.grow(sc.rows, headDim);
             float[] row = sc.rows;
             for (int n = 0; n < tokens; n++) {
@@ -171,7 +171,7 @@ final class PackedSpanKernel {
             Scratch sc) {
         int headDim = span.headDim();
         int tokens = span.tokens();
-        int bits = span.bits();
+        int bits = span.valueBits();
         boolean perToken = span.valueGranularity() == Granularity.PER_TOKEN;
         sc.valueScale = loadParams(span.valueScale(), span.valueGranularity(), span, kvh, sc.valueScale);
         sc.valueOffset = loadParams(span.valueOffset(), span.valueGranularity(), span, kvh, sc.valueOffset);
@@ -186,9 +186,9 @@ final class PackedSpanKernel {
         java.util.Arrays.fill(offsetSums, 0, groups, 0f);
         java.util.Arrays.fill(channelSums, 0, groups * headDim, 0f);
 
-        int rowBytes = span.bytesPerTokenRow();
+        int rowBytes = span.valueBytesPerTokenRow();
         if (useTables(bits, tokens, headDim, rowBytes)) {
-            long[] words = loadWords(span.valueCodes(), span, kvh, sc);
+            long[] words = loadWords(span.valueCodes(), rowBytes, span, kvh, sc);
             int width = blockWidth(groups);
             int perBlock = rowBytes * 256 * width;
             sc.tables = Scratch.grow(sc.tables, groups * rowBytes * 256);
@@ -217,7 +217,7 @@ final class PackedSpanKernel {
                 }
             }
         } else {
-            byte[] codes = loadCodes(span.valueCodes(), span, kvh, sc);
+            byte[] codes = loadCodes(span.valueCodes(), rowBytes, span, kvh, sc);
             sc.rows = Scratch.grow(sc.rows, headDim);
             sc.headAcc = Scratch.zeroed(sc.headAcc, groups, headDim);
             float[] row = sc.rows;
@@ -381,8 +381,8 @@ final class PackedSpanKernel {
      * Copies the packed rows of KV head {@code kvh} into a heap array of little-endian words, so byte {@code j} of a
      * row is bits {@code 8(j mod 8)..} of word {@code j / 8}: {@code [tokens][rowBytes / 8]}.
      */
-    private static long[] loadWords(MemorySegment codes, QuantizedSpan span, int kvh, Scratch sc) {
-        int words = span.tokens() * span.bytesPerTokenRow() / 8;
+    private static long[] loadWords(MemorySegment codes, int rowBytes, QuantizedSpan span, int kvh, Scratch sc) {
+        int words = span.tokens() * rowBytes / 8;
         sc.words = Scratch.grow(sc.words, words);
         MemorySegment.copy(codes, WORD, (long) kvh * words * 8, sc.words, 0, words);
         return sc.words;
@@ -392,8 +392,8 @@ final class PackedSpanKernel {
             ValueLayout.JAVA_LONG_UNALIGNED.withOrder(java.nio.ByteOrder.LITTLE_ENDIAN);
 
     /** Copies the packed rows of KV head {@code kvh} into a heap array: {@code [tokens][rowBytes]}. */
-    private static byte[] loadCodes(MemorySegment codes, QuantizedSpan span, int kvh, Scratch sc) {
-        int bytes = span.tokens() * span.bytesPerTokenRow();
+    private static byte[] loadCodes(MemorySegment codes, int rowBytes, QuantizedSpan span, int kvh, Scratch sc) {
+        int bytes = span.tokens() * rowBytes;
         sc.codes = Scratch.grow(sc.codes, bytes);
         MemorySegment.copy(codes, ValueLayout.JAVA_BYTE, (long) kvh * bytes, sc.codes, 0, bytes);
         return sc.codes;

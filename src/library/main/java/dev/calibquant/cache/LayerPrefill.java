@@ -60,12 +60,13 @@ public record LayerPrefill(MemorySegment keys, MemorySegment values, DType dtype
 
     /**
      * The layout of a span's key half ({@code keys} true) or value half: {@code [scale][offset][codes]}, scale and
-     * offset fp32 per the config's granularity, codes {@code [kvHeads][tokens][headDim · bits / 8]}.
+     * offset fp32 per the config's granularity, codes {@code [kvHeads][tokens][headDim · bits / 8]} (the values' own
+     * width for the value half).
      */
     public static SpanPart spanPart(QuantConfig config, boolean keys, int kvHeads, int tokens, int headDim) {
         long params = ChannelQuantizer.paramCount(keys ? config.keyGranularity() : config.valueGranularity(), kvHeads,
                 tokens, headDim);
-        long codes = (long) kvHeads * tokens * headDim * config.bits() / 8;
+        long codes = (long) kvHeads * tokens * headDim * (keys ? config.bits() : config.valueBits()) / 8;
         return new SpanPart(Float.BYTES * params, codes);
     }
 

@@ -305,11 +305,13 @@ public final class Sequence implements AutoCloseable {
                     + q.headDim() + "]; the sequence's is [" + g.kvHeads() + "][" + span.length() + "]["
                     + g.headDim() + "]");
         }
-        if (q.bits() != quantConfig.bits() || q.keyGranularity() != quantConfig.keyGranularity()
+        if (q.bits() != quantConfig.bits() || q.valueBits() != quantConfig.valueBits()
+                || q.keyGranularity() != quantConfig.keyGranularity()
                 || q.valueGranularity() != quantConfig.valueGranularity()) {
-            throw new InvalidShapeException(what + ": the view's span is " + q.bits() + "-bit " + q.keyGranularity()
-                    + "/" + q.valueGranularity() + "; the sequence quantizes " + quantConfig.bits() + "-bit "
-                    + quantConfig.keyGranularity() + "/" + quantConfig.valueGranularity());
+            throw new InvalidShapeException(what + ": the view's span is " + widths(q.bits(), q.valueBits()) + " "
+                    + q.keyGranularity() + "/" + q.valueGranularity() + "; the sequence quantizes "
+                    + widths(quantConfig.bits(), quantConfig.valueBits()) + " " + quantConfig.keyGranularity() + "/"
+                    + quantConfig.valueGranularity());
         }
         LayerPrefill.SpanPart k = LayerPrefill.spanPart(quantConfig, true, g.kvHeads(), span.length(), g.headDim());
         LayerPrefill.SpanPart v = LayerPrefill.spanPart(quantConfig, false, g.kvHeads(), span.length(), g.headDim());
@@ -320,6 +322,11 @@ public final class Sequence implements AutoCloseable {
         checkParams(what + " key offsets", readable(what, q.keyOffset()), k.scaleBytes(), params);
         checkParams(what + " value scales", readable(what, q.valueScale()), v.scaleBytes(), params);
         checkParams(what + " value offsets", readable(what, q.valueOffset()), v.scaleBytes(), params);
+    }
+
+    /** "2-bit", or "2-bit keys, 1-bit values". */
+    private static String widths(int keyBits, int valueBits) {
+        return keyBits == valueBits ? keyBits + "-bit" : keyBits + "-bit keys, " + valueBits + "-bit values";
     }
 
     /** Sizes, then every fp32 finite (the exception names the element's index as its channel). */
@@ -687,7 +694,8 @@ public final class Sequence implements AutoCloseable {
         return new LayerCache.StoredSpan(new QuantizedSpan(tokens, g.kvHeads(), g.headDim(), quantConfig.bits(),
                 quantConfig.keyGranularity(), quantConfig.valueGranularity(),
                 readOnly(k, 2 * ks, kp.codeBytes()), readOnly(v, 2 * vs, vp.codeBytes()),
-                readOnly(k, 0, ks), readOnly(k, ks, ks), readOnly(v, 0, vs), readOnly(v, vs, vs)), target.blocks());
+                readOnly(k, 0, ks), readOnly(k, ks, ks), readOnly(v, 0, vs), readOnly(v, vs, vs),
+                quantConfig.valueBits()), target.blocks());
     }
 
     private static MemorySegment readOnly(MemorySegment block, long offset, long bytes) {

@@ -241,8 +241,8 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
                     + v.fullValues().byteSize() + " bytes; expected " + fullBytes + " each");
         }
         for (QuantizedSpan q : v.visualSpans()) {
-            java.util.Optional<String> unsupported = DeviceKvCache.unsupportedSpans(q.bits(), q.keyGranularity(),
-                    q.valueGranularity());
+            java.util.Optional<String> unsupported = DeviceKvCache.unsupportedSpans(q.bits(), q.valueBits(),
+                    q.keyGranularity(), q.valueGranularity());
             if (unsupported.isPresent()) {
                 throw new IllegalArgumentException(what + ": " + unsupported.get());
             }

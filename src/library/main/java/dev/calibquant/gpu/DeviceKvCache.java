@@ -95,13 +95,17 @@ public final class DeviceKvCache implements AutoCloseable {
     }
 
     /**
-     * Why the GPU kernels do not take visual spans of {@code bits} bits with these statistics, or empty when they do:
-     * per-channel statistics at 1, 2 or 4 bits. (Other spans are stored, quantized on the CPU, and decoded by the CPU
+     * Why the GPU kernels do not take visual spans of {@code bits}-bit keys and {@code valueBits}-bit values with these
+     * statistics, or empty when they do: per-channel statistics, one width of 1, 2 or 4 bits. (Other spans are stored, quantized on the CPU, and decoded by the CPU
      * attention.)
      */
-    static Optional<String> unsupportedSpans(int bits, Granularity keys, Granularity values) {
+    static Optional<String> unsupportedSpans(int bits, int valueBits, Granularity keys, Granularity values) {
         if (keys != Granularity.PER_CHANNEL || values != Granularity.PER_CHANNEL) {
             return Optional.of("the GPU kernels implement per-channel statistics, not " + keys + "/" + values);
+        }
+        if (valueBits != bits) {
+            return Optional.of("the GPU kernels read keys and values of one code width, not " + bits + "-bit keys and "
+                    + valueBits + "-bit values");
         }
         if (bits != 1 && bits != 2 && bits != 4) {
             return Optional.of("the GPU decode kernels handle 1, 2 and 4 bits, not " + bits);

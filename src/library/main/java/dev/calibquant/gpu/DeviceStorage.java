@@ -322,7 +322,8 @@ final class DeviceStorage implements KvStorage {
         // quantize_pack clips toward zero, as the paper does; a midpoint clip is quantized on the CPU and uploaded
         return p.spans().isEmpty()
                 || (c.clipAnchor() == ClipAnchor.ZERO
-                        && DeviceKvCache.unsupportedSpans(c.bits(), c.keyGranularity(), c.valueGranularity()).isEmpty());
+                        && DeviceKvCache.unsupportedSpans(c.bits(), c.valueBits(), c.keyGranularity(),
+                                c.valueGranularity()).isEmpty());
     }
 
     /**
@@ -658,7 +659,8 @@ final class DeviceStorage implements KvStorage {
             QuantizedSpan q = view.visualSpans().get(i);
             int p = 2 + 6 * i;
             spans.add(new QuantizedSpan(q.tokens(), q.kvHeads(), q.headDim(), q.bits(), q.keyGranularity(),
-                    q.valueGranularity(), host[p], host[p + 1], host[p + 2], host[p + 3], host[p + 4], host[p + 5]));
+                    q.valueGranularity(), host[p], host[p + 1], host[p + 2], host[p + 3], host[p + 4], host[p + 5],
+                    q.valueBits()));
         }
         return new DownloadedLayer(view.kvHeads(), view.headDim(), view.dtype(), view.fullTokens(), view.fullCapacity(),
                 host[0], host[1], spans);

@@ -153,8 +153,8 @@ public final class KvCacheBackend implements AutoCloseable {
         private static String unsupportedSpans(List<? extends LayerKvView> batch) {
             for (LayerKvView v : batch) {
                 for (QuantizedSpan q : v.visualSpans()) {
-                    java.util.Optional<String> why = DeviceKvCache.unsupportedSpans(q.bits(), q.keyGranularity(),
-                            q.valueGranularity());
+                    java.util.Optional<String> why = DeviceKvCache.unsupportedSpans(q.bits(), q.valueBits(),
+                            q.keyGranularity(), q.valueGranularity());
                     if (why.isPresent()) {
                         return why.get();
                     }

@@ -32,10 +32,13 @@ public final class ChannelQuantizer {
             throw new InvalidShapeException("kvHeads, tokens and headDim must be > 0, got " + kvHeads + ", " + tokens
                     + ", " + headDim);
         }
-        long codeBytes = Math.multiplyExact((long) kvHeads * tokens, BitPacking.rowBytes(headDim, config.bits()));
+        long keyCodeBytes = Math.multiplyExact((long) kvHeads * tokens, BitPacking.rowBytes(headDim, config.bits()));
+        long valueCodeBytes = Math.multiplyExact((long) kvHeads * tokens,
+                BitPacking.rowBytes(headDim, config.valueBits()));
         long keyParams = paramCount(config.keyGranularity(), kvHeads, tokens, headDim);
         long valueParams = paramCount(config.valueGranularity(), kvHeads, tokens, headDim);
-        return Math.addExact(Math.multiplyExact(2L, codeBytes), Math.multiplyExact(8L, keyParams + valueParams));
+        return Math.addExact(Math.addExact(keyCodeBytes, valueCodeBytes),
+                Math.multiplyExact(8L, keyParams + valueParams));
     }
 
     /** Number of scales (= number of offsets) of one tensor: {@code kvHeads × headDim}, or {@code × tokens}. */
@@ -63,12 +66,13 @@ public final class ChannelQuantizer {
         GroupStats keyStats = GroupStats.measure("keys", keys, config.keyGranularity(), config.keyClip(),
                 config.clipAnchor(), config.levels());
         GroupStats valueStats = GroupStats.measure("values", values, config.valueGranularity(), config.valueClip(),
-                config.clipAnchor(), config.levels());
+                config.clipAnchor(), config.valueLevels());
 
         MemorySegment block = alloc.allocate(total, Float.BYTES);
         long keyParamBytes = 4 * paramCount(config.keyGranularity(), kvHeads, tokens, headDim);
         long valueParamBytes = 4 * paramCount(config.valueGranularity(), kvHeads, tokens, headDim);
         long codeBytes = (long) kvHeads * tokens * BitPacking.rowBytes(headDim, bits);
+        long valueCodeBytes = (long) kvHeads * tokens * BitPacking.rowBytes(headDim, config.valueBits());
         long at = 0;
         MemorySegment keyScale = block.asSlice(at, keyParamBytes);
         at += keyParamBytes;
@@ -80,14 +84,15 @@ public final class ChannelQuantizer {
         at += valueParamBytes;
         MemorySegment keyCodes = block.asSlice(at, codeBytes);
         at += codeBytes;
-        MemorySegment valueCodes = block.asSlice(at, codeBytes);
+        MemorySegment valueCodes = block.asSlice(at, valueCodeBytes);
 
         keyStats.writeParams(keyScale, keyOffset);
         valueStats.writeParams(valueScale, valueOffset);
         writeCodes(keys, keyStats, bits, keyCodes);
-        writeCodes(values, valueStats, bits, valueCodes);
+        writeCodes(values, valueStats, config.valueBits(), valueCodes);
         return new QuantizedSpan(tokens, kvHeads, headDim, bits, config.keyGranularity(),
-                config.valueGranularity(), keyCodes, valueCodes, keyScale, keyOffset, valueScale, valueOffset);
+                config.valueGranularity(), keyCodes, valueCodes, keyScale, keyOffset, valueScale, valueOffset,
+                config.valueBits());
     }
 
     /**

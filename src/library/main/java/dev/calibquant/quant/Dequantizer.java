@@ -28,12 +28,13 @@ public final class Dequantizer {
             throw new InvalidShapeException("head " + head + " outside [0, " + span.kvHeads() + ")");
         }
         int headDim = span.headDim();
-        int rowBytes = span.bytesPerTokenRow();
+        int rowBytes = keys ? span.bytesPerTokenRow() : span.valueBytesPerTokenRow();
+        int bits = keys ? span.bits() : span.valueBits();
         int[] codes = new int[span.tokens() * headDim];
         int[] row = new int[headDim];
         for (int n = 0; n < span.tokens(); n++) {
             long at = ((long) head * span.tokens() + n) * rowBytes;
-            BitPacking.unpackRow(keys ? span.keyCodes() : span.valueCodes(), at, headDim, span.bits(), row);
+            BitPacking.unpackRow(keys ? span.keyCodes() : span.valueCodes(), at, headDim, bits, row);
             System.arraycopy(row, 0, codes, n * headDim, headDim);
         }
         return codes;

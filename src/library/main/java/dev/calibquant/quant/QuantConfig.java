@@ -5,7 +5,7 @@ import java.util.Objects;
 /**
  * How visual keys and values are quantized and how their scores are calibrated (spec §2 and §4).
  *
- * @param bits             code width: 1, 2, 4 or 8
+ * @param bits             code width of the keys (and of the values unless {@code valueBits} differs): 1, 2, 4 or 8
  * @param keyClip          clipping factor {@code c} for keys, in (0, 1]: the range {@code [c·min, c·max]}, or {@code c}
  *                         times the range about its midpoint ({@link ClipAnchor})
  * @param valueClip        clipping factor for values, in (0, 1]
@@ -16,6 +16,9 @@ import java.util.Objects;
  * @param keyGranularity   which key elements share one (scale, offset)
  * @param valueGranularity which value elements share one (scale, offset)
  * @param clipAnchor       what the clipping factors shrink each range toward: zero (the paper) or its midpoint
+ * @param valueBits        code width of the values: 1, 2, 4 or 8; {@code bits} unless set apart (e.g. 2-bit keys
+ *                         and 1-bit values: keys are what attention is most sensitive to). The GPU kernels take one
+ *                         width for both; spans of two widths are quantized and decoded on the CPU.
  */
 public record QuantConfig(
         int bits,
@@ -27,7 +30,8 @@ public record QuantConfig(
         CalibrationPolicy policy,
         Granularity keyGranularity,
         Granularity valueGranularity,
-        ClipAnchor clipAnchor) {
+        ClipAnchor clipAnchor,
+        int valueBits) {
 
     public static final float DEFAULT_TAU_MIN = 0f;
     public static final float DEFAULT_TAU_MAX = 3f;
@@ -35,6 +39,9 @@ public record QuantConfig(
     public QuantConfig {
         if (bits != 1 && bits != 2 && bits != 4 && bits != 8) {
             throw new IllegalArgumentException("bits must be 1, 2, 4 or 8, got " + bits);
+        }
+        if (valueBits != 1 && valueBits != 2 && valueBits != 4 && valueBits != 8) {
+            throw new IllegalArgumentException("valueBits must be 1, 2, 4 or 8, got " + valueBits);
         }
         requireClip("keyClip", keyClip);
         requireClip("valueClip", valueClip);
@@ -44,6 +51,13 @@ public record QuantConfig(
         Objects.requireNonNull(keyGranularity, "keyGranularity");
         Objects.requireNonNull(valueGranularity, "valueGranularity");
         Objects.requireNonNull(clipAnchor, "clipAnchor");
+    }
+
+    /** One code width for keys and values. */
+    public QuantConfig(int bits, float keyClip, float valueClip, boolean calibrate, float tauMin, float tauMax,
+            CalibrationPolicy policy, Granularity keyGranularity, Granularity valueGranularity, ClipAnchor clipAnchor) {
+        this(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity, valueGranularity, clipAnchor,
+                bits);
     }
 
     /** A configuration clipping toward zero, as the paper does ({@link ClipAnchor#ZERO}). */
@@ -62,9 +76,20 @@ public record QuantConfig(
                 CalibrationPolicy.REFERENCE, Granularity.PER_CHANNEL, Granularity.PER_CHANNEL);
     }
 
-    /** Largest code, {@code 2^bits − 1}. */
+    /** Largest key code, {@code 2^bits − 1}. */
     public int levels() {
         return (1 << bits) - 1;
+    }
+
+    /** Largest value code, {@code 2^valueBits − 1}. */
+    public int valueLevels() {
+        return (1 << valueBits) - 1;
+    }
+
+    /** The same configuration with values coded on {@code width} bits (keys keep {@link #bits()}). */
+    public QuantConfig withValueBits(int width) {
+        return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
+                valueGranularity, clipAnchor, width);
     }
 
     /** The calibration decode attention applies to this configuration's spans ({@link Calibration#OFF} if off). */
@@ -74,43 +99,43 @@ public record QuantConfig(
 
     public QuantConfig withKeyClip(float clip) {
         return new QuantConfig(bits, clip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
-                valueGranularity, clipAnchor);
+                valueGranularity, clipAnchor, valueBits);
     }
 
     public QuantConfig withValueClip(float clip) {
         return new QuantConfig(bits, keyClip, clip, calibrate, tauMin, tauMax, policy, keyGranularity,
-                valueGranularity, clipAnchor);
+                valueGranularity, clipAnchor, valueBits);
     }
 
     public QuantConfig withCalibrate(boolean on) {
         return new QuantConfig(bits, keyClip, valueClip, on, tauMin, tauMax, policy, keyGranularity,
-                valueGranularity, clipAnchor);
+                valueGranularity, clipAnchor, valueBits);
     }
 
     public QuantConfig withTaus(float newTauMin, float newTauMax) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, newTauMin, newTauMax, policy, keyGranularity,
-                valueGranularity, clipAnchor);
+                valueGranularity, clipAnchor, valueBits);
     }
 
     public QuantConfig withPolicy(CalibrationPolicy newPolicy) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, newPolicy, keyGranularity,
-                valueGranularity, clipAnchor);
+                valueGranularity, clipAnchor, valueBits);
     }
 
     public QuantConfig withKeyGranularity(Granularity granularity) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, granularity,
-                valueGranularity, clipAnchor);
+                valueGranularity, clipAnchor, valueBits);
     }
 
     public QuantConfig withValueGranularity(Granularity granularity) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
-                granularity, clipAnchor);
+                granularity, clipAnchor, valueBits);
     }
 
     /** The same configuration with its clipping factors applied about {@code anchor}. */
     public QuantConfig withClipAnchor(ClipAnchor anchor) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
-                valueGranularity, anchor);
+                valueGranularity, anchor, valueBits);
     }
 
     /** A clip shrinks the range (spec §2), which also keeps the clipped ends finite. */

@@ -28,12 +28,12 @@ class FastVersusReferenceProperties {
 
     @Property(tries = 60)
     void fastPathMatchesExplicitDequantizationWithinTheDerivedBound(@ForAll long seed, @ForAll("bits") int bits,
-            @ForAll("groups") int groups, @ForAll("headDims") int headDim, @ForAll boolean calibrate,
+            @ForAll("bits") int valueBits, @ForAll("groups") int groups, @ForAll("headDims") int headDim, @ForAll boolean calibrate,
             @ForAll("policies") CalibrationPolicy policy, @ForAll("granularities") Granularity keyGranularity,
             @ForAll("granularities") Granularity valueGranularity, @ForAll("dtypes") DType dtype) {
         Random random = new Random(seed);
         QuantConfig config = QuantConfig.defaults(bits).withCalibrate(calibrate).withPolicy(policy)
-                .withKeyGranularity(keyGranularity).withValueGranularity(valueGranularity);
+                .withKeyGranularity(keyGranularity).withValueGranularity(valueGranularity).withValueBits(valueBits);
         Calibration calibration = config.calibration();
         int sequences = 1 + random.nextInt(3);
         int kvHeads = 1 + random.nextInt(2);

@@ -94,9 +94,11 @@ class LayerRestoreTest {
         Random random = seed.random();
         // 1-bit per channel (calibrated) with room reserved, and 2-bit per token in fp32 growing geometrically
         record Case(DType dtype, QuantConfig config, int reserved) {}
+        // and 2-bit keys with 1-bit values (two code widths in one span)
         for (Case c : List.of(new Case(DType.FP16, QuantConfig.defaults(1), 8),
                 new Case(DType.FP32, QuantConfig.defaults(2).withKeyGranularity(Granularity.PER_TOKEN)
-                        .withValueGranularity(Granularity.PER_TOKEN), 0))) {
+                        .withValueGranularity(Granularity.PER_TOKEN), 0),
+                new Case(DType.FP16, QuantConfig.defaults(2).withValueBits(1), 4))) {
             try (Arena arena = Arena.ofConfined();
                     KvCacheManager source = KvCacheManager.onHost(GEOMETRY, c.dtype());
                     KvCacheManager target = KvCacheManager.onHost(GEOMETRY, c.dtype(), 1L << 20)) {

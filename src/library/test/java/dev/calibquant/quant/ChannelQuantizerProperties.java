@@ -52,11 +52,12 @@ class ChannelQuantizerProperties {
 
     @Property(tries = 60)
     void codesAreTheExactRoundedQuotientForEveryGranularity(@ForAll long seed, @ForAll("bits") int bits,
-            @ForAll("granularities") Granularity keyGranularity, @ForAll("granularities") Granularity valueGranularity,
+            @ForAll("bits") int valueBits, @ForAll("granularities") Granularity keyGranularity,
+            @ForAll("granularities") Granularity valueGranularity,
             @ForAll @IntRange(min = 1, max = 3) int kvHeads, @ForAll @IntRange(min = 2, max = 40) int tokens) {
         int headDim = 16;
         QuantConfig config = QuantConfig.defaults(bits).withKeyGranularity(keyGranularity)
-                .withValueGranularity(valueGranularity);
+                .withValueGranularity(valueGranularity).withValueBits(valueBits);
         try (Arena arena = Arena.ofConfined()) {
             Case c = quantizeRandom(arena, seed, config, DType.FP32, kvHeads, tokens, headDim);
             checkAgainstExact(c, true);
@@ -73,7 +74,11 @@ class ChannelQuantizerProperties {
         MemorySegment offset = keys ? c.span.keyOffset() : c.span.valueOffset();
         int perHead = granularity == Granularity.PER_TOKEN ? c.tokens : c.headDim;
         assertThat(scale.byteSize()).isEqualTo(4L * c.kvHeads * perHead);
-        int levels = c.config.levels();
+        int levels = keys ? c.config.levels() : c.config.valueLevels();
+        int bits = keys ? c.config.bits() : c.config.valueBits();
+        assertThat(keys ? c.span.bits() : c.span.valueBits()).isEqualTo(bits);
+        assertThat((keys ? c.span.keyCodes() : c.span.valueCodes()).byteSize())
+                .isEqualTo((long) c.kvHeads * c.tokens * c.headDim * bits / 8);
         for (int h = 0; h < c.kvHeads; h++) {
             int[] codes = Dequantizer.codes(c.span, h, keys);
             for (int n = 0; n < c.tokens; n++) {

@@ -48,5 +48,25 @@ class QuantConfigTest {
         assertThatThrownBy(() -> d.withTaus(-1f, 3f)).hasMessageContaining("tauMin");
         assertThatThrownBy(() -> d.withTaus(0f, Float.POSITIVE_INFINITY)).hasMessageContaining("tauMax");
         assertThatThrownBy(() -> d.withPolicy(null)).isInstanceOf(NullPointerException.class);
+        for (int bad : new int[] {0, 3, 16, -1}) {
+            assertThatThrownBy(() -> d.withValueBits(bad)).isInstanceOf(IllegalArgumentException.class)
+                    .hasMessage("valueBits must be 1, 2, 4 or 8, got " + bad);
+        }
+    }
+
+    @Test
+    void valuesHaveTheKeysWidthUnlessSetApart() {
+        QuantConfig two = QuantConfig.defaults(2);
+        assertThat(two.valueBits()).isEqualTo(2);
+        assertThat(two.valueLevels()).isEqualTo(3);
+        QuantConfig mixed = two.withValueBits(1).withKeyClip(1f).withCalibrate(false);
+        assertThat(mixed.bits()).isEqualTo(2);
+        assertThat(mixed.levels()).isEqualTo(3);
+        assertThat(mixed.valueBits()).isEqualTo(1);
+        assertThat(mixed.valueLevels()).isEqualTo(1);
+        assertThat(mixed).isNotEqualTo(mixed.withValueBits(2));
+        assertThat(mixed.withClipAnchor(ClipAnchor.MIDPOINT).valueBits()).isEqualTo(1); // every wither keeps it
+        // accounting: 2-bit key codes, 1-bit value codes, fp32 scales and offsets per channel
+        assertThat(ChannelQuantizer.bytesFor(mixed, 2, 10, 16)).isEqualTo(2 * 10 * (4 + 2) + 8L * (2 * 16 + 2 * 16));
     }
 }
