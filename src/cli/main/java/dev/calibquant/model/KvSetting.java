@@ -26,6 +26,7 @@ public record KvSetting(String name, QuantConfig quant) {
                 new KvSetting("1-bit, clipped about the midpoint (0.8), calibrated", one.withKeyClip(0.8f)
                         .withValueClip(0.8f).withClipAnchor(ClipAnchor.MIDPOINT)),
                 new KvSetting("2-bit CalibQuant", QuantConfig.defaults(2)),
+                new KvSetting("2-bit, no calibration", QuantConfig.defaults(2).withCalibrate(false)),
                 new KvSetting("2-bit keys (full range), 1-bit values about the midpoint (0.7), no calibration",
                         QuantConfig.defaults(2).withValueBits(1).withKeyClip(1f).withValueClip(0.7f)
                                 .withClipAnchor(ClipAnchor.MIDPOINT).withCalibrate(false)),

@@ -72,7 +72,7 @@ class DemoCommandTest {
         assertThat(r.out()).contains("| fp16 |", "| 1-bit CalibQuant |", "| 1-bit, no calibration |",
                 "| 1-bit, no clipping (factor 1) |", "| 1-bit, per-token values |",
                 "| 1-bit, clipped about the midpoint (0.7), no calibration |", "| 2-bit CalibQuant |",
-                "| 2-bit keys (full range), 1-bit values about the midpoint (0.7), no calibration |",
+                "| 2-bit, no calibration |", "| 2-bit keys (full range), 1-bit values about the midpoint (0.7), no calibration |",
                 "visual keys at 2 bits and values at 1",
                 "| 4-bit |", "on 2 test images");
         assertThat(r.err()).doesNotContain("answering");
