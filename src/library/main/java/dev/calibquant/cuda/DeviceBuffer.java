@@ -94,10 +94,7 @@ public final class DeviceBuffer extends NativeResource {
 
     /** Device-to-device copy of {@code bytes} from {@code src[srcOffset..]} to {@code this[dstOffset..]}. */
     public void copyFrom(DeviceBuffer src, long srcOffset, long dstOffset, long bytes) {
-        checkRange(src.describe(), src.byteSize, srcOffset, bytes);
-        checkRange(describe(), byteSize, dstOffset, bytes);
-        src.checkOpen();
-        checkOpen();
+        checkDeviceCopy(src, srcOffset, dstOffset, bytes);
         if (bytes > 0) {
             InjectedFaults.before("cuMemcpyDtoD_v2");
             Driver.check(cuMemcpyDtoD_v2(address + dstOffset, src.address + srcOffset, bytes), "cuMemcpyDtoD_v2");
@@ -116,16 +113,21 @@ public final class DeviceBuffer extends NativeResource {
             copyFrom(src, srcOffset, dstOffset, bytes);
             return;
         }
-        checkRange(src.describe(), src.byteSize, srcOffset, bytes);
-        checkRange(describe(), byteSize, dstOffset, bytes);
-        src.checkOpen();
-        checkOpen();
+        checkDeviceCopy(src, srcOffset, dstOffset, bytes);
         if (bytes > 0) {
             InjectedFaults.before("cuMemcpyPeer");
             Driver.check(cuMemcpyPeer(address + dstOffset, owner().handle(), src.address + srcOffset,
                     src.owner().handle(), bytes), "cuMemcpyPeer");
             finishLegacyStream("cuMemcpyPeer");
         }
+    }
+
+    /** Both ranges inside their buffers, both buffers open; this buffer's context is left current. */
+    private void checkDeviceCopy(DeviceBuffer src, long srcOffset, long dstOffset, long bytes) {
+        checkRange(src.describe(), src.byteSize, srcOffset, bytes);
+        checkRange(describe(), byteSize, dstOffset, bytes);
+        src.checkOpen();
+        checkOpen();
     }
 
     /** Asynchronous device-to-device copy on {@code stream}. */

@@ -96,8 +96,8 @@ public final class DeviceKvCache implements AutoCloseable {
 
     /**
      * Why the GPU kernels do not take visual spans of {@code bits}-bit keys and {@code valueBits}-bit values with these
-     * statistics, or empty when they do: per-channel statistics, one width of 1, 2 or 4 bits. (Other spans are stored, quantized on the CPU, and decoded by the CPU
-     * attention.)
+     * statistics, or empty when they do: per-channel statistics, one width of 1, 2 or 4 bits. (Other spans are
+     * stored, quantized on the CPU, and decoded by the CPU attention.)
      */
     static Optional<String> unsupportedSpans(int bits, int valueBits, Granularity keys, Granularity values) {
         if (keys != Granularity.PER_CHANNEL || values != Granularity.PER_CHANNEL) {

@@ -66,6 +66,7 @@ import java.util.OptionalLong;
  * several threads is serialized (it shares one stream anyway).
  */
 final class DeviceStorage implements KvStorage {
+    private static final java.util.concurrent.atomic.AtomicLong LOCK_ORDER = new java.util.concurrent.atomic.AtomicLong();
 
     /** Offset granularity in a plane, bytes. */
     static final long ALIGNMENT = 64;
@@ -82,7 +83,6 @@ final class DeviceStorage implements KvStorage {
     private final CudaStream stream;
     /** A JVM-wide order in which {@link #copyFrom} takes two storages' locks. */
     private final long lockOrder = LOCK_ORDER.incrementAndGet();
-    private static final java.util.concurrent.atomic.AtomicLong LOCK_ORDER = new java.util.concurrent.atomic.AtomicLong();
     private final DeviceBuffer[] planes;
     private final RangeAllocator ranges;
     private final Map<MemorySegment.Scope, DeviceBlock> live = new HashMap<>();

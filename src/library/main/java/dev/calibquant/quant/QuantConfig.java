@@ -37,12 +37,8 @@ public record QuantConfig(
     public static final float DEFAULT_TAU_MAX = 3f;
 
     public QuantConfig {
-        if (bits != 1 && bits != 2 && bits != 4 && bits != 8) {
-            throw new IllegalArgumentException("bits must be 1, 2, 4 or 8, got " + bits);
-        }
-        if (valueBits != 1 && valueBits != 2 && valueBits != 4 && valueBits != 8) {
-            throw new IllegalArgumentException("valueBits must be 1, 2, 4 or 8, got " + valueBits);
-        }
+        requireWidth("bits", bits);
+        requireWidth("valueBits", valueBits);
         requireClip("keyClip", keyClip);
         requireClip("valueClip", valueClip);
         requireNonNegativeFinite("tauMin", tauMin);
@@ -136,6 +132,12 @@ public record QuantConfig(
     public QuantConfig withClipAnchor(ClipAnchor anchor) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
                 valueGranularity, anchor, valueBits);
+    }
+
+    private static void requireWidth(String name, int value) {
+        if (value != 1 && value != 2 && value != 4 && value != 8) {
+            throw new IllegalArgumentException(name + " must be 1, 2, 4 or 8, got " + value);
+        }
     }
 
     /** A clip shrinks the range (spec §2), which also keeps the clipped ends finite. */
