@@ -16,7 +16,8 @@ auto:C1/C2/...:half|full:cal|nocal (1 bit about the midpoint, each KV head's key
 at prefill by the attention of the text after the image: keys by KL, values by output error) |
 rot:CK:CV:cal|nocal (keys rotated per head by a fixed random orthogonal matrix before 1-bit midpoint quantization) |
 tokscale:CK:CV:cal|nocal (1-bit midpoint keys with a least-squares fp16 factor per token; CK cancels out) |
-kmixq:FRAC:CK:CV:cal|nocal (kmixh, the 2-bit key channels picked by the prompt's text queries, q_c^2 times range^2)
+kmixq:FRAC:CK:CV:cal|nocal (kmixh, the 2-bit key channels picked by the prompt's text queries, q_c^2 times range^2) |
+alloc:KF:VF:CK:CV:cal|nocal (per layer and KV head, the fraction of key and value channels at 2 bits; see Allocation)
 (first written in ../shared/tools; moved here with kmix, kmixh and the paired differences, 2026-12-07)"""
 import os
 import sys
@@ -92,6 +93,8 @@ def make(cfg):
     if p[0] == "tokscale":  # keys: 1 bit about the midpoint times a per-token fp16 factor (least squares); values: mid
         ck = float(p[1]); cv = float(p[2])
         return (lambda X: q_token_scaled(X, ck)), (lambda X: q_mid(X, 1, cv, True)), cal
+    if p[0] == "alloc":  # per (layer, KV head): the fraction of key / value channels at 2 bits (see Allocation)
+        return Allocation(p[1], p[2], float(p[3]), float(p[4])), None, cal
     if p[0] == "kmixq":  # kmixh, the 2-bit key channels picked by the prompt's text queries (see pick_key_channels)
         return ("kmixq", float(p[1]), float(p[2]), float(p[3])), None, cal
     if p[0] == "auto":  # 1 bit about the midpoint; per KV head, key and value clips picked at prefill (see pick_clips)
@@ -137,15 +140,51 @@ def pick_clips(q, k, v, vs, nv, rows, grid, half):
     return kq, vq
 
 def q_kmix(X, frac, ck, half=False):
+    return q_mixed(X, [frac] * X.shape[0], ck, half)
+
+
+def q_mixed(X, fracs, c, half=False):
+    """Per head h, the round(fracs[h] * D) widest channels at 2 bits (full range), the rest 1 bit about the midpoint."""
     rng = X.max(1) - X.min(1)  # [H, D]
-    k = int(round(frac * X.shape[2]))
-    out = q_mid(X, 1, ck, half)
-    if k > 0:
-        idx = np.argsort(-rng, axis=1)[:, :k]
-        two = q_paper(X, 2, 1.0, half)
-        for h in range(X.shape[0]):
-            out[h][:, idx[h]] = two[h][:, idx[h]]
+    out = q_mid(X, 1, c, half); two = None
+    for h, frac in enumerate(fracs):
+        k = int(round(frac * X.shape[2]))
+        if k > 0:
+            two = q_paper(X, 2, 1.0, half) if two is None else two
+            idx = np.argsort(-rng[h])[:k]
+            out[h][:, idx] = two[h][:, idx]
     return out
+
+
+class Allocation:
+    """alloc:KF:VF:CK:CV:cal|nocal. KF and VF: comma-separated fractions of key and value channels at 2 bits, one per
+    (layer, KV head), layer-major (a single number: every unit); the others 1 bit about the midpoint (CK, CV). Offsets
+    and scales fp16. KV bytes: each 2-bit channel adds one bit per token."""
+
+    def __init__(self, kf, vf, ck, cv):
+        units = C["layers"] * C["kv_heads"]
+        self.kf, self.vf = (self._parse(x, units) for x in (kf, vf)); self.ck, self.cv = ck, cv
+
+    @staticmethod
+    def _parse(text, units):
+        xs = [float(x) for x in text.split(",")]
+        xs = xs * units if len(xs) == 1 else xs
+        if len(xs) != units or not all(0 <= x <= 1 for x in xs):
+            raise SystemExit(f"alloc: {units} fractions in [0, 1] expected, got {text}")
+        return xs
+
+    def _of(self, xs, layer):
+        h = C["kv_heads"]; return xs[layer * h:(layer + 1) * h]
+
+    def keys(self, X, layer):
+        return q_mixed(X, self._of(self.kf, layer), self.ck, True)
+
+    def values(self, X, layer):
+        return q_mixed(X, self._of(self.vf, layer), self.cv, True)
+
+    def two_bit_fraction(self):
+        """The fraction of all visual key and value channels stored at 2 bits (of 2 * units * D)."""
+        return (sum(self.kf) + sum(self.vf)) / (2 * len(self.kf))
 
 _ROT = {}
 
@@ -195,7 +234,11 @@ def forward(visual, tokens, vs, nv, prompt_len, qk, qv, cal):
                 kq, vq = pick_clips(q, k, v, vs, nv, range(vs + nv, prompt_len), qk[1], qk[2])
                 kq, vq = kq.astype(dt), vq.astype(dt)
             else:
-                kq = qk(k[:, vs:vs + nv].astype(np.float64)).astype(dt); vq = qv(v[:, vs:vs + nv].astype(np.float64)).astype(dt)
+                K = k[:, vs:vs + nv].astype(np.float64); V = v[:, vs:vs + nv].astype(np.float64)
+                if isinstance(qk, Allocation):
+                    kq, vq = qk.keys(K, i).astype(dt), qk.values(V, i).astype(dt)
+                else:
+                    kq = qk(K).astype(dt); vq = qv(V).astype(dt)
             sd = q[:, prompt_len:] @ np.repeat(kq, G, 0).transpose(0, 2, 1) / np.sqrt(D).astype(dt)  # decode rows' visual scores
             if cal:
                 g = sd.min(-1, keepdims=True); d = sd.max(-1, keepdims=True)

@@ -45,8 +45,13 @@ final class DecodeInputs {
 
     private static boolean shared(LayerKvView view) {
         for (QuantizedSpan s : view.visualSpans()) {
-            for (MemorySegment m : List.of(s.keyCodes(), s.valueCodes(), s.keyScale(), s.keyOffset(), s.valueScale(),
-                    s.valueOffset())) {
+            List<MemorySegment> parts = new java.util.ArrayList<>(List.of(s.keyCodes(), s.valueCodes(), s.keyScale(),
+                    s.keyOffset(), s.valueScale(), s.valueOffset()));
+            if (s.wideKeys() != null) {
+                parts.add(s.wideKeys().mask());
+                parts.add(s.wideKeys().lowBits());
+            }
+            for (MemorySegment m : parts) {
                 if (!m.isAccessibleBy(OTHER_THREAD)) {
                     return false;
                 }
@@ -164,14 +169,39 @@ final class DecodeInputs {
         requireSize(name + " keyCodes", Objects.requireNonNull(span.keyCodes(), name + " keyCodes"), codeBytes);
         requireSize(name + " valueCodes", Objects.requireNonNull(span.valueCodes(), name + " valueCodes"),
                 valueCodeBytes);
-        long keyParams = 4 * ChannelQuantizer.paramCount(kg, kvHeads, span.tokens(), headDim);
-        long valueParams = 4 * ChannelQuantizer.paramCount(vg, kvHeads, span.tokens(), headDim);
+        DType paramType = Objects.requireNonNull(span.paramType(), name + " paramType");
+        if (paramType == DType.BF16) {
+            throw new InvalidShapeException(name + ": parameters must be fp32 or fp16, got BF16");
+        }
+        long keyParams = paramType.byteSize() * ChannelQuantizer.paramCount(kg, kvHeads, span.tokens(), headDim);
+        long valueParams = paramType.byteSize() * ChannelQuantizer.paramCount(vg, kvHeads, span.tokens(), headDim);
+        if (span.wideKeys() != null) {
+            checkWideKeys(name, span, kvHeads, headDim);
+        }
         requireSize(name + " keyScale", Objects.requireNonNull(span.keyScale(), name + " keyScale"), keyParams);
         requireSize(name + " keyOffset", Objects.requireNonNull(span.keyOffset(), name + " keyOffset"), keyParams);
         requireSize(name + " valueScale", Objects.requireNonNull(span.valueScale(), name + " valueScale"),
                 valueParams);
         requireSize(name + " valueOffset", Objects.requireNonNull(span.valueOffset(), name + " valueOffset"),
                 valueParams);
+    }
+
+    /** Wide key channels: 1-bit per-channel keys, sizes that match, and a mask marking that many channels per head. */
+    private static void checkWideKeys(String name, QuantizedSpan span, int kvHeads, int headDim) {
+        QuantizedSpan.WideKeys wide = span.wideKeys();
+        int channels = wide.channels();
+        if (span.bits() != 1 || span.keyGranularity() != Granularity.PER_CHANNEL) {
+            throw new InvalidShapeException(name + ": wide key channels need 1-bit per-channel keys");
+        }
+        if (channels <= 0 || channels % 8 != 0 || channels > headDim) {
+            throw new InvalidShapeException(name + ": " + channels + " wide key channels; a positive multiple of 8 up "
+                    + "to headDim " + headDim + " expected");
+        }
+        requireSize(name + " wide-channel mask", wide.mask(), (long) kvHeads * (headDim / 8));
+        requireSize(name + " wide-channel low bits", wide.lowBits(), (long) kvHeads * span.tokens() * (channels / 8));
+        for (int h = 0; h < kvHeads; h++) {
+            wide.channelsOf(h, headDim); // throws when the mask marks another count
+        }
     }
 
     private static void requireSize(String name, MemorySegment segment, long bytes) {

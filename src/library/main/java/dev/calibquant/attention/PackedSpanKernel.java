@@ -94,6 +94,42 @@ final class PackedSpanKernel {
                 }
             }
         }
+        if (span.wideKeys() != null) {
+            addLowBits(span, kvh, q, qOff, groups, sigma, scores, total, at, scale, sc);
+        }
+    }
+
+    /**
+     * Adds the low bits of the wide key channels to the scores: {@code Σ_i (q_c σ_c / 2)·low[n, i]} over the wide
+     * channels {@code c}, σ the stored scale (the high bit's weight), read from per-byte tables as the 1-bit codes are.
+     */
+    private static void addLowBits(QuantizedSpan span, int kvh, float[] q, int qOff, int groups, float[] sigma,
+            float[] scores, int total, int at, float scale, Scratch sc) {
+        int headDim = span.headDim();
+        int[] channels = span.wideKeys().channelsOf(kvh, headDim);
+        int wide = channels.length;
+        int rowBytes = wide / 8;
+        float[] lw = new float[groups * wide];
+        for (int g = 0; g < groups; g++) {
+            for (int i = 0; i < wide; i++) {
+                lw[g * wide + i] = q[qOff + g * headDim + channels[i]] * (sigma[channels[i]] * 0.5f);
+            }
+        }
+        float[] t = new float[groups * rowBytes * 256];
+        for (int g = 0; g < groups; g++) {
+            buildTables(lw, g * wide, rowBytes, 1, t, g * rowBytes * 256, 1);
+        }
+        byte[] low = loadCodes(span.wideKeys().lowBits(), rowBytes, span, kvh, sc);
+        for (int n = 0; n < span.tokens(); n++) {
+            for (int g = 0; g < groups; g++) {
+                int base = g * rowBytes * 256;
+                float sum = 0;
+                for (int j = 0; j < rowBytes; j++) {
+                    sum += t[base + (j << 8) + (low[n * rowBytes + j] & 0xFF)];
+                }
+                scores[g * total + at + n] += sum * scale;
+            }
+        }
     }
 
     /**
@@ -403,7 +439,13 @@ final class PackedSpanKernel {
             float[] dst) {
         int count = granularity == Granularity.PER_TOKEN ? span.tokens() : span.headDim();
         float[] out = Scratch.grow(dst, count);
-        MemorySegment.copy(params, Elements.FLOAT_LE, (long) kvh * count * 4, out, 0, count);
+        if (span.paramType() == dev.calibquant.quant.DType.FP32) {
+            MemorySegment.copy(params, Elements.FLOAT_LE, (long) kvh * count * 4, out, 0, count);
+        } else {
+            for (int i = 0; i < count; i++) {
+                out[i] = span.param(params, (long) kvh * count + i);
+            }
+        }
         return out;
     }
 }

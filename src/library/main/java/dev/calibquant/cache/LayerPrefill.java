@@ -50,24 +50,50 @@ public record LayerPrefill(MemorySegment keys, MemorySegment values, DType dtype
         return (long) headDim * dtype.byteSize();
     }
 
-    /** The byte sizes of the parts of a span's key half or value half: {scale, offset, codes}. */
-    public record SpanPart(long scaleBytes, long codeBytes) {
-        /** Bytes of the whole half: scale, offset, codes. */
+    /**
+     * The byte sizes of the parts of a span's key half or value half: {scale, offset, codes, then, in a key half
+     * with wide key channels, the wide-channel mask and low bits}.
+     */
+    public record SpanPart(long scaleBytes, long codeBytes, long maskBytes, long lowBitBytes) {
+        /** Bytes of the whole half. */
         public long bytes() {
-            return 2 * scaleBytes + codeBytes;
+            return 2 * scaleBytes + codeBytes + maskBytes + lowBitBytes;
         }
     }
 
     /**
      * The layout of a span's key half ({@code keys} true) or value half: {@code [scale][offset][codes]}, scale and
-     * offset fp32 per the config's granularity, codes {@code [kvHeads][tokens][headDim · bits / 8]} (the values' own
-     * width for the value half).
+     * offset of the config's parameter type per its granularity, codes {@code [kvHeads][tokens][headDim · bits / 8]}
+     * (the values' own width for the value half); a key half with wide key channels goes on with
+     * {@code [mask][lowBits]} ({@link QuantizedSpan.WideKeys}).
      */
     public static SpanPart spanPart(QuantConfig config, boolean keys, int kvHeads, int tokens, int headDim) {
         long params = ChannelQuantizer.paramCount(keys ? config.keyGranularity() : config.valueGranularity(), kvHeads,
                 tokens, headDim);
         long codes = (long) kvHeads * tokens * headDim * (keys ? config.bits() : config.valueBits()) / 8;
-        return new SpanPart(Float.BYTES * params, codes);
+        boolean wide = keys && config.wideKeyChannels() > 0;
+        long mask = wide ? (long) kvHeads * (headDim / 8) : 0;
+        long low = wide ? (long) kvHeads * tokens * (config.wideKeyChannels() / 8) : 0;
+        return new SpanPart(config.paramType().byteSize() * params, codes, mask, low);
+    }
+
+    /** The span stored in a key half and a value half laid out by {@link #spanPart}: views of the two segments. */
+    public static QuantizedSpan spanOf(QuantConfig config, int kvHeads, int tokens, int headDim, MemorySegment k,
+            MemorySegment v) {
+        SpanPart kp = spanPart(config, true, kvHeads, tokens, headDim);
+        SpanPart vp = spanPart(config, false, kvHeads, tokens, headDim);
+        long ks = kp.scaleBytes();
+        long vs = vp.scaleBytes();
+        QuantizedSpan.WideKeys wide = null;
+        if (kp.maskBytes() > 0) {
+            long at = 2 * ks + kp.codeBytes();
+            wide = new QuantizedSpan.WideKeys(config.wideKeyChannels(), k.asSlice(at, kp.maskBytes()),
+                    k.asSlice(at + kp.maskBytes(), kp.lowBitBytes()));
+        }
+        return new QuantizedSpan(tokens, kvHeads, headDim, config.bits(), config.keyGranularity(),
+                config.valueGranularity(), k.asSlice(2 * ks, kp.codeBytes()), v.asSlice(2 * vs, vp.codeBytes()),
+                k.asSlice(0, ks), k.asSlice(ks, ks), v.asSlice(0, vs), v.asSlice(vs, vs), config.valueBits(),
+                config.paramType(), wide);
     }
 
     /**
@@ -104,7 +130,9 @@ public record LayerPrefill(MemorySegment keys, MemorySegment values, DType dtype
                         KvSlice.ofTokens(keys, dtype, kvHeads, promptTokens, headDim, span.start(), span.end()),
                         KvSlice.ofTokens(values, dtype, kvHeads, promptTokens, headDim, span.start(), span.end()),
                         SegmentAllocator.slicingAllocator(stage));
-                MemorySegment keyPart = concat(staging, q.keyScale(), q.keyOffset(), q.keyCodes());
+                MemorySegment keyPart = q.wideKeys() == null ? concat(staging, q.keyScale(), q.keyOffset(), q.keyCodes())
+                        : concat(staging, q.keyScale(), q.keyOffset(), q.keyCodes(), q.wideKeys().mask(),
+                                q.wideKeys().lowBits());
                 MemorySegment valuePart = concat(staging, q.valueScale(), q.valueOffset(), q.valueCodes());
                 storage.write(keyPart, target.blocks().keys(), RowCopy.contiguous(0, 0, keyPart.byteSize()));
                 storage.write(valuePart, target.blocks().values(), RowCopy.contiguous(0, 0, valuePart.byteSize()));

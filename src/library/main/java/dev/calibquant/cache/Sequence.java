@@ -229,7 +229,12 @@ public final class Sequence implements AutoCloseable {
             for (int i = 0; i < spans.size(); i++) {
                 QuantizedSpan q = spans.get(i);
                 BlockPair pair = targets.get(i).blocks();
-                writeParts(storage, pair.keys(), q.keyScale(), q.keyOffset(), q.keyCodes());
+                if (q.wideKeys() == null) {
+                    writeParts(storage, pair.keys(), q.keyScale(), q.keyOffset(), q.keyCodes());
+                } else {
+                    writeParts(storage, pair.keys(), q.keyScale(), q.keyOffset(), q.keyCodes(), q.wideKeys().mask(),
+                            q.wideKeys().lowBits());
+                }
                 writeParts(storage, pair.values(), q.valueScale(), q.valueOffset(), q.valueCodes());
             }
         });
@@ -305,23 +310,45 @@ public final class Sequence implements AutoCloseable {
                     + q.headDim() + "]; the sequence's is [" + g.kvHeads() + "][" + span.length() + "]["
                     + g.headDim() + "]");
         }
+        int wide = q.wideKeys() == null ? 0 : q.wideKeys().channels();
         if (q.bits() != quantConfig.bits() || q.valueBits() != quantConfig.valueBits()
                 || q.keyGranularity() != quantConfig.keyGranularity()
-                || q.valueGranularity() != quantConfig.valueGranularity()) {
-            throw new InvalidShapeException(what + ": the view's span is " + widths(q.bits(), q.valueBits()) + " "
-                    + q.keyGranularity() + "/" + q.valueGranularity() + "; the sequence quantizes "
-                    + widths(quantConfig.bits(), quantConfig.valueBits()) + " " + quantConfig.keyGranularity() + "/"
-                    + quantConfig.valueGranularity());
+                || q.valueGranularity() != quantConfig.valueGranularity() || q.paramType() != quantConfig.paramType()
+                || wide != quantConfig.wideKeyChannels()) {
+            throw new InvalidShapeException(what + ": the view's span is " + format(q.bits(), q.valueBits(),
+                    q.keyGranularity(), q.valueGranularity(), q.paramType(), wide) + "; the sequence quantizes "
+                    + format(quantConfig.bits(), quantConfig.valueBits(), quantConfig.keyGranularity(),
+                            quantConfig.valueGranularity(), quantConfig.paramType(), quantConfig.wideKeyChannels()));
         }
         LayerPrefill.SpanPart k = LayerPrefill.spanPart(quantConfig, true, g.kvHeads(), span.length(), g.headDim());
         LayerPrefill.SpanPart v = LayerPrefill.spanPart(quantConfig, false, g.kvHeads(), span.length(), g.headDim());
         checkSize(what + " key codes", readable(what, q.keyCodes()), k.codeBytes(), "its codes");
         checkSize(what + " value codes", readable(what, q.valueCodes()), v.codeBytes(), "its codes");
-        String params = "its fp32 scales";
-        checkParams(what + " key scales", readable(what, q.keyScale()), k.scaleBytes(), params);
-        checkParams(what + " key offsets", readable(what, q.keyOffset()), k.scaleBytes(), params);
-        checkParams(what + " value scales", readable(what, q.valueScale()), v.scaleBytes(), params);
-        checkParams(what + " value offsets", readable(what, q.valueOffset()), v.scaleBytes(), params);
+        if (wide > 0) {
+            checkSize(what + " wide-channel mask", readable(what, q.wideKeys().mask()), k.maskBytes(), "its mask");
+            checkSize(what + " wide-channel low bits", readable(what, q.wideKeys().lowBits()), k.lowBitBytes(),
+                    "its low bits");
+            for (int h = 0; h < g.kvHeads(); h++) {
+                try {
+                    q.wideKeys().channelsOf(h, g.headDim());
+                } catch (InvalidShapeException e) {
+                    throw new InvalidShapeException(what + ": " + e.getMessage());
+                }
+            }
+        }
+        String params = "its " + (q.paramType() == dev.calibquant.quant.DType.FP16 ? "fp16" : "fp32") + " scales";
+        checkParams(what + " key scales", readable(what, q.keyScale()), k.scaleBytes(), params, q.paramType());
+        checkParams(what + " key offsets", readable(what, q.keyOffset()), k.scaleBytes(), params, q.paramType());
+        checkParams(what + " value scales", readable(what, q.valueScale()), v.scaleBytes(), params, q.paramType());
+        checkParams(what + " value offsets", readable(what, q.valueOffset()), v.scaleBytes(), params, q.paramType());
+    }
+
+    /** "1-bit PER_CHANNEL/PER_CHANNEL", with ", fp16 parameters" and ", 32 wide key channels" where they apply. */
+    private static String format(int keyBits, int valueBits, dev.calibquant.quant.Granularity kg,
+            dev.calibquant.quant.Granularity vg, dev.calibquant.quant.DType params, int wide) {
+        return widths(keyBits, valueBits) + " " + kg + "/" + vg
+                + (params == dev.calibquant.quant.DType.FP16 ? ", fp16 parameters" : "")
+                + (wide > 0 ? ", " + wide + " wide key channels" : "");
     }
 
     /** "2-bit", or "2-bit keys, 1-bit values". */
@@ -330,10 +357,11 @@ public final class Sequence implements AutoCloseable {
     }
 
     /** Sizes, then every fp32 finite (the exception names the element's index as its channel). */
-    private static void checkParams(String what, MemorySegment params, long bytes, String shape) {
+    private static void checkParams(String what, MemorySegment params, long bytes, String shape,
+            dev.calibquant.quant.DType type) {
         checkSize(what, params, bytes, shape);
-        for (long i = 0; i < bytes / Float.BYTES; i++) {
-            float x = params.getAtIndex(Elements.FLOAT_LE, i);
+        for (long i = 0; i < bytes / type.byteSize(); i++) {
+            float x = Elements.read(params, type, i);
             if (!Float.isFinite(x)) {
                 throw new dev.calibquant.quant.NonFiniteInputException(what, -1, -1, (int) i, x);
             }
@@ -684,22 +712,9 @@ public final class Sequence implements AutoCloseable {
     /** The quantized span as decode attention reads it: read-only slices of its pair ({@link LayerPrefill}). */
     private LayerCache.StoredSpan spanView(LayerPrefill.SpanTarget target) {
         ModelGeometry g = manager.geometry();
-        int tokens = target.span().length();
-        LayerPrefill.SpanPart kp = LayerPrefill.spanPart(quantConfig, true, g.kvHeads(), tokens, g.headDim());
-        LayerPrefill.SpanPart vp = LayerPrefill.spanPart(quantConfig, false, g.kvHeads(), tokens, g.headDim());
-        MemorySegment k = target.blocks().keys().segment();
-        MemorySegment v = target.blocks().values().segment();
-        long ks = kp.scaleBytes();
-        long vs = vp.scaleBytes();
-        return new LayerCache.StoredSpan(new QuantizedSpan(tokens, g.kvHeads(), g.headDim(), quantConfig.bits(),
-                quantConfig.keyGranularity(), quantConfig.valueGranularity(),
-                readOnly(k, 2 * ks, kp.codeBytes()), readOnly(v, 2 * vs, vp.codeBytes()),
-                readOnly(k, 0, ks), readOnly(k, ks, ks), readOnly(v, 0, vs), readOnly(v, vs, vs),
-                quantConfig.valueBits()), target.blocks());
-    }
-
-    private static MemorySegment readOnly(MemorySegment block, long offset, long bytes) {
-        return block.asSlice(offset, bytes).asReadOnly();
+        QuantizedSpan q = LayerPrefill.spanOf(quantConfig, g.kvHeads(), target.span().length(), g.headDim(),
+                target.blocks().keys().segment().asReadOnly(), target.blocks().values().segment().asReadOnly());
+        return new LayerCache.StoredSpan(q, target.blocks());
     }
 
     /** A full layer's larger block, reserved and filled with the layer's rows, not yet installed. */
@@ -770,7 +785,7 @@ public final class Sequence implements AutoCloseable {
         long valueParams = ChannelQuantizer.paramCount(quantConfig.valueGranularity(), g.kvHeads(), tokens,
                 g.headDim());
         return ChannelQuantizer.bytesFor(quantConfig, g.kvHeads(), tokens, g.headDim())
-                - Float.BYTES * 2L * (keyParams + valueParams);
+                - quantConfig.paramType().byteSize() * 2L * (keyParams + valueParams);
     }
 
     private long fp16Bytes(int tokens) {

@@ -242,7 +242,8 @@ public final class DeviceDecodeAttention implements DecodeAttention, AutoCloseab
         }
         for (QuantizedSpan q : v.visualSpans()) {
             java.util.Optional<String> unsupported = DeviceKvCache.unsupportedSpans(q.bits(), q.valueBits(),
-                    q.keyGranularity(), q.valueGranularity());
+                    q.keyGranularity(), q.valueGranularity(), q.paramType(),
+                    q.wideKeys() == null ? 0 : q.wideKeys().channels());
             if (unsupported.isPresent()) {
                 throw new IllegalArgumentException(what + ": " + unsupported.get());
             }

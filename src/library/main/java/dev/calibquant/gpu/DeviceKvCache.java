@@ -96,10 +96,18 @@ public final class DeviceKvCache implements AutoCloseable {
 
     /**
      * Why the GPU kernels do not take visual spans of {@code bits}-bit keys and {@code valueBits}-bit values with these
-     * statistics, or empty when they do: per-channel statistics, one width of 1, 2 or 4 bits. (Other spans are
+     * statistics, or empty when they do: fp32 parameters, no wide key channels, per-channel statistics, one width of
+     * 1, 2 or 4 bits. (Other spans are
      * stored, quantized on the CPU, and decoded by the CPU attention.)
      */
-    static Optional<String> unsupportedSpans(int bits, int valueBits, Granularity keys, Granularity values) {
+    static Optional<String> unsupportedSpans(int bits, int valueBits, Granularity keys, Granularity values,
+            DType paramType, int wideKeyChannels) {
+        if (paramType != DType.FP32) {
+            return Optional.of("the GPU kernels read fp32 offsets and scales, not " + paramType);
+        }
+        if (wideKeyChannels > 0) {
+            return Optional.of("the GPU kernels do not read wide key channels (" + wideKeyChannels + " per head)");
+        }
         if (keys != Granularity.PER_CHANNEL || values != Granularity.PER_CHANNEL) {
             return Optional.of("the GPU kernels implement per-channel statistics, not " + keys + "/" + values);
         }

@@ -323,7 +323,7 @@ final class DeviceStorage implements KvStorage {
         return p.spans().isEmpty()
                 || (c.clipAnchor() == ClipAnchor.ZERO
                         && DeviceKvCache.unsupportedSpans(c.bits(), c.valueBits(), c.keyGranularity(),
-                                c.valueGranularity()).isEmpty());
+                                c.valueGranularity(), c.paramType(), c.wideKeyChannels()).isEmpty());
     }
 
     /**
@@ -652,15 +652,20 @@ final class DeviceStorage implements KvStorage {
         for (QuantizedSpan q : view.visualSpans()) {
             parts.addAll(List.of(q.keyCodes(), q.valueCodes(), q.keyScale(), q.keyOffset(), q.valueScale(),
                     q.valueOffset()));
+            if (q.wideKeys() != null) {
+                parts.addAll(List.of(q.wideKeys().mask(), q.wideKeys().lowBits()));
+            }
         }
         MemorySegment[] host = download(parts, arena);
         List<QuantizedSpan> spans = new ArrayList<>();
-        for (int i = 0; i < view.visualSpans().size(); i++) {
-            QuantizedSpan q = view.visualSpans().get(i);
-            int p = 2 + 6 * i;
+        int p = 2;
+        for (QuantizedSpan q : view.visualSpans()) {
+            QuantizedSpan.WideKeys wide = q.wideKeys() == null ? null
+                    : new QuantizedSpan.WideKeys(q.wideKeys().channels(), host[p + 6], host[p + 7]);
             spans.add(new QuantizedSpan(q.tokens(), q.kvHeads(), q.headDim(), q.bits(), q.keyGranularity(),
                     q.valueGranularity(), host[p], host[p + 1], host[p + 2], host[p + 3], host[p + 4], host[p + 5],
-                    q.valueBits()));
+                    q.valueBits(), q.paramType(), wide));
+            p += wide == null ? 6 : 8;
         }
         return new DownloadedLayer(view.kvHeads(), view.headDim(), view.dtype(), view.fullTokens(), view.fullCapacity(),
                 host[0], host[1], spans);

@@ -154,7 +154,8 @@ public final class KvCacheBackend implements AutoCloseable {
             for (LayerKvView v : batch) {
                 for (QuantizedSpan q : v.visualSpans()) {
                     java.util.Optional<String> why = DeviceKvCache.unsupportedSpans(q.bits(), q.valueBits(),
-                            q.keyGranularity(), q.valueGranularity());
+                            q.keyGranularity(), q.valueGranularity(), q.paramType(),
+                            q.wideKeys() == null ? 0 : q.wideKeys().channels());
                     if (why.isPresent()) {
                         return why.get();
                     }

@@ -17,28 +17,51 @@ import java.util.Objects;
  * rounded to fp32, the stored offset is α. A group with {@code α == β} (constant channel, one-token span) stores
  * code 0, scale 0, offset α.
  *
+ * <p>With fp16 parameters ({@link QuantConfig#paramType}) the stored offset is {@code α₁₆ = fp16(α)} and the step
+ * {@code σ₁₆ = fp16(σ)}, and the code is decided on that stored grid: {@code round_half_even(clamp((x − α₁₆)/σ₁₆, 0,
+ * L))}, the level nearest to what decode rebuilds. A step that rounds to 0 stores code 0 and scale 0; an offset or
+ * step beyond fp16's range is refused before anything is allocated.
+ *
+ * <p>Wide key channels ({@link QuantConfig#wideKeyChannels}): per KV head, the channels of widest range
+ * {@code max − min} (ties: lower channel first) are coded on 2 bits over their full range {@code [min, max]}, with no
+ * clip; the high bit goes into the 1-bit key codes, the low bit into the span's low-bit plane, and the stored scale
+ * is twice the step (the high bit's weight; see {@link QuantizedSpan}).
+ *
  * <p>Everything is validated (shapes, finiteness of every input element) before anything is allocated; the span's
  * segments come from one allocation of exactly {@link #bytesFor} bytes, laid out
- * {@code [keyScale][keyOffset][valueScale][valueOffset][keyCodes][valueCodes]}.
+ * {@code [keyScale][keyOffset][valueScale][valueOffset][keyCodes][valueCodes]}, then, with wide key channels,
+ * {@code [wideMask][wideLowBits]}.
  */
 public final class ChannelQuantizer {
     private ChannelQuantizer() {
     }
 
-    /** Exact bytes of every segment of a span (codes and fp32 scales and offsets, keys and values). */
+    /** Exact bytes of every segment of a span (codes, scales and offsets, wide-channel planes; keys and values). */
     public static long bytesFor(QuantConfig config, int kvHeads, int tokens, int headDim) {
         Objects.requireNonNull(config, "config");
         if (kvHeads <= 0 || tokens <= 0 || headDim <= 0) {
             throw new InvalidShapeException("kvHeads, tokens and headDim must be > 0, got " + kvHeads + ", " + tokens
                     + ", " + headDim);
         }
+        config.requireFits(headDim);
         long keyCodeBytes = Math.multiplyExact((long) kvHeads * tokens, BitPacking.rowBytes(headDim, config.bits()));
         long valueCodeBytes = Math.multiplyExact((long) kvHeads * tokens,
                 BitPacking.rowBytes(headDim, config.valueBits()));
         long keyParams = paramCount(config.keyGranularity(), kvHeads, tokens, headDim);
         long valueParams = paramCount(config.valueGranularity(), kvHeads, tokens, headDim);
-        return Math.addExact(Math.addExact(keyCodeBytes, valueCodeBytes),
-                Math.multiplyExact(8L, keyParams + valueParams));
+        return Math.addExact(Math.addExact(Math.addExact(keyCodeBytes, valueCodeBytes),
+                Math.multiplyExact(2L * config.paramType().byteSize(), keyParams + valueParams)),
+                wideBytes(config, kvHeads, tokens, headDim));
+    }
+
+    /** Bytes of the wide-channel mask and low-bit plane of a span's keys; 0 without wide key channels. */
+    public static long wideBytes(QuantConfig config, int kvHeads, int tokens, int headDim) {
+        int wide = config.wideKeyChannels();
+        if (wide == 0) {
+            return 0;
+        }
+        config.requireFits(headDim);
+        return (long) kvHeads * (headDim / 8) + Math.multiplyExact((long) kvHeads * tokens, wide / 8);
     }
 
     /** Number of scales (= number of offsets) of one tensor: {@code kvHeads × headDim}, or {@code × tokens}. */
@@ -64,13 +87,14 @@ public final class ChannelQuantizer {
         long total = bytesFor(config, kvHeads, tokens, headDim);
 
         GroupStats keyStats = GroupStats.measure("keys", keys, config.keyGranularity(), config.keyClip(),
-                config.clipAnchor(), config.levels());
+                config.clipAnchor(), config.levels(), config.paramType(), config.wideKeyChannels());
         GroupStats valueStats = GroupStats.measure("values", values, config.valueGranularity(), config.valueClip(),
-                config.clipAnchor(), config.valueLevels());
+                config.clipAnchor(), config.valueLevels(), config.paramType(), 0);
 
         MemorySegment block = alloc.allocate(total, Float.BYTES);
-        long keyParamBytes = 4 * paramCount(config.keyGranularity(), kvHeads, tokens, headDim);
-        long valueParamBytes = 4 * paramCount(config.valueGranularity(), kvHeads, tokens, headDim);
+        int paramSize = config.paramType().byteSize();
+        long keyParamBytes = paramSize * paramCount(config.keyGranularity(), kvHeads, tokens, headDim);
+        long valueParamBytes = paramSize * paramCount(config.valueGranularity(), kvHeads, tokens, headDim);
         long codeBytes = (long) kvHeads * tokens * BitPacking.rowBytes(headDim, bits);
         long valueCodeBytes = (long) kvHeads * tokens * BitPacking.rowBytes(headDim, config.valueBits());
         long at = 0;
@@ -85,14 +109,23 @@ public final class ChannelQuantizer {
         MemorySegment keyCodes = block.asSlice(at, codeBytes);
         at += codeBytes;
         MemorySegment valueCodes = block.asSlice(at, valueCodeBytes);
+        at += valueCodeBytes;
+        QuantizedSpan.WideKeys wide = null;
+        if (config.wideKeyChannels() > 0) {
+            long maskBytes = (long) kvHeads * (headDim / 8);
+            MemorySegment mask = block.asSlice(at, maskBytes);
+            MemorySegment low = block.asSlice(at + maskBytes, (long) kvHeads * tokens * (config.wideKeyChannels() / 8));
+            keyStats.writeMask(mask);
+            wide = new QuantizedSpan.WideKeys(config.wideKeyChannels(), mask, low);
+        }
 
         keyStats.writeParams(keyScale, keyOffset);
         valueStats.writeParams(valueScale, valueOffset);
-        writeCodes(keys, keyStats, bits, keyCodes);
-        writeCodes(values, valueStats, config.valueBits(), valueCodes);
+        writeCodes(keys, keyStats, bits, keyCodes, wide);
+        writeCodes(values, valueStats, config.valueBits(), valueCodes, null);
         return new QuantizedSpan(tokens, kvHeads, headDim, bits, config.keyGranularity(),
                 config.valueGranularity(), keyCodes, valueCodes, keyScale, keyOffset, valueScale, valueOffset,
-                config.valueBits());
+                config.valueBits(), config.paramType(), wide);
     }
 
     /**
@@ -125,21 +158,52 @@ public final class ChannelQuantizer {
         return u.setScale(0, RoundingMode.HALF_EVEN).intValueExact();
     }
 
-    private static void writeCodes(KvSlice slice, GroupStats stats, int bits, MemorySegment dst) {
+    /**
+     * The code of {@code x} on the stored grid {@code α + step·c}, {@code c} in {@code [0, levels]}:
+     * {@code round_half_even(clamp((x − α)/step, 0, levels))} in exact arithmetic, 0 when {@code step} is 0.
+     */
+    public static int codeOnGrid(float x, float alpha, float step, int levels) {
+        if (step == 0) {
+            return 0;
+        }
+        double u = ((double) x - alpha) / step;
+        if (Math.abs(u - Math.floor(u) - 0.5) <= levels * 0x1p-45) {
+            BigDecimal q = new BigDecimal(x).subtract(new BigDecimal(alpha))
+                    .divide(new BigDecimal(step), new MathContext(400, RoundingMode.HALF_EVEN));
+            q = q.max(BigDecimal.ZERO).min(BigDecimal.valueOf(levels));
+            return q.setScale(0, RoundingMode.HALF_EVEN).intValueExact();
+        }
+        return (int) Math.rint(Math.min(levels, Math.max(0.0, u)));
+    }
+
+    private static void writeCodes(KvSlice slice, GroupStats stats, int bits, MemorySegment dst,
+            QuantizedSpan.WideKeys wide) {
         int headDim = slice.headDim();
         int rowBytes = BitPacking.rowBytes(headDim, bits);
-        int levels = (1 << bits) - 1;
+        int wideBytes = wide == null ? 0 : wide.channels() / 8;
         float[] row = new float[headDim];
         short[] scratch = new short[headDim];
         int[] codes = new int[headDim];
+        int[] low = new int[wide == null ? 0 : wide.channels()];
         for (int h = 0; h < slice.kvHeads(); h++) {
             for (int n = 0; n < slice.tokens(); n++) {
                 Elements.readRow(slice.data(), slice.dtype(), slice.rowIndex(h, n), row, 0, headDim, scratch);
+                int w = 0;
                 for (int d = 0; d < headDim; d++) {
                     int g = stats.group(h, n, d);
-                    codes[d] = code(row[d], stats.alpha[g], stats.beta[g], levels);
+                    int c = stats.code(g, row[d]);
+                    if (stats.wide[g]) { // 2 bits: the high bit with the 1-bit codes, the low bit in its own plane
+                        codes[d] = c >> 1;
+                        low[w++] = c & 1;
+                    } else {
+                        codes[d] = c;
+                    }
                 }
-                BitPacking.packRow(codes, headDim, bits, dst, ((long) h * slice.tokens() + n) * rowBytes);
+                long rowIndex = (long) h * slice.tokens() + n;
+                BitPacking.packRow(codes, headDim, bits, dst, rowIndex * rowBytes);
+                if (wide != null) {
+                    BitPacking.packRow(low, low.length, 1, wide.lowBits(), rowIndex * wideBytes);
+                }
             }
         }
     }
@@ -149,17 +213,31 @@ public final class ChannelQuantizer {
         final Granularity granularity;
         final int groupsPerHead;
         final int headDim;
+        final DType paramType;
         final float[] alpha;
         final float[] beta;
+        /** The step between levels: the fp32 σ, or σ₁₆ with fp16 parameters. */
         final float[] scale;
+        final int[] levels;
+        /** Whether a group is a wide key channel (2 bits, full range). */
+        final boolean[] wide;
 
-        private GroupStats(Granularity granularity, int kvHeads, int groupsPerHead, int headDim) {
+        private GroupStats(Granularity granularity, int kvHeads, int groupsPerHead, int headDim, DType paramType) {
             this.granularity = granularity;
             this.groupsPerHead = groupsPerHead;
             this.headDim = headDim;
+            this.paramType = paramType;
             this.alpha = new float[kvHeads * groupsPerHead];
             this.beta = new float[kvHeads * groupsPerHead];
             this.scale = new float[kvHeads * groupsPerHead];
+            this.levels = new int[kvHeads * groupsPerHead];
+            this.wide = new boolean[kvHeads * groupsPerHead];
+        }
+
+        /** The code of {@code x} in group {@code g}: on the exact range (fp32) or on the stored grid (fp16). */
+        int code(int g, float x) {
+            return paramType == DType.FP32 ? ChannelQuantizer.code(x, alpha[g], beta[g], levels[g])
+                    : codeOnGrid(x, alpha[g], scale[g], levels[g]);
         }
 
         int group(int head, int token, int channel) {
@@ -172,7 +250,7 @@ public final class ChannelQuantizer {
 
         /** Reads every element once: checks it is finite and folds it into its group's min and max. */
         static GroupStats measure(String tensor, KvSlice slice, Granularity granularity, float clip, ClipAnchor anchor,
-                int levels) {
+                int levels, DType paramType, int wideChannels) {
             Objects.requireNonNull(granularity, "granularity");
             int headDim = slice.headDim();
             int groupsPerHead = switch (granularity) {
@@ -180,7 +258,7 @@ public final class ChannelQuantizer {
                 case GLOBAL -> 1;
                 case PER_TOKEN -> slice.tokens();
             };
-            GroupStats stats = new GroupStats(granularity, slice.kvHeads(), groupsPerHead, headDim);
+            GroupStats stats = new GroupStats(granularity, slice.kvHeads(), groupsPerHead, headDim, paramType);
             float[] min = stats.alpha;
             float[] max = stats.beta;
             java.util.Arrays.fill(min, Float.POSITIVE_INFINITY);
@@ -201,10 +279,17 @@ public final class ChannelQuantizer {
                     }
                 }
             }
+            if (wideChannels > 0) {
+                markWidest(stats, slice.kvHeads(), wideChannels);
+            }
             for (int g = 0; g < min.length; g++) {
                 float a;
                 float b;
-                if (anchor == ClipAnchor.ZERO) {
+                stats.levels[g] = stats.wide[g] ? 3 : levels;
+                if (stats.wide[g]) { // full range, no clip
+                    a = min[g];
+                    b = max[g];
+                } else if (anchor == ClipAnchor.ZERO) {
                     a = clip * min[g];
                     b = clip * max[g];
                 } else { // midpoint and half-width exact in double; c = 1 gives back min and max exactly
@@ -215,14 +300,58 @@ public final class ChannelQuantizer {
                 }
                 stats.alpha[g] = a;
                 stats.beta[g] = b;
-                float sigma = (float) (((double) b - a) / levels);
+                float sigma = (float) (((double) b - a) / stats.levels[g]);
                 if (Float.isInfinite(sigma)) {
                     throw new IllegalArgumentException(tensor + ": range [" + a + ", " + b + "] of group " + g
                             + " gives a scale beyond fp32");
                 }
+                if (paramType == DType.FP16) {
+                    stats.alpha[g] = Half.fp16ToFloat(Half.floatToFp16(a));
+                    sigma = a == b ? 0f : Half.fp16ToFloat(Half.floatToFp16(sigma));
+                    float stored = stats.wide[g] ? 2 * sigma : sigma;
+                    if (Float.isInfinite(stats.alpha[g]) || Float.isInfinite(Half.fp16ToFloat(Half.floatToFp16(stored)))) {
+                        throw new IllegalArgumentException(tensor + ": range [" + a + ", " + b + "] of group " + g
+                                + " does not fit fp16 parameters (|value| up to 65504); use fp32 parameters");
+                    }
+                }
                 stats.scale[g] = sigma;
             }
             return stats;
+        }
+
+        /** Per head, marks the {@code count} channels of widest range (max − min, in double; ties: lower first). */
+        private static void markWidest(GroupStats stats, int kvHeads, int count) {
+            float[] min = stats.alpha;
+            float[] max = stats.beta;
+            int d = stats.groupsPerHead;
+            for (int h = 0; h < kvHeads; h++) {
+                int base = h * d;
+                Integer[] order = new Integer[d];
+                for (int i = 0; i < d; i++) {
+                    order[i] = i;
+                }
+                java.util.Arrays.sort(order, (x, y) -> {
+                    int c = Double.compare((double) max[base + y] - min[base + y], (double) max[base + x] - min[base + x]);
+                    return c != 0 ? c : Integer.compare(x, y);
+                });
+                for (int i = 0; i < count; i++) {
+                    stats.wide[base + order[i]] = true;
+                }
+            }
+        }
+
+        /** Per head, the wide channels as bits ({@link QuantizedSpan.WideKeys#mask}). */
+        void writeMask(MemorySegment mask) {
+            int heads = alpha.length / groupsPerHead;
+            for (int h = 0; h < heads; h++) {
+                for (int j = 0; j < headDim / 8; j++) {
+                    int b = 0;
+                    for (int i = 0; i < 8; i++) {
+                        b = (b << 1) | (wide[h * groupsPerHead + 8 * j + i] ? 1 : 0);
+                    }
+                    mask.set(java.lang.foreign.ValueLayout.JAVA_BYTE, (long) h * (headDim / 8) + j, (byte) b);
+                }
+            }
         }
 
         /** Scales and offsets, broadcast to {@code [head][headDim]} for GLOBAL. */
@@ -233,8 +362,8 @@ public final class ChannelQuantizer {
                 for (int i = 0; i < stored; i++) {
                     int g = h * groupsPerHead + (granularity == Granularity.GLOBAL ? 0 : i);
                     long index = (long) h * stored + i;
-                    scaleDst.setAtIndex(Elements.FLOAT_LE, index, scale[g]);
-                    offsetDst.setAtIndex(Elements.FLOAT_LE, index, alpha[g]);
+                    Elements.write(scaleDst, paramType, index, wide[g] ? 2 * scale[g] : scale[g]);
+                    Elements.write(offsetDst, paramType, index, alpha[g]);
                 }
             }
         }

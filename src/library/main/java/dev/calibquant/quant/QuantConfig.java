@@ -19,6 +19,12 @@ import java.util.Objects;
  * @param valueBits        code width of the values: 1, 2, 4 or 8; {@code bits} unless set apart (e.g. 2-bit keys
  *                         and 1-bit values: keys are what attention is most sensitive to). The GPU kernels take one
  *                         width for both; spans of two widths are quantized and decoded on the CPU.
+ * @param paramType        how offsets and scales are stored: {@link DType#FP32} (the paper), or {@link DType#FP16},
+ *                         half the bytes, codes then decided on the stored fp16 grid (spec §2)
+ * @param wideKeyChannels  per KV head, how many key channels (those of widest range) are coded on 2 bits over their
+ *                         full range while the others keep 1 bit: 0 (none) to {@code headDim}, a multiple of 8; only
+ *                         with 1-bit, per-channel keys. Stored as a 1-bit plane plus a low-bit plane (spec §3).
+ *                         Spans with fp16 parameters or wide key channels are quantized and decoded on the CPU.
  */
 public record QuantConfig(
         int bits,
@@ -31,7 +37,9 @@ public record QuantConfig(
         Granularity keyGranularity,
         Granularity valueGranularity,
         ClipAnchor clipAnchor,
-        int valueBits) {
+        int valueBits,
+        DType paramType,
+        int wideKeyChannels) {
 
     public static final float DEFAULT_TAU_MIN = 0f;
     public static final float DEFAULT_TAU_MAX = 3f;
@@ -47,6 +55,26 @@ public record QuantConfig(
         Objects.requireNonNull(keyGranularity, "keyGranularity");
         Objects.requireNonNull(valueGranularity, "valueGranularity");
         Objects.requireNonNull(clipAnchor, "clipAnchor");
+        Objects.requireNonNull(paramType, "paramType");
+        if (paramType == DType.BF16) {
+            throw new IllegalArgumentException("paramType must be FP32 or FP16, got BF16");
+        }
+        if (wideKeyChannels < 0 || wideKeyChannels % 8 != 0) {
+            throw new IllegalArgumentException("wideKeyChannels must be a multiple of 8 and >= 0, got "
+                    + wideKeyChannels);
+        }
+        if (wideKeyChannels > 0 && (bits != 1 || keyGranularity != Granularity.PER_CHANNEL)) {
+            throw new IllegalArgumentException("wideKeyChannels needs 1-bit per-channel keys, got " + bits + "-bit "
+                    + keyGranularity);
+        }
+    }
+
+    /** Two code widths, fp32 parameters, no wide key channels. */
+    public QuantConfig(int bits, float keyClip, float valueClip, boolean calibrate, float tauMin, float tauMax,
+            CalibrationPolicy policy, Granularity keyGranularity, Granularity valueGranularity, ClipAnchor clipAnchor,
+            int valueBits) {
+        this(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity, valueGranularity, clipAnchor,
+                valueBits, DType.FP32, 0);
     }
 
     /** One code width for keys and values. */
@@ -85,7 +113,7 @@ public record QuantConfig(
     /** The same configuration with values coded on {@code width} bits (keys keep {@link #bits()}). */
     public QuantConfig withValueBits(int width) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
-                valueGranularity, clipAnchor, width);
+                valueGranularity, clipAnchor, width, paramType, wideKeyChannels);
     }
 
     /** The calibration decode attention applies to this configuration's spans ({@link Calibration#OFF} if off). */
@@ -95,43 +123,63 @@ public record QuantConfig(
 
     public QuantConfig withKeyClip(float clip) {
         return new QuantConfig(bits, clip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
-                valueGranularity, clipAnchor, valueBits);
+                valueGranularity, clipAnchor, valueBits, paramType, wideKeyChannels);
     }
 
     public QuantConfig withValueClip(float clip) {
         return new QuantConfig(bits, keyClip, clip, calibrate, tauMin, tauMax, policy, keyGranularity,
-                valueGranularity, clipAnchor, valueBits);
+                valueGranularity, clipAnchor, valueBits, paramType, wideKeyChannels);
     }
 
     public QuantConfig withCalibrate(boolean on) {
         return new QuantConfig(bits, keyClip, valueClip, on, tauMin, tauMax, policy, keyGranularity,
-                valueGranularity, clipAnchor, valueBits);
+                valueGranularity, clipAnchor, valueBits, paramType, wideKeyChannels);
     }
 
     public QuantConfig withTaus(float newTauMin, float newTauMax) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, newTauMin, newTauMax, policy, keyGranularity,
-                valueGranularity, clipAnchor, valueBits);
+                valueGranularity, clipAnchor, valueBits, paramType, wideKeyChannels);
     }
 
     public QuantConfig withPolicy(CalibrationPolicy newPolicy) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, newPolicy, keyGranularity,
-                valueGranularity, clipAnchor, valueBits);
+                valueGranularity, clipAnchor, valueBits, paramType, wideKeyChannels);
     }
 
     public QuantConfig withKeyGranularity(Granularity granularity) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, granularity,
-                valueGranularity, clipAnchor, valueBits);
+                valueGranularity, clipAnchor, valueBits, paramType, wideKeyChannels);
     }
 
     public QuantConfig withValueGranularity(Granularity granularity) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
-                granularity, clipAnchor, valueBits);
+                granularity, clipAnchor, valueBits, paramType, wideKeyChannels);
     }
 
     /** The same configuration with its clipping factors applied about {@code anchor}. */
     public QuantConfig withClipAnchor(ClipAnchor anchor) {
         return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
-                valueGranularity, anchor, valueBits);
+                valueGranularity, anchor, valueBits, paramType, wideKeyChannels);
+    }
+
+    /** The same configuration with offsets and scales stored as {@code type} (FP32 or FP16). */
+    public QuantConfig withParamType(DType type) {
+        return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
+                valueGranularity, clipAnchor, valueBits, type, wideKeyChannels);
+    }
+
+    /** The same configuration with {@code channels} key channels per KV head coded on 2 bits (see the field). */
+    public QuantConfig withWideKeyChannels(int channels) {
+        return new QuantConfig(bits, keyClip, valueClip, calibrate, tauMin, tauMax, policy, keyGranularity,
+                valueGranularity, clipAnchor, valueBits, paramType, channels);
+    }
+
+    /** Checks the parts of this configuration that depend on the head dimension. */
+    public void requireFits(int headDim) {
+        if (wideKeyChannels > headDim) {
+            throw new IllegalArgumentException("wideKeyChannels " + wideKeyChannels + " exceeds the head dimension "
+                    + headDim);
+        }
     }
 
     private static void requireWidth(String name, int value) {

@@ -34,7 +34,10 @@ final class HeadSlices {
             spans.add(new QuantizedSpan(q.tokens(), heads, q.headDim(), q.bits(), q.keyGranularity(),
                     q.valueGranularity(), part(q.keyCodes(), all, first, heads), part(q.valueCodes(), all, first, heads),
                     part(q.keyScale(), all, first, heads), part(q.keyOffset(), all, first, heads),
-                    part(q.valueScale(), all, first, heads), part(q.valueOffset(), all, first, heads), q.valueBits()));
+                    part(q.valueScale(), all, first, heads), part(q.valueOffset(), all, first, heads), q.valueBits(),
+                    q.paramType(), q.wideKeys() == null ? null : new QuantizedSpan.WideKeys(q.wideKeys().channels(),
+                            part(q.wideKeys().mask(), all, first, heads),
+                            part(q.wideKeys().lowBits(), all, first, heads))));
         }
         return new HostLayer(heads, view.headDim(), view.dtype(), view.fullTokens(), view.fullCapacity(),
                 part(view.fullKeys(), all, first, heads), part(view.fullValues(), all, first, heads), spans);
@@ -79,7 +82,10 @@ final class HeadSlices {
                     q.valueGranularity(), concat(parts, s, QuantizedSpan::keyCodes, arena),
                     concat(parts, s, QuantizedSpan::valueCodes, arena), concat(parts, s, QuantizedSpan::keyScale, arena),
                     concat(parts, s, QuantizedSpan::keyOffset, arena), concat(parts, s, QuantizedSpan::valueScale, arena),
-                    concat(parts, s, QuantizedSpan::valueOffset, arena), q.valueBits()));
+                    concat(parts, s, QuantizedSpan::valueOffset, arena), q.valueBits(), q.paramType(),
+                    q.wideKeys() == null ? null : new QuantizedSpan.WideKeys(q.wideKeys().channels(),
+                            concat(parts, s, x -> x.wideKeys().mask(), arena),
+                            concat(parts, s, x -> x.wideKeys().lowBits(), arena))));
         }
         return new HostLayer(heads, first.headDim(), first.dtype(), first.fullTokens(), capacity, keys, values, spans);
     }

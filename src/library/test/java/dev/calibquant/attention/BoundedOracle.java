@@ -20,7 +20,9 @@ import java.util.List;
  *   (the fold {@code q_d·σ_d}, a multiply by the code, at most D additions in any order — table entries, lookups,
  *   partial sums — the offset term, the 1/√D factor and its own rounding), so
  *   {@code |ŝ_n − s_n| ≤ E_n = γ_{D+6}·Σ_d |q_d|·m_{n,d}/√D}, with {@code m = |k|} for full-precision keys and
- *   {@code m = σ·code + |α|} for quantized ones (the magnitudes of the summands actually added).</li>
+ *   {@code m = σ·code + |α|} for quantized ones (the magnitudes of the summands actually added). Wide key channels
+ *   add a second table sum over their W low bits ({@code q_c·σ_c/2}, at most W additions) and its scaling and
+ *   addition to the score: D + W + 10 roundings for those spans.</li>
  *   <li><b>Calibration</b> {@code g(x) = (x − γ)·F(R) + γ + τmin}, {@code R = δ − γ},
  *   {@code F(r) = (r − T)/(r + 1e−8)} (clamped at 0 under CLAMP_AT_ZERO), {@code T = τmin + τmax}. With every
  *   score of the span off by at most {@code E = max E_n}, γ and δ are off by at most E, R by 2E, and since F is
@@ -73,9 +75,14 @@ final class BoundedOracle {
             valueMag[i] = Math.abs(value[i]);
         }
         int at = view.fullTokens();
+        int[] depth = new int[n]; // roundings a score term goes through: D + 6, and the low-bit sum's with wide keys
+        java.util.Arrays.fill(depth, d + 6);
         for (QuantizedSpan s : spans) {
             rebuild(s, kvh, true, key, keyMag, at * d);
             rebuild(s, kvh, false, value, valueMag, at * d);
+            if (s.wideKeys() != null) {
+                java.util.Arrays.fill(depth, at, at + s.tokens(), d + 6 + s.wideKeys().channels() + 4);
+            }
             at += s.tokens();
         }
 
@@ -90,7 +97,7 @@ final class BoundedOracle {
                 mag += Math.abs(q[qOff + i]) * keyMag[t * d + i];
             }
             score[t] = dot / rootD;
-            eta[t] = gamma(d + 6) * mag / rootD;
+            eta[t] = gamma(depth[t]) * mag / rootD;
         }
 
         at = view.fullTokens();
@@ -159,7 +166,13 @@ final class BoundedOracle {
     /** Rebuilt elements {@code α + σ·code} and their summand magnitudes {@code σ·code + |α|}, rows of one head. */
     private static void rebuild(QuantizedSpan s, int kvh, boolean keys, double[] x, double[] mag, int off) {
         int d = s.headDim();
-        int[] codes = Dequantizer.codes(s, kvh, keys);
+        int[] codes = Dequantizer.fullCodes(s, kvh, keys);
+        boolean[] wide = new boolean[d]; // a wide key channel's full code counts steps of half the stored scale
+        if (keys && s.wideKeys() != null) {
+            for (int c : s.wideKeys().channelsOf(kvh, d)) {
+                wide[c] = true;
+            }
+        }
         Granularity granularity = keys ? s.keyGranularity() : s.valueGranularity();
         MemorySegment scale = keys ? s.keyScale() : s.valueScale();
         MemorySegment offset = keys ? s.keyOffset() : s.valueOffset();
@@ -167,8 +180,8 @@ final class BoundedOracle {
         for (int t = 0; t < s.tokens(); t++) {
             for (int i = 0; i < d; i++) {
                 long p = (long) kvh * perHead + (granularity == Granularity.PER_TOKEN ? t : i);
-                double sigma = scale.getAtIndex(Elements.FLOAT_LE, p);
-                double alpha = offset.getAtIndex(Elements.FLOAT_LE, p);
+                double sigma = s.param(scale, p) * (wide[i] ? 0.5 : 1);
+                double alpha = s.param(offset, p);
                 int c = codes[t * d + i];
                 x[off + t * d + i] = alpha + sigma * c;
                 mag[off + t * d + i] = sigma * c + Math.abs(alpha);

@@ -22,7 +22,8 @@ import net.jqwik.api.Provide;
 /**
  * The fast path (post-scaling, tables, histograms, fp32) against exact attention over explicitly dequantized spans,
  * within the error bound derived in {@link BoundedOracle}; and the double-precision {@link ReferenceAttention}
- * against the same exact values within u·|o| (its one fp32 rounding) plus 2^−40 relative for its double sums.
+ * against the same exact values within u·|o| (its one fp32 rounding) plus 2^−40 relative for its double sums. Each
+ * case draws fp32 or fp16 parameters, and 1-bit per-channel keys draw a number of wide key channels (0 included).
  */
 class FastVersusReferenceProperties {
 
@@ -33,7 +34,11 @@ class FastVersusReferenceProperties {
             @ForAll("granularities") Granularity valueGranularity, @ForAll("dtypes") DType dtype) {
         Random random = new Random(seed);
         QuantConfig config = QuantConfig.defaults(bits).withCalibrate(calibrate).withPolicy(policy)
-                .withKeyGranularity(keyGranularity).withValueGranularity(valueGranularity).withValueBits(valueBits);
+                .withKeyGranularity(keyGranularity).withValueGranularity(valueGranularity).withValueBits(valueBits)
+                .withParamType(random.nextBoolean() ? DType.FP32 : DType.FP16);
+        if (bits == 1 && keyGranularity == Granularity.PER_CHANNEL && random.nextInt(3) > 0) {
+            config = config.withWideKeyChannels(8 * random.nextInt(headDim / 8 + 1));
+        }
         Calibration calibration = config.calibration();
         int sequences = 1 + random.nextInt(3);
         int kvHeads = 1 + random.nextInt(2);

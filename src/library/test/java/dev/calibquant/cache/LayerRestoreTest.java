@@ -79,6 +79,13 @@ class LayerRestoreTest {
             assertThat(a.keyOffset().mismatch(e.keyOffset())).as("span %d key offsets", i).isEqualTo(-1);
             assertThat(a.valueScale().mismatch(e.valueScale())).as("span %d value scales", i).isEqualTo(-1);
             assertThat(a.valueOffset().mismatch(e.valueOffset())).as("span %d value offsets", i).isEqualTo(-1);
+            assertThat(a.paramType()).isEqualTo(e.paramType());
+            assertThat(a.wideKeys() == null).isEqualTo(e.wideKeys() == null);
+            if (e.wideKeys() != null) {
+                assertThat(a.wideKeys().mask().mismatch(e.wideKeys().mask())).as("span %d mask", i).isEqualTo(-1);
+                assertThat(a.wideKeys().lowBits().mismatch(e.wideKeys().lowBits())).as("span %d low bits", i)
+                        .isEqualTo(-1);
+            }
         }
     }
 
@@ -98,7 +105,10 @@ class LayerRestoreTest {
         for (Case c : List.of(new Case(DType.FP16, QuantConfig.defaults(1), 8),
                 new Case(DType.FP32, QuantConfig.defaults(2).withKeyGranularity(Granularity.PER_TOKEN)
                         .withValueGranularity(Granularity.PER_TOKEN), 0),
-                new Case(DType.FP16, QuantConfig.defaults(2).withValueBits(1), 4))) {
+                new Case(DType.FP16, QuantConfig.defaults(2).withValueBits(1), 4),
+                // and fp16 parameters with half the key channels of each head on 2 bits
+                new Case(DType.FP16, QuantConfig.defaults(1).withParamType(DType.FP16)
+                        .withWideKeyChannels(GEOMETRY.headDim() / 2), 2))) {
             try (Arena arena = Arena.ofConfined();
                     KvCacheManager source = KvCacheManager.onHost(GEOMETRY, c.dtype());
                     KvCacheManager target = KvCacheManager.onHost(GEOMETRY, c.dtype(), 1L << 20)) {
