@@ -103,8 +103,22 @@ public final class KvCacheManager implements AutoCloseable {
      *
      * @throws IllegalArgumentException as above, or when {@code reservedNewTokens} is negative
      */
+    public Sequence createSequence(int promptTokens, List<TokenSpan> visualSpans, QuantConfig quantConfig,
+            int reservedNewTokens) {
+        return createSequence(promptTokens, visualSpans,
+                quantConfig == null ? null : java.util.Collections.nCopies(geometry.layers(), quantConfig),
+                reservedNewTokens);
+    }
+
+    /**
+     * {@link #createSequence(int, List, QuantConfig, int)} whose layers quantize their visual spans each its own way:
+     * {@code layerConfigs} holds one config per layer (bits spent where a model needs them, say 2-bit key channels
+     * in the last layers only). Ignored, and may be null, when there are no visual spans.
+     *
+     * @throws IllegalArgumentException as above, or when {@code layerConfigs} does not hold one config per layer
+     */
     public synchronized Sequence createSequence(int promptTokens, List<TokenSpan> visualSpans,
-            QuantConfig quantConfig, int reservedNewTokens) {
+            List<QuantConfig> layerConfigs, int reservedNewTokens) {
         checkOpen();
         if (reservedNewTokens < 0) {
             throw new IllegalArgumentException("reservedNewTokens must be >= 0, got " + reservedNewTokens);
@@ -115,12 +129,23 @@ public final class KvCacheManager implements AutoCloseable {
         List<TokenSpan> spans = TokenSpan.sortedWithin(Objects.requireNonNull(visualSpans, "visualSpans"),
                 promptTokens);
         if (!spans.isEmpty()) {
-            if (quantConfig == null) {
+            if (layerConfigs == null) {
                 throw new IllegalArgumentException("visual spans " + spans + " need a quantization config");
             }
-            ChannelQuantizer.bytesFor(quantConfig, geometry.kvHeads(), 1, geometry.headDim()); // checks bit packing
+            if (layerConfigs.size() != geometry.layers()) {
+                throw new IllegalArgumentException(layerConfigs.size() + " layer configs for a model of "
+                        + geometry.layers() + " layers");
+            }
+            for (int layer = 0; layer < layerConfigs.size(); layer++) {
+                QuantConfig c = layerConfigs.get(layer);
+                if (c == null) {
+                    throw new IllegalArgumentException("visual spans " + spans + " need a quantization config for "
+                            + "layer " + layer);
+                }
+                ChannelQuantizer.bytesFor(c, geometry.kvHeads(), 1, geometry.headDim()); // checks bit packing
+            }
         }
-        Sequence sequence = new Sequence(this, nextId++, promptTokens, spans, spans.isEmpty() ? null : quantConfig,
+        Sequence sequence = new Sequence(this, nextId++, promptTokens, spans, spans.isEmpty() ? null : layerConfigs,
                 reservedNewTokens);
         open.put(sequence.id(), sequence);
         return sequence;

@@ -35,21 +35,23 @@ public final class Sequence implements AutoCloseable {
     private final int promptTokens;
     private final List<TokenSpan> visualSpans;
     private final int visualTokens;
-    private final QuantConfig quantConfig;
+    /** Per layer, how its visual spans are quantized; null when the sequence has none. */
+    private final List<QuantConfig> layerConfigs;
     private final int reservedNewTokens;
     private final LayerCache[] layers;
     private MemoryUsage usage = MemoryUsage.ZERO;
     private State state = State.OPEN;
     private volatile String label;
 
-    Sequence(KvCacheManager manager, long id, int promptTokens, List<TokenSpan> visualSpans, QuantConfig quantConfig,
+    Sequence(KvCacheManager manager, long id, int promptTokens, List<TokenSpan> visualSpans,
+            List<QuantConfig> layerConfigs,
             int reservedNewTokens) {
         this.reservedNewTokens = reservedNewTokens;
         this.manager = manager;
         this.id = id;
         this.promptTokens = promptTokens;
         this.visualSpans = visualSpans;
-        this.quantConfig = quantConfig;
+        this.layerConfigs = layerConfigs == null ? null : List.copyOf(layerConfigs);
         int visual = 0;
         for (TokenSpan s : visualSpans) {
             visual += s.length();
@@ -100,9 +102,29 @@ public final class Sequence implements AutoCloseable {
         return reservedNewTokens;
     }
 
-    /** How visual spans are quantized; null when the sequence has none. */
+    /**
+     * How visual spans are quantized, in every layer alike; null when the sequence has none.
+     *
+     * @throws IllegalStateException when layers quantize differently ({@link #quantConfigs()} says how)
+     */
     public QuantConfig quantConfig() {
-        return quantConfig;
+        if (layerConfigs == null) {
+            return null;
+        }
+        if (layerConfigs.stream().distinct().count() > 1) {
+            throw new IllegalStateException(this + " quantizes its layers differently: see quantConfigs()");
+        }
+        return layerConfigs.getFirst();
+    }
+
+    /** How each layer's visual spans are quantized, one config per layer; null when the sequence has none. */
+    public List<QuantConfig> quantConfigs() {
+        return layerConfigs;
+    }
+
+    /** The config of {@code layer}'s visual spans (the sequence has some). */
+    private QuantConfig config(int layer) {
+        return layerConfigs.get(layer);
     }
 
     public synchronized boolean isOpen() {
@@ -163,7 +185,7 @@ public final class Sequence implements AutoCloseable {
         int fullTokens = promptTokens - visualTokens;
         store(layer, "filling " + what, prefillCapacity(), fullTokens, promptTokens, (full, targets) ->
                 manager.storage().storePrefill(new LayerPrefill(keys, values, dtype, kvHeads, promptTokens, headDim,
-                        full, prefillCapacity(), gaps(), quantConfig, targets)));
+                        full, prefillCapacity(), gaps(), layerConfigs == null ? null : config(layer), targets)));
     }
 
     /**
@@ -213,7 +235,8 @@ public final class Sequence implements AutoCloseable {
                     + visualSpans.size() + " visual spans " + visualSpans);
         }
         for (int i = 0; i < spans.size(); i++) {
-            checkRestoredSpan(source + ", visual span " + visualSpans.get(i), spans.get(i), visualSpans.get(i));
+            checkRestoredSpan(source + ", visual span " + visualSpans.get(i), spans.get(i), visualSpans.get(i),
+                    config(layer));
         }
         FiniteCheck.requireFinite(source + " full-precision keys", from.fullKeys(), manager.dtype(), kvHeads, fullTokens,
                 capacity, headDim, 0);
@@ -279,7 +302,7 @@ public final class Sequence implements AutoCloseable {
         KvCacheManager other = source.manager;
         if (!other.geometry().equals(manager.geometry()) || other.dtype() != manager.dtype()
                 || source.promptTokens != promptTokens || !source.visualSpans.equals(visualSpans)
-                || !source.quantConfig.equals(quantConfig)) {
+                || !Objects.equals(source.layerConfigs, layerConfigs)) {
             throw new IllegalArgumentException("copying " + from + " into " + what + ": the two differ in geometry ("
                     + other.geometry() + " / " + manager.geometry() + "), dtype, prompt, visual spans or quantization");
         }
@@ -303,7 +326,7 @@ public final class Sequence implements AutoCloseable {
     }
 
     /** A restored span against this sequence's span {@code span}: its length, config and segment sizes; finite. */
-    private void checkRestoredSpan(String what, QuantizedSpan q, TokenSpan span) {
+    private void checkRestoredSpan(String what, QuantizedSpan q, TokenSpan span, QuantConfig quantConfig) {
         ModelGeometry g = manager.geometry();
         if (q.tokens() != span.length() || q.kvHeads() != g.kvHeads() || q.headDim() != g.headDim()) {
             throw new InvalidShapeException(what + ": the view's span is [" + q.kvHeads() + "][" + q.tokens() + "]["
@@ -402,7 +425,7 @@ public final class Sequence implements AutoCloseable {
         int kvHeads = g.kvHeads();
         int headDim = g.headDim();
         String what = "layer " + layer + " of " + this;
-        MemoryUsage delta = layerUsage(capacity, tokens);
+        MemoryUsage delta = layerUsage(layer, capacity, tokens);
         manager.accountant().reserve(delta, action);
         KvStorage storage = manager.storage();
         List<StorageBlock> allocated = new ArrayList<>();
@@ -413,8 +436,8 @@ public final class Sequence implements AutoCloseable {
             allocated.add(full.values());
             List<LayerPrefill.SpanTarget> targets = new ArrayList<>();
             for (TokenSpan span : visualSpans) {
-                LayerPrefill.SpanPart k = LayerPrefill.spanPart(quantConfig, true, kvHeads, span.length(), headDim);
-                LayerPrefill.SpanPart v = LayerPrefill.spanPart(quantConfig, false, kvHeads, span.length(), headDim);
+                LayerPrefill.SpanPart k = LayerPrefill.spanPart(config(layer), true, kvHeads, span.length(), headDim);
+                LayerPrefill.SpanPart v = LayerPrefill.spanPart(config(layer), false, kvHeads, span.length(), headDim);
                 BlockPair pair = storage.allocatePair(k.bytes(), v.bytes(), what + " visual span " + span);
                 allocated.add(pair.keys());
                 allocated.add(pair.values());
@@ -423,7 +446,7 @@ public final class Sequence implements AutoCloseable {
             writer.write(full, targets);
             List<LayerCache.StoredSpan> stored = new ArrayList<>();
             for (LayerPrefill.SpanTarget t : targets) {
-                stored.add(spanView(t));
+                stored.add(spanView(config(layer), t));
             }
             layers[layer] = new LayerCache(kvHeads, headDim, manager.dtype(), full, capacity, fullTokens, stored);
             usage = usage.plus(delta);
@@ -437,15 +460,16 @@ public final class Sequence implements AutoCloseable {
     }
 
     /** What a layer of {@code capacity} full-precision rows and this sequence's spans holds, for {@code tokens}. */
-    private MemoryUsage layerUsage(int capacity, int tokens) {
+    private MemoryUsage layerUsage(int layer, int capacity, int tokens) {
         ModelGeometry g = manager.geometry();
         long fullBytes = LayerCache.fullBlockBytes(g.kvHeads(), g.headDim(), manager.dtype(), capacity);
         long codeBytes = 0;
         long scaleBytes = 0;
         for (TokenSpan span : visualSpans) {
-            long spanCodes = spanCodeBytes(span.length());
+            long spanCodes = spanCodeBytes(config(layer), span.length());
             codeBytes += spanCodes;
-            scaleBytes += ChannelQuantizer.bytesFor(quantConfig, g.kvHeads(), span.length(), g.headDim()) - spanCodes;
+            scaleBytes += ChannelQuantizer.bytesFor(config(layer), g.kvHeads(), span.length(), g.headDim())
+                    - spanCodes;
         }
         return new MemoryUsage(fullBytes, codeBytes, scaleBytes, fp16Bytes(tokens));
     }
@@ -458,12 +482,22 @@ public final class Sequence implements AutoCloseable {
     }
 
     /**
-     * Bytes {@link #fill} allocates for one layer (every layer alike): the full-precision block with its room for
-     * generated tokens, and the quantized spans. What a placement policy or an admission check weighs against a
-     * cache's free bytes.
+     * Bytes {@link #fill} allocates for one layer, the largest of any layer (layers may quantize differently): the
+     * full-precision block with its room for generated tokens, and the quantized spans. What a placement policy or an
+     * admission check weighs against a cache's free bytes.
      */
     public long fillBytes() {
-        return layerUsage(prefillCapacity(), promptTokens).totalBytes();
+        long most = 0;
+        for (int layer = 0; layer < layers.length; layer++) {
+            most = Math.max(most, fillBytes(layer));
+        }
+        return most;
+    }
+
+    /** Bytes {@link #fill} allocates for {@code layer}. */
+    public long fillBytes(int layer) {
+        checkLayerIndex(layer);
+        return layerUsage(layer, prefillCapacity(), promptTokens).totalBytes();
     }
 
     /**
@@ -475,7 +509,7 @@ public final class Sequence implements AutoCloseable {
     public synchronized void clearLayer(int layer) {
         checkOpen();
         LayerCache cache = filledLayer(layer);
-        MemoryUsage held = layerUsage(cache.fullCapacity(), cache.fullTokens() + cache.visualTokens());
+        MemoryUsage held = layerUsage(layer, cache.fullCapacity(), cache.fullTokens() + cache.visualTokens());
         layers[layer] = null;
         try {
             cache.free();
@@ -710,7 +744,7 @@ public final class Sequence implements AutoCloseable {
     }
 
     /** The quantized span as decode attention reads it: read-only slices of its pair ({@link LayerPrefill}). */
-    private LayerCache.StoredSpan spanView(LayerPrefill.SpanTarget target) {
+    private LayerCache.StoredSpan spanView(QuantConfig quantConfig, LayerPrefill.SpanTarget target) {
         ModelGeometry g = manager.geometry();
         QuantizedSpan q = LayerPrefill.spanOf(quantConfig, g.kvHeads(), target.span().length(), g.headDim(),
                 target.blocks().keys().segment().asReadOnly(), target.blocks().values().segment().asReadOnly());
@@ -779,7 +813,7 @@ public final class Sequence implements AutoCloseable {
         return new MemoryUsage(LayerCache.fullBlockBytes(g.kvHeads(), g.headDim(), manager.dtype(), capacity), 0, 0, 0);
     }
 
-    private long spanCodeBytes(int tokens) {
+    private long spanCodeBytes(QuantConfig quantConfig, int tokens) {
         ModelGeometry g = manager.geometry();
         long keyParams = ChannelQuantizer.paramCount(quantConfig.keyGranularity(), g.kvHeads(), tokens, g.headDim());
         long valueParams = ChannelQuantizer.paramCount(quantConfig.valueGranularity(), g.kvHeads(), tokens,

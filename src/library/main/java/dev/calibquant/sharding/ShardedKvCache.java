@@ -606,7 +606,7 @@ public final class ShardedKvCache implements AutoCloseable {
                         dst.byteLimit());
             }
             Sequence copy = dst.manager().createSequence(sequence.promptTokens(), sequence.visualSpans(),
-                    sequence.quantConfig(), sequence.reservedNewTokens());
+                    source.quantConfigs(), sequence.reservedNewTokens());
             try {
                 if (sequence.label() != null) {
                     copy.label(sequence.label());

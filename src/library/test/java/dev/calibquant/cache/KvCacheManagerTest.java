@@ -129,6 +129,63 @@ class KvCacheManagerTest {
     }
 
     @Test
+    void layersQuantizeEachTheirOwnWayAndAreAccountedSo() {
+        Random random = seed.random();
+        HostStorage storage = new HostStorage();
+        QuantConfig wide = ONE_BIT.withParamType(DType.FP16).withWideKeyChannels(16);
+        List<QuantConfig> configs = List.of(ONE_BIT, wide);
+        List<TokenSpan> spans = List.of(new TokenSpan(3, 43));
+        try (Arena arena = Arena.ofConfined();
+                KvCacheManager cache = new KvCacheManager(GEOMETRY, DType.FP16, storage, KvCacheManager.NO_LIMIT)) {
+            Sequence s = cache.createSequence(50, spans, configs, 0);
+            assertThat(s.quantConfigs()).containsExactlyElementsOf(configs);
+            assertThatThrownBy(s::quantConfig).isInstanceOf(IllegalStateException.class)
+                    .hasMessageContaining("quantizes its layers differently");
+            assertThat(s.fillBytes(1)).isLessThan(s.fillBytes(0)); // fp16 parameters outweigh the wide channels here
+            assertThat(s.fillBytes()).isEqualTo(s.fillBytes(0));
+            Prompt prompt = Prompt.random(arena, random, DType.FP16, 50, spans);
+            prompt.fillAll(s);
+            for (int l = 0; l < 2; l++) {
+                QuantizedSpan stored = s.layer(l).visualSpans().getFirst();
+                QuantizedSpan expected = ChannelQuantizer.quantize(configs.get(l),
+                        KvSlice.ofTokens(prompt.keys[l], DType.FP16, 2, 50, 32, 3, 43),
+                        KvSlice.ofTokens(prompt.values[l], DType.FP16, 2, 50, 32, 3, 43), arena);
+                assertThat(stored.paramType()).isEqualTo(configs.get(l).paramType());
+                assertSameBytes(stored.keyCodes(), expected.keyCodes(), "key codes of layer " + l);
+                assertSameBytes(stored.keyScale(), expected.keyScale(), "key scales of layer " + l);
+                if (l == 1) {
+                    assertSameBytes(stored.wideKeys().mask(), expected.wideKeys().mask(), "mask");
+                    assertSameBytes(stored.wideKeys().lowBits(), expected.wideKeys().lowBits(), "low bits");
+                } else {
+                    assertThat(stored.wideKeys()).isNull();
+                }
+            }
+            long codes = 0;
+            long params = 0;
+            for (QuantConfig c : configs) { // 40 visual tokens, 2 KV heads, head dim 32
+                long all = ChannelQuantizer.bytesFor(c, 2, 40, 32);
+                long p = 2L * 2 * 2 * 32 * c.paramType().byteSize();
+                codes += all - p;
+                params += p;
+            }
+            assertThat(s.usage().visualCodeBytes()).isEqualTo(codes);
+            assertThat(s.usage().visualScaleBytes()).isEqualTo(params);
+            assertThat(storage.liveBytes()).isEqualTo(cache.usage().totalBytes());
+            s.close();
+
+            assertThatThrownBy(() -> cache.createSequence(50, spans, List.of(ONE_BIT), 0))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("1 layer configs for a model of 2");
+            java.util.ArrayList<QuantConfig> withNull = new java.util.ArrayList<>(java.util.Arrays.asList(ONE_BIT, null));
+            assertThatThrownBy(() -> cache.createSequence(50, spans, withNull, 0))
+                    .hasMessageContaining("need a quantization config for layer 1");
+            assertThatThrownBy(() -> cache.createSequence(50, spans, List.of(ONE_BIT, ONE_BIT.withWideKeyChannels(40)), 0))
+                    .hasMessageContaining("wideKeyChannels 40 exceeds the head dimension 32");
+            assertThat(cache.openSequences()).isZero();
+        }
+        assertThat(storage.liveBytes()).isZero();
+    }
+
+    @Test
     void accountingCountsEveryKindAgainstTheLayout() {
         Random random = seed.random();
         HostStorage storage = new HostStorage();
