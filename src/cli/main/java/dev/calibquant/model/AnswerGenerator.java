@@ -60,7 +60,18 @@ public final class AnswerGenerator {
      * none is. The answer's decode steps and time include those of the tokens fed.
      */
     public Answer answer(Prefill prefill, dev.calibquant.quant.QuantConfig quant, int[] fedFirst) {
+        return answerPerLayer(prefill, everyLayer(quant), fedFirst);
+    }
+
+    /**
+     * {@link #answer(Prefill, dev.calibquant.quant.QuantConfig, int[])} with one config per layer ({@code layerQuant}
+     * null keeps the visual span in full precision). The layers must agree on calibration: one decode attention
+     * serves them all.
+     */
+    public Answer answerPerLayer(Prefill prefill, List<dev.calibquant.quant.QuantConfig> layerQuant,
+            int[] fedFirst) {
         Objects.requireNonNull(fedFirst, "fedFirst");
+        List<dev.calibquant.quant.QuantConfig> quant = layerQuant;
         int vocab = model.config().vocabSize();
         for (int t : fedFirst) {
             if (t < 0 || t >= vocab) {
@@ -98,7 +109,8 @@ public final class AnswerGenerator {
     }
 
     /** Teacher forcing: the logits after each of {@code forced} fed as decode steps (for tests). */
-    float[][] forcedLogits(Prefill prefill, dev.calibquant.quant.QuantConfig quant, int[] forced) {
+    float[][] forcedLogits(Prefill prefill, dev.calibquant.quant.QuantConfig one, int[] forced) {
+        List<dev.calibquant.quant.QuantConfig> quant = everyLayer(one);
         DecodeAttention decode = attentionFor(quant);
         float[][] logits = new float[forced.length][];
         try (Sequence sequence = open(prefill, quant)) {
@@ -109,17 +121,27 @@ public final class AnswerGenerator {
         return logits;
     }
 
-    private DecodeAttention attentionFor(dev.calibquant.quant.QuantConfig quant) {
-        return attentions.computeIfAbsent(quant == null ? Calibration.OFF : quant.calibration(), attention::create);
+    /** {@code quant} in every layer, or null. */
+    private List<dev.calibquant.quant.QuantConfig> everyLayer(dev.calibquant.quant.QuantConfig quant) {
+        return quant == null ? null : java.util.Collections.nCopies(cache.geometry().layers(), quant);
+    }
+
+    private DecodeAttention attentionFor(List<dev.calibquant.quant.QuantConfig> quant) {
+        if (quant != null && quant.stream().map(dev.calibquant.quant.QuantConfig::calibration).distinct().count() > 1) {
+            throw new IllegalArgumentException("the layers' configs calibrate differently; one decode attention "
+                    + "serves every layer");
+        }
+        return attentions.computeIfAbsent(quant == null ? Calibration.OFF : quant.getFirst().calibration(),
+                attention::create);
     }
 
     /** A sequence of the cache holding the prompt's keys and values, visual span quantized when {@code quant} is set. */
-    Sequence open(Prefill prefill, dev.calibquant.quant.QuantConfig quant) {
+    Sequence open(Prefill prefill, List<dev.calibquant.quant.QuantConfig> quant) {
         ModelGeometry g = cache.geometry();
         DType dtype = cache.dtype();
         TokenSpan span = model.visualSpan();
         Sequence sequence = quant == null ? cache.createSequence(prefill.tokens())
-                : cache.createSequence(prefill.tokens(), List.of(span), quant);
+                : cache.createSequencePerLayer(prefill.tokens(), List.of(span), quant, 0);
         try (Arena arena = Arena.ofConfined()) {
             long elements = (long) g.kvHeads() * prefill.tokens() * g.headDim();
             MemorySegment keys = arena.allocate(elements * dtype.byteSize());
@@ -140,13 +162,15 @@ public final class AnswerGenerator {
         return sequence;
     }
 
-    private long kvBytes(int tokens, dev.calibquant.quant.QuantConfig quant) {
+    private long kvBytes(int tokens, List<dev.calibquant.quant.QuantConfig> quant) {
         ModelGeometry g = cache.geometry();
         int visual = quant == null ? 0 : model.visualSpan().length();
-        long perLayer = 2L * g.kvHeads() * g.headDim() * cache.dtype().byteSize() * (tokens - visual);
+        long bytes = 2L * g.kvHeads() * g.headDim() * cache.dtype().byteSize() * (tokens - visual) * g.layers();
         if (quant != null) {
-            perLayer += ChannelQuantizer.bytesFor(quant, g.kvHeads(), visual, g.headDim());
+            for (dev.calibquant.quant.QuantConfig layer : quant) {
+                bytes += ChannelQuantizer.bytesFor(layer, g.kvHeads(), visual, g.headDim());
+            }
         }
-        return perLayer * g.layers();
+        return bytes;
     }
 }

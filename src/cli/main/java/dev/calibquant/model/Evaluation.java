@@ -157,7 +157,7 @@ public final class Evaluation {
         prefillNanos += System.nanoTime() - started;
         List<Answer> answers = new ArrayList<>();
         for (int i = 0; i < settings.size(); i++) {
-            answers.add(generator.answer(prefill, settings.get(i).quant(), fed));
+            answers.add(generator.answerPerLayer(prefill, settings.get(i).layerQuant(model.config().layers()), fed));
         }
         boolean firstRight = exactMatch(answers.getFirst().tokens(), sample.answer());
         for (int i = 0; i < settings.size(); i++) {

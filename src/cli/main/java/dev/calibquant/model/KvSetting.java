@@ -1,20 +1,64 @@
 package dev.calibquant.model;
 
+import dev.calibquant.cache.ModelGeometry;
 import dev.calibquant.quant.ClipAnchor;
+import dev.calibquant.quant.DType;
 import dev.calibquant.quant.Granularity;
 import dev.calibquant.quant.QuantConfig;
 import java.util.List;
 
 /**
- * How a run keeps its visual keys and values: {@code quant} null keeps them in the cache's 16-bit dtype, otherwise
- * they are quantized with it at the end of prefill.
+ * How a run keeps its visual keys and values: {@code quant} and {@code layers} null keep them in the cache's 16-bit
+ * dtype; otherwise they are quantized at the end of prefill with {@code quant} in every layer, or with
+ * {@code layers.get(l)} in layer {@code l}.
  */
-public record KvSetting(String name, QuantConfig quant) {
+public record KvSetting(String name, QuantConfig quant, List<QuantConfig> layers) {
 
     public static final KvSetting FP16 = new KvSetting("fp16", null);
 
-    /** The rows of the issue's accuracy table. */
-    public static List<KvSetting> accuracyTable() {
+    public KvSetting {
+        if (quant != null && layers != null) {
+            throw new IllegalArgumentException("a setting quantizes every layer alike or each its own way, not both");
+        }
+        layers = layers == null ? null : List.copyOf(layers);
+    }
+
+    /** One config for every layer ({@code quant} null: fp16). */
+    public KvSetting(String name, QuantConfig quant) {
+        this(name, quant, null);
+    }
+
+    /** The config of each of {@code layerCount} layers, or null for fp16. */
+    public List<QuantConfig> layerQuant(int layerCount) {
+        if (layers != null) {
+            if (layers.size() != layerCount) {
+                throw new IllegalArgumentException("the setting '" + name + "' has " + layers.size()
+                        + " layer configs, the model " + layerCount + " layers");
+            }
+            return layers;
+        }
+        return quant == null ? null : java.util.Collections.nCopies(layerCount, quant);
+    }
+
+    /**
+     * 1 bit about the midpoint (0.7) with fp16 offsets and scales, uncalibrated, and key channels at 2 bits where the
+     * built-in model's attention needs them: 11/16 of each head's channels in the second-to-last layer, all of them in
+     * the last (issue 15: found by tools/model/screen_allocation.py on held-out images; ≥ 6.5× fewer KV bytes).
+     */
+    public static KvSetting lastLayersWideKeys(ModelGeometry g) {
+        QuantConfig base = QuantConfig.defaults(1).withKeyClip(0.7f).withValueClip(0.7f)
+                .withClipAnchor(ClipAnchor.MIDPOINT).withCalibrate(false).withParamType(DType.FP16);
+        java.util.ArrayList<QuantConfig> layers = new java.util.ArrayList<>();
+        for (int l = 0; l < g.layers(); l++) {
+            // 11/16 of the channels (88 of 128) keeps the setting at >= 6.5x with room for longer answers
+            int wide = l == g.layers() - 1 ? g.headDim() : l == g.layers() - 2 ? g.headDim() * 11 / 16 / 8 * 8 : 0;
+            layers.add(base.withWideKeyChannels(wide));
+        }
+        return new KvSetting("1-bit, 2-bit key channels in the last two layers", null, layers);
+    }
+
+    /** The rows of the issue's accuracy table, for a model of geometry {@code g}. */
+    public static List<KvSetting> accuracyTable(ModelGeometry g) {
         QuantConfig one = QuantConfig.defaults(1);
         return List.of(FP16,
                 new KvSetting("1-bit CalibQuant", one),
@@ -30,19 +74,35 @@ public record KvSetting(String name, QuantConfig quant) {
                 new KvSetting("2-bit keys (full range), 1-bit values about the midpoint (0.7), no calibration",
                         QuantConfig.defaults(2).withValueBits(1).withKeyClip(1f).withValueClip(0.7f)
                                 .withClipAnchor(ClipAnchor.MIDPOINT).withCalibrate(false)),
+                lastLayersWideKeys(g),
                 new KvSetting("4-bit", QuantConfig.defaults(4)));
     }
 
     /** "1-bit, keys clipped to 0.5, values to 0.3, calibrated": what the config does, in words. */
     public String describe() {
+        if (layers != null) {
+            StringBuilder b = new StringBuilder(describe(layers.getFirst()));
+            for (int l = 0; l < layers.size(); l++) {
+                int wide = layers.get(l).wideKeyChannels();
+                if (wide > 0) {
+                    b.append("; layer ").append(l).append(": ").append(wide).append(" key channels per head at 2 bits");
+                }
+            }
+            return b.toString();
+        }
         if (quant == null) {
             return "visual KV in fp16";
         }
+        return describe(quant);
+    }
+
+    private static String describe(QuantConfig quant) {
         String width = quant.valueBits() == quant.bits() ? quant.bits() + "-bit visual KV"
                 : "visual keys at " + quant.bits() + " bits and values at " + quant.valueBits();
         return width + ", keys clipped to " + quant.keyClip() + ", values to " + quant.valueClip()
                 + (quant.clipAnchor() == ClipAnchor.MIDPOINT ? " about each channel's midpoint" : "")
                 + (quant.valueGranularity() == Granularity.PER_TOKEN ? " (values per token)" : "")
+                + (quant.paramType() == DType.FP16 ? ", offsets and scales in fp16" : "")
                 + (quant.calibrate() ? ", calibrated (τ " + quant.tauMin() + ", " + quant.tauMax() + ")"
                         : ", not calibrated");
     }

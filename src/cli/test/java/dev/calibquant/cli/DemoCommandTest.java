@@ -59,7 +59,7 @@ class DemoCommandTest {
         assertThat(r.exitCode()).as(r.err()).isZero();
         assertThat(r.out()).contains("question", "truth", "fp16", "1-bit CalibQuant", "where is the purple circle ?",
                 "row 0 column 3", "exact match", "token accuracy", "bytes/sequence", "tokens/s",
-                "keys clipped to 0.5, values to 0.3, calibrated");
+                "keys clipped to 0.5, values to 0.3, calibrated", "1-bit, 2-bit key channels in the last two layers");
         assertThat(r.err()).contains("answering", "3/3");
         BufferedImage sheet = ImageIO.read(png.toFile());
         assertThat(sheet.getWidth()).isGreaterThan(3 * 256);
@@ -73,7 +73,8 @@ class DemoCommandTest {
                 "| 1-bit, no clipping (factor 1) |", "| 1-bit, per-token values |",
                 "| 1-bit, clipped about the midpoint (0.7), no calibration |", "| 2-bit CalibQuant |",
                 "| 2-bit, no calibration |", "| 2-bit keys (full range), 1-bit values about the midpoint (0.7), no calibration |",
-                "visual keys at 2 bits and values at 1",
+                "visual keys at 2 bits and values at 1", "| 1-bit, 2-bit key channels in the last two layers |",
+                "offsets and scales in fp16", "key channels per head at 2 bits",
                 "| 4-bit |", "on 2 test images");
         assertThat(r.err()).doesNotContain("answering");
     }

@@ -105,7 +105,7 @@ public final class KvCacheManager implements AutoCloseable {
      */
     public Sequence createSequence(int promptTokens, List<TokenSpan> visualSpans, QuantConfig quantConfig,
             int reservedNewTokens) {
-        return createSequence(promptTokens, visualSpans,
+        return createSequencePerLayer(promptTokens, visualSpans,
                 quantConfig == null ? null : java.util.Collections.nCopies(geometry.layers(), quantConfig),
                 reservedNewTokens);
     }
@@ -117,7 +117,7 @@ public final class KvCacheManager implements AutoCloseable {
      *
      * @throws IllegalArgumentException as above, or when {@code layerConfigs} does not hold one config per layer
      */
-    public synchronized Sequence createSequence(int promptTokens, List<TokenSpan> visualSpans,
+    public synchronized Sequence createSequencePerLayer(int promptTokens, List<TokenSpan> visualSpans,
             List<QuantConfig> layerConfigs, int reservedNewTokens) {
         checkOpen();
         if (reservedNewTokens < 0) {

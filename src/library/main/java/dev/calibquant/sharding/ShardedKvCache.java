@@ -605,7 +605,7 @@ public final class ShardedKvCache implements AutoCloseable {
                 throw new CacheMemoryLimitException("moving " + what, need, dst.usage().totalBytes(),
                         dst.byteLimit());
             }
-            Sequence copy = dst.manager().createSequence(sequence.promptTokens(), sequence.visualSpans(),
+            Sequence copy = dst.manager().createSequencePerLayer(sequence.promptTokens(), sequence.visualSpans(),
                     source.quantConfigs(), sequence.reservedNewTokens());
             try {
                 if (sequence.label() != null) {

@@ -137,7 +137,7 @@ class KvCacheManagerTest {
         List<TokenSpan> spans = List.of(new TokenSpan(3, 43));
         try (Arena arena = Arena.ofConfined();
                 KvCacheManager cache = new KvCacheManager(GEOMETRY, DType.FP16, storage, KvCacheManager.NO_LIMIT)) {
-            Sequence s = cache.createSequence(50, spans, configs, 0);
+            Sequence s = cache.createSequencePerLayer(50, spans, configs, 0);
             assertThat(s.quantConfigs()).containsExactlyElementsOf(configs);
             assertThatThrownBy(s::quantConfig).isInstanceOf(IllegalStateException.class)
                     .hasMessageContaining("quantizes its layers differently");
@@ -173,12 +173,12 @@ class KvCacheManagerTest {
             assertThat(storage.liveBytes()).isEqualTo(cache.usage().totalBytes());
             s.close();
 
-            assertThatThrownBy(() -> cache.createSequence(50, spans, List.of(ONE_BIT), 0))
+            assertThatThrownBy(() -> cache.createSequencePerLayer(50, spans, List.of(ONE_BIT), 0))
                     .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("1 layer configs for a model of 2");
             java.util.ArrayList<QuantConfig> withNull = new java.util.ArrayList<>(java.util.Arrays.asList(ONE_BIT, null));
-            assertThatThrownBy(() -> cache.createSequence(50, spans, withNull, 0))
+            assertThatThrownBy(() -> cache.createSequencePerLayer(50, spans, withNull, 0))
                     .hasMessageContaining("need a quantization config for layer 1");
-            assertThatThrownBy(() -> cache.createSequence(50, spans, List.of(ONE_BIT, ONE_BIT.withWideKeyChannels(40)), 0))
+            assertThatThrownBy(() -> cache.createSequencePerLayer(50, spans, List.of(ONE_BIT, ONE_BIT.withWideKeyChannels(40)), 0))
                     .hasMessageContaining("wideKeyChannels 40 exceeds the head dimension 32");
             assertThat(cache.openSequences()).isZero();
         }
