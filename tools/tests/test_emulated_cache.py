@@ -37,6 +37,30 @@ class EmulatedCacheAgainstJava(unittest.TestCase):
         outcomes = emu.evaluate(ROOT, 40, configs, out=lambda line: None, after_image=True)
         self.assertEqual([sum(outcomes[c]) for c in configs], [32, 23, 25])
 
+    def test_alloc_with_one_fraction_everywhere_is_kmixh(self):
+        import numpy as np
+        import emulate_quantized_cache as emu
+        x = np.random.default_rng(4).standard_normal((2, 50, 128)) * np.linspace(0.1, 3, 128)
+        a = emu.Allocation("0.4", "0", 0.7, 0.7)
+        np.testing.assert_array_equal(a.keys(x, 2), emu.q_kmix(x, 0.4, 0.7, half=True))
+        np.testing.assert_array_equal(a.values(x, 0), emu.q_mid(x, 1, 0.7, True))
+        layered = emu.Allocation("0,0,0,0,0.75,0.75,1,1", "0", 0.7, 0.7)
+        np.testing.assert_array_equal(layered.keys(x, 0), emu.q_mid(x, 1, 0.7, True))
+        np.testing.assert_array_equal(layered.keys(x, 3), emu.q_paper(x, 2, 1.0, True))
+        self.assertAlmostEqual(layered.two_bit_fraction(), 3.5 / 16)
+        for bad in ("0,0,0", "1.5", "0,0,0,0,0,0,0,-1"):
+            with self.assertRaises(SystemExit):
+                emu.Allocation(bad, "0", 0.7, 0.7)
+
+    def test_the_allocation_proxy_is_zero_for_fp16_and_falls_with_wider_keys(self):
+        import screen_allocation as screen
+        data = screen.HeldOut(ROOT, 3, after_image=False)
+        self.assertEqual(data.proxy("fp16"), (0.0, 0.0))
+        one, _ = data.proxy(screen.alloc([0] * 8, [0] * 8))
+        two, _ = data.proxy(screen.alloc([1] * 8, [0] * 8))
+        self.assertGreater(one, two)
+        self.assertGreater(two, 0)
+
     def test_an_unknown_config_is_refused(self):
         import emulate_quantized_cache as emu
         with self.assertRaises(SystemExit):
