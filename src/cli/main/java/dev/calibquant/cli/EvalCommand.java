@@ -64,7 +64,8 @@ import picocli.CommandLine.Spec;
                 + "calibration on/off it prints the relative error ||o - o_exact|| / ||o_exact|| of the attention "
                 + "output, its largest absolute error, and the bytes the layer's cache stores next to fp16. With 1 and 2 "
                 + "among the widths, also 2-bit keys (full range) with 1-bit values clipped about the midpoint (rows "
-                + "'k2 v1 mid C').",
+                + "'k2 v1 mid C'); with 1 among them, 1 bit about the midpoint with fp16 offsets and scales and 0, 1/4, "
+                + "1/2, 3/4 or all key channels of each head (the widest) at 2 bits (rows '1-bit mid C f16 wN').",
             "With --error-budget it recommends, per layer, the setting that stores the fewest bytes within it."})
 public final class EvalCommand implements Callable<Integer> {
 
@@ -327,16 +328,20 @@ public final class EvalCommand implements Callable<Integer> {
      * {@link Setting}); {@code midpointClip} 0 is the paper's clip toward zero (the width's defaults), otherwise both
      * keys and values clipped about each channel's midpoint.
      */
-    record Row(int layer, int bits, int valueBits, float midpointClip, boolean calibration, double relativeError,
-            double maxAbsError, long storedBytes, long fp16Bytes) {
+    record Row(int layer, Setting setting, boolean calibration, double relativeError, double maxAbsError,
+            long storedBytes, long fp16Bytes) {
+
+        int bits() {
+            return setting == null ? 0 : setting.bits();
+        }
 
         String cache() {
-            return bits == 0 ? "unquantized" : new Setting(bits, valueBits, midpointClip).name();
+            return setting == null ? "unquantized" : setting.name();
         }
 
         /** The quantization this row measured, or null for the unquantized cache. */
         QuantConfig config() {
-            return bits == 0 ? null : new Setting(bits, valueBits, midpointClip).config(calibration);
+            return setting == null ? null : setting.config(calibration);
         }
     }
 
@@ -392,24 +397,31 @@ public final class EvalCommand implements Callable<Integer> {
     /**
      * A quantized cache to evaluate: a code width and its clip ({@code midpointClip} 0: the width's defaults); or,
      * where {@code valueBits} differs from {@code bits}, keys over their full range at {@code bits} and values at
-     * {@code valueBits} clipped about each channel's midpoint.
+     * {@code valueBits} clipped about each channel's midpoint. {@code halfParams}: offsets and scales in fp16, with
+     * {@code wideKeys} key channels per head at 2 bits (1-bit spans about the midpoint only).
      */
-    record Setting(int bits, int valueBits, float midpointClip) {
+    record Setting(int bits, int valueBits, float midpointClip, boolean halfParams, int wideKeys) {
+        Setting(int bits, int valueBits, float midpointClip) {
+            this(bits, valueBits, midpointClip, false, 0);
+        }
+
         QuantConfig config(boolean calibrate) {
             QuantConfig c = QuantConfig.defaults(bits).withCalibrate(calibrate);
             if (valueBits != bits) {
                 return c.withValueBits(valueBits).withKeyClip(1f).withValueClip(midpointClip)
                         .withClipAnchor(ClipAnchor.MIDPOINT);
             }
-            return midpointClip == 0 ? c : c.withKeyClip(midpointClip).withValueClip(midpointClip)
+            c = midpointClip == 0 ? c : c.withKeyClip(midpointClip).withValueClip(midpointClip)
                     .withClipAnchor(ClipAnchor.MIDPOINT);
+            return halfParams ? c.withParamType(DType.FP16).withWideKeyChannels(wideKeys) : c;
         }
 
         String name() {
             if (valueBits != bits) {
                 return "k" + bits + " v" + valueBits + " mid " + midpointClip;
             }
-            return bits + "-bit" + (midpointClip == 0 ? "" : " mid " + midpointClip);
+            return bits + "-bit" + (midpointClip == 0 ? "" : " mid " + midpointClip) + (halfParams ? " f16" : "")
+                    + (wideKeys > 0 ? " w" + wideKeys : "");
         }
     }
 
@@ -434,6 +446,17 @@ public final class EvalCommand implements Callable<Integer> {
             }
         }
         ModelGeometry g = c.geometry();
+        if (bitsList.contains(1)) { // fp16 parameters, and 0, 1/4, 1/2, 3/4 or all key channels at 2 bits
+            for (float clip : midpointClips) {
+                java.util.SortedSet<Integer> wide = new java.util.TreeSet<>();
+                for (int quarter = 0; quarter <= 4; quarter++) {
+                    wide.add(g.headDim() * quarter / 4 / 8 * 8);
+                }
+                for (int w : wide) {
+                    settings.add(new Setting(1, 1, clip, true, w));
+                }
+            }
+        }
         List<Row> rows = new ArrayList<>();
         List<Sequence> sequences = new ArrayList<>();
         try (KvCacheManager cache = KvCacheManager.onHost(g, c.kvType()); Arena arena = Arena.ofConfined()) {
@@ -451,16 +474,14 @@ public final class EvalCommand implements Callable<Integer> {
                     MemorySegment query = c.queries().get(l).data();
                     float[] expected = decode(reference, exactView, query, c, arena);
                     float[] floor = decode(new CpuExactAttention(), exactView, query, c, arena);
-                    rows.add(row(l, 0, 0, 0f, false, floor, expected, storedBytes(exactView), fp16Bytes));
+                    rows.add(row(l, null, false, floor, expected, storedBytes(exactView), fp16Bytes));
                     for (int i = 0; i < settings.size(); i++) {
                         Setting setting = settings.get(i);
                         LayerKvView view = quantized.get(i).layer(l);
                         for (boolean calibrate : new boolean[] {true, false}) {
                             Calibration calibration = setting.config(calibrate).calibration();
                             float[] actual = decode(new CpuCalibQuantAttention(calibration), view, query, c, arena);
-                            rows.add(row(l, setting.bits(), setting.valueBits(), setting.midpointClip(), calibrate,
-                                    actual, expected,
-                                    storedBytes(view), fp16Bytes));
+                            rows.add(row(l, setting, calibrate, actual, expected, storedBytes(view), fp16Bytes));
                         }
                     }
                 }
@@ -497,13 +518,15 @@ public final class EvalCommand implements Callable<Integer> {
         for (QuantizedSpan s : view.visualSpans()) {
             bytes += s.keyCodes().byteSize() + s.valueCodes().byteSize() + s.keyScale().byteSize()
                     + s.keyOffset().byteSize() + s.valueScale().byteSize() + s.valueOffset().byteSize();
+            if (s.wideKeys() != null) {
+                bytes += s.wideKeys().mask().byteSize() + s.wideKeys().lowBits().byteSize();
+            }
         }
         return bytes;
     }
 
-    private static Row row(int layer, int bits, int valueBits, float midpointClip, boolean calibration,
-            float[] actual,
-            float[] expected, long storedBytes, long fp16Bytes) {
+    private static Row row(int layer, Setting setting, boolean calibration, float[] actual, float[] expected,
+            long storedBytes, long fp16Bytes) {
         double diff = 0;
         double norm = 0;
         double maxAbs = 0;
@@ -515,7 +538,7 @@ public final class EvalCommand implements Callable<Integer> {
         }
         // an output equal to an exact zero (a layer of zero values) has no error; 0/0 would report NaN
         double relative = diff == 0 ? 0 : Math.sqrt(diff / norm);
-        return new Row(layer, bits, valueBits, midpointClip, calibration, relative, maxAbs, storedBytes, fp16Bytes);
+        return new Row(layer, setting, calibration, relative, maxAbs, storedBytes, fp16Bytes);
     }
 
     private static void printTable(PrintWriter out, Capture c, List<Row> rows) {
@@ -527,10 +550,10 @@ public final class EvalCommand implements Callable<Integer> {
                         java.util.stream.Collectors.joining(", ")), visual);
         out.println("Error of one decode step against exact attention (double precision, unquantized cache).");
         out.println();
-        out.printf(Locale.ROOT, "%5s  %-14s  %-11s  %10s  %13s  %12s  %12s  %8s%n", "layer", "cache", "calibration",
+        out.printf(Locale.ROOT, "%5s  %-21s  %-11s  %10s  %13s  %12s  %12s  %8s%n", "layer", "cache", "calibration",
                 "rel. error", "max abs error", "stored bytes", "fp16 bytes", "vs fp16");
         for (Row r : rows) {
-            out.printf(Locale.ROOT, "%5d  %-14s  %-11s  %10.3e  %13.3e  %12d  %12d  %7.2fx%n", r.layer(), r.cache(),
+            out.printf(Locale.ROOT, "%5d  %-21s  %-11s  %10.3e  %13.3e  %12d  %12d  %7.2fx%n", r.layer(), r.cache(),
                     r.bits() == 0 ? "-" : r.calibration() ? "on" : "off", r.relativeError(), r.maxAbsError(),
                     r.storedBytes(), r.fp16Bytes(), (double) r.fp16Bytes() / r.storedBytes());
         }
@@ -562,12 +585,15 @@ public final class EvalCommand implements Callable<Integer> {
                 n.putNull("bits");
                 n.putNull("calibration");
             } else {
-                n.put("bits", r.bits());
-                n.put("valueBits", r.valueBits());
+                QuantConfig q = r.config();
+                n.put("bits", q.bits());
+                n.put("valueBits", q.valueBits());
                 n.put("calibration", r.calibration());
-                n.put("clipAnchor", r.midpointClip() == 0 ? "ZERO" : "MIDPOINT");
-                n.put("keyClip", r.config().keyClip());
-                n.put("valueClip", r.config().valueClip());
+                n.put("clipAnchor", q.clipAnchor().name());
+                n.put("keyClip", q.keyClip());
+                n.put("valueClip", q.valueClip());
+                n.put("paramType", q.paramType().name());
+                n.put("wideKeyChannels", q.wideKeyChannels());
             }
             n.put("relativeError", r.relativeError());
             n.put("maxAbsError", r.maxAbsError());

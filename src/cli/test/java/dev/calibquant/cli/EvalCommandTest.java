@@ -139,8 +139,13 @@ class EvalCommandTest {
         assertThat(r.exitCode()).as(r.err()).isZero();
         JsonNode results = new ObjectMapper().readTree(r.out()).get("results");
         // unquantized, 1 bit on/off, 2 bits on/off (sorted), then the same two widths clipped about the midpoint (0.7),
-        // then 2-bit keys with 1-bit values clipped about the midpoint
-        assertThat(results).hasSize(11);
+        // then 2-bit keys with 1-bit values clipped about the midpoint, then 1 bit about the midpoint with fp16
+        // parameters and no or all (8) key channels at 2 bits
+        assertThat(results).hasSize(15);
+        assertThat(results.get(11).get("cache").asText()).isEqualTo("1-bit mid 0.7 f16");
+        assertThat(results.get(13).get("cache").asText()).isEqualTo("1-bit mid 0.7 f16 w8");
+        assertThat(results.get(13).get("paramType").asText()).isEqualTo("FP16");
+        assertThat(results.get(13).get("wideKeyChannels").asInt()).isEqualTo(8);
         assertThat(results.get(5).get("cache").asText()).isEqualTo("1-bit mid 0.7");
         assertThat(results.get(5).get("clipAnchor").asText()).isEqualTo("MIDPOINT");
         assertThat(results.get(9).get("cache").asText()).isEqualTo("k2 v1 mid 0.7");
@@ -197,7 +202,8 @@ class EvalCommandTest {
         Result r = run(file.toString(), "--json");
         assertThat(r.exitCode()).as(r.err()).isZero();
         JsonNode results = new ObjectMapper().readTree(r.out()).get("results");
-        assertThat(results).hasSize(2 * (1 + 3 * 2 + 3 * 2 + 2)); // the widths also about the midpoint; k2 v1
+        // the widths also about the midpoint; k2 v1; 1 bit with fp16 parameters and 0, 8 or 16 wide key channels
+        assertThat(results).hasSize(2 * (1 + 3 * 2 + 3 * 2 + 2 + 3 * 2));
         for (JsonNode row : results) {
             if (row.get("layer").asInt() == 1) {
                 assertThat(row.get("relativeError").isNumber()).as("%s", row).isTrue();
@@ -246,7 +252,7 @@ class EvalCommandTest {
                 .contains("visual spans [5, 60), [100, 118) (73 tokens)").contains("rel. error");
         List<String> rows = r.out().lines().filter(line -> line.matches("\\s+\\d+\\s+\\S+.*x$")).toList();
         // the defaults, then every width clipped about the midpoint, then 2-bit keys with 1-bit values
-        assertThat(rows).hasSize(2 * (1 + 3 * 2 + 3 * 2 + 2));
+        assertThat(rows).hasSize(2 * (1 + 3 * 2 + 3 * 2 + 2 + 3 * 2));
         assertThat(rows.get(1)).containsPattern("^\\s+0\\s+1-bit\\s+on\\s");
         assertThat(rows.get(6)).containsPattern("^\\s+0\\s+4-bit\\s+off\\s");
         assertThat(rows.get(7)).containsPattern("^\\s+0\\s+1-bit mid 0.7\\s+on\\s");
@@ -264,8 +270,11 @@ class EvalCommandTest {
         for (JsonNode row : root.get("results")) {
             int bits = row.get("bits").isNull() ? 16 : row.get("bits").asInt();
             int valueBits = row.get("bits").isNull() ? 16 : row.get("valueBits").asInt();
+            int paramBytes = row.path("paramType").asText("FP32").equals("FP16") ? 2 : 4;
+            int wide = row.path("wideKeyChannels").asInt(0);
             long expected = bits == 16 ? 2L * 2 * 120 * 16 * 2
-                    : text + 2L * 80 * 16 * (bits + valueBits) / 8 + 4L * 2 * 16 * 4;
+                    : text + 2L * 80 * 16 * (bits + valueBits) / 8 + 4L * 2 * 16 * paramBytes
+                            + (wide > 0 ? 2L * 16 / 8 + 2L * 80 * wide / 8 : 0); // the mask and the low bits
             assertThat(row.get("storedBytes").asLong()).as("bits %d", bits).isEqualTo(expected);
             assertThat(row.get("fp16Bytes").asLong()).isEqualTo(2L * 2 * 120 * 16 * 2);
             assertThat(row.get("relativeError").asDouble()).isFinite();
