@@ -109,13 +109,16 @@ final class PackedSpanKernel {
         int[] channels = span.wideKeys().channelsOf(kvh, headDim);
         int wide = channels.length;
         int rowBytes = wide / 8;
-        float[] lw = new float[groups * wide];
+        // the main pass is done with the weights and tables: their arrays are reused
+        sc.weights = Scratch.grow(sc.weights, groups * wide);
+        float[] lw = sc.weights;
         for (int g = 0; g < groups; g++) {
             for (int i = 0; i < wide; i++) {
                 lw[g * wide + i] = q[qOff + g * headDim + channels[i]] * (sigma[channels[i]] * 0.5f);
             }
         }
-        float[] t = new float[groups * rowBytes * 256];
+        sc.tables = Scratch.grow(sc.tables, groups * rowBytes * 256);
+        float[] t = sc.tables;
         for (int g = 0; g < groups; g++) {
             buildTables(lw, g * wide, rowBytes, 1, t, g * rowBytes * 256, 1);
         }

@@ -142,20 +142,9 @@ public final class ChannelQuantizer {
             return 0;
         }
         double u = ((double) x - alpha) * levels / ((double) beta - alpha);
-        if (Math.abs(u - Math.floor(u) - 0.5) <= levels * 0x1p-45) {
-            return exactCode(x, alpha, beta, levels);
-        }
-        return (int) Math.rint(Math.min(levels, Math.max(0.0, u)));
-    }
-
-    private static int exactCode(float x, float alpha, float beta, int levels) {
-        BigDecimal a = new BigDecimal(alpha);
-        BigDecimal numerator = new BigDecimal(x).subtract(a).multiply(BigDecimal.valueOf(levels));
-        BigDecimal denominator = new BigDecimal(beta).subtract(a);
-        // float operands have at most ~300 significant digits after scaling; 400 digits keep a tie a tie
-        BigDecimal u = numerator.divide(denominator, new MathContext(400, RoundingMode.HALF_EVEN));
-        u = u.max(BigDecimal.ZERO).min(BigDecimal.valueOf(levels));
-        return u.setScale(0, RoundingMode.HALF_EVEN).intValueExact();
+        return round(u, levels, () -> new BigDecimal(x).subtract(new BigDecimal(alpha))
+                .multiply(BigDecimal.valueOf(levels)).divide(new BigDecimal(beta).subtract(new BigDecimal(alpha)),
+                        EXACT));
     }
 
     /**
@@ -167,10 +156,20 @@ public final class ChannelQuantizer {
             return 0;
         }
         double u = ((double) x - alpha) / step;
+        return round(u, levels, () -> new BigDecimal(x).subtract(new BigDecimal(alpha))
+                .divide(new BigDecimal(step), EXACT));
+    }
+
+    // float operands have at most ~300 significant digits after scaling; 400 digits keep a tie a tie
+    private static final MathContext EXACT = new MathContext(400, RoundingMode.HALF_EVEN);
+
+    /**
+     * {@code round_half_even(clamp(u, 0, levels))} for a quotient {@code u} formed in double (relative error below
+     * 2^−51); one that close to a half-integer is decided again on its exact value.
+     */
+    private static int round(double u, int levels, java.util.function.Supplier<BigDecimal> exact) {
         if (Math.abs(u - Math.floor(u) - 0.5) <= levels * 0x1p-45) {
-            BigDecimal q = new BigDecimal(x).subtract(new BigDecimal(alpha))
-                    .divide(new BigDecimal(step), new MathContext(400, RoundingMode.HALF_EVEN));
-            q = q.max(BigDecimal.ZERO).min(BigDecimal.valueOf(levels));
+            BigDecimal q = exact.get().max(BigDecimal.ZERO).min(BigDecimal.valueOf(levels));
             return q.setScale(0, RoundingMode.HALF_EVEN).intValueExact();
         }
         return (int) Math.rint(Math.min(levels, Math.max(0.0, u)));

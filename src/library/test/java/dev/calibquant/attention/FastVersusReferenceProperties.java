@@ -39,6 +39,21 @@ class FastVersusReferenceProperties {
         if (bits == 1 && keyGranularity == Granularity.PER_CHANNEL && random.nextInt(3) > 0) {
             config = config.withWideKeyChannels(8 * random.nextInt(headDim / 8 + 1));
         }
+        check(seed, random, config, groups, headDim, dtype);
+    }
+
+    /** Wide key channels and fp16 parameters on every case (the property above draws them now and then). */
+    @Property(tries = 15)
+    void wideKeyChannelsWithFp16ParametersStayWithinTheBound(@ForAll long seed, @ForAll("groups") int groups,
+            @ForAll("headDims") int headDim, @ForAll boolean calibrate, @ForAll("dtypes") DType dtype) {
+        Random random = new Random(seed);
+        QuantConfig config = QuantConfig.defaults(1).withKeyClip(0.7f).withValueClip(0.7f)
+                .withClipAnchor(dev.calibquant.quant.ClipAnchor.MIDPOINT).withCalibrate(calibrate)
+                .withParamType(DType.FP16).withWideKeyChannels(8 * (1 + random.nextInt(headDim / 8)));
+        check(seed, random, config, groups, headDim, dtype);
+    }
+
+    private static void check(long seed, Random random, QuantConfig config, int groups, int headDim, DType dtype) {
         Calibration calibration = config.calibration();
         int sequences = 1 + random.nextInt(3);
         int kvHeads = 1 + random.nextInt(2);
