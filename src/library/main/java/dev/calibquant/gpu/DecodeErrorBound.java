@@ -56,14 +56,19 @@ public final class DecodeErrorBound {
             }
         }
         for (QuantizedSpan s : view.visualSpans()) {
-            int levels = (1 << s.bits()) - 1;
-            for (int i = 0; i < s.kvHeads() * d; i++) {
-                float sk = s.keyScale().getAtIndex(ValueLayout.JAVA_FLOAT, i);
-                float ak = s.keyOffset().getAtIndex(ValueLayout.JAVA_FLOAT, i);
-                float sv = s.valueScale().getAtIndex(ValueLayout.JAVA_FLOAT, i);
-                float av = s.valueOffset().getAtIndex(ValueLayout.JAVA_FLOAT, i);
-                kmax = Math.max(kmax, Math.max(Math.abs(ak), Math.abs(ak + levels * sk)));
-                vmax = Math.max(vmax, Math.max(Math.abs(av), Math.abs(av + levels * sv)));
+            // a wide key channel tops out at α + 1.5σ (its stored scale weighs the high bit); values have their width
+            double keyTop = s.wideKeys() != null ? Math.max(1.5, (1 << s.bits()) - 1) : (1 << s.bits()) - 1;
+            int valueTop = (1 << s.valueBits()) - 1;
+            int size = s.paramType().byteSize(); // per channel or per token: every stored (σ, α) pair counts
+            for (long i = 0; i < s.keyScale().byteSize() / size; i++) {
+                float sk = s.param(s.keyScale(), i);
+                float ak = s.param(s.keyOffset(), i);
+                kmax = Math.max(kmax, Math.max(Math.abs(ak), Math.abs(ak + keyTop * sk)));
+            }
+            for (long i = 0; i < s.valueScale().byteSize() / size; i++) {
+                float sv = s.param(s.valueScale(), i);
+                float av = s.param(s.valueOffset(), i);
+                vmax = Math.max(vmax, Math.max(Math.abs(av), Math.abs(av + valueTop * sv)));
             }
         }
         return new double[] {kmax, vmax};

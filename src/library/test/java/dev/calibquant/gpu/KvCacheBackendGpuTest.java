@@ -45,7 +45,10 @@ class KvCacheBackendGpuTest {
         for (QuantConfig config : List.of(QuantConfig.defaults(1),
                 QuantConfig.defaults(1).withValueGranularity(Granularity.PER_TOKEN),
                 QuantConfig.defaults(1).withKeyClip(0.7f).withValueClip(0.7f)
-                        .withClipAnchor(ClipAnchor.MIDPOINT).withCalibrate(false))) {
+                        .withClipAnchor(ClipAnchor.MIDPOINT).withCalibrate(false),
+                // fp16 parameters and wide key channels (quantized and decoded on the CPU, from a download)
+                QuantConfig.defaults(1).withKeyClip(0.7f).withValueClip(0.7f).withClipAnchor(ClipAnchor.MIDPOINT)
+                        .withCalibrate(false).withParamType(DType.FP16).withWideKeyChannels(88))) {
             try (KvCacheBackend backend = KvCacheBackend.choose(true, g, 64L << 20); Arena arena = Arena.ofConfined()) {
                 assertThat(backend.onGpu()).as(backend.cpuReason()).isTrue();
                 KvCacheManager cache = backend.manager();
