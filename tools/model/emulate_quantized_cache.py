@@ -17,7 +17,9 @@ at prefill by the attention of the text after the image: keys by KL, values by o
 rot:CK:CV:cal|nocal (keys rotated per head by a fixed random orthogonal matrix before 1-bit midpoint quantization) |
 tokscale:CK:CV:cal|nocal (1-bit midpoint keys with a least-squares fp16 factor per token; CK cancels out) |
 kmixq:FRAC:CK:CV:cal|nocal (kmixh, the 2-bit key channels picked by the prompt's text queries, q_c^2 times range^2) |
-alloc:KF:VF:CK:CV:cal|nocal (per layer and KV head, the fraction of key and value channels at 2 bits; see Allocation)
+alloc:KF:VF:CK:CV:cal|nocal (per layer and KV head, the fraction of key and value channels at 2 bits; see Allocation) |
+allocz:KF:KZ:CK:CV:cal|nocal (alloc, values all 1 bit, and per unit the fraction KZ of narrowest key channels dropped:
+stored as their fp16 midpoint only)
 (first written in ../shared/tools; moved here with kmix, kmixh and the paired differences, 2026-12-07)"""
 import os
 import sys
@@ -45,6 +47,7 @@ def q_paper(X, bits, c, half=False):  # X [H, N, D]; the paper: range scaled tow
     return a + s * code
 def h(x):
     return x.astype(np.float16).astype(x.dtype)
+h_ = h
 def q_mid(X, bits, c, half=False):  # range scaled about the channel's midpoint
     L = 2 ** bits - 1; lo = X.min(1, keepdims=True); hi = X.max(1, keepdims=True); m = (lo + hi) / 2; r = (hi - lo) / 2
     a = m - c * r; s = 2 * c * r / L
@@ -95,6 +98,8 @@ def make(cfg):
         return (lambda X: q_token_scaled(X, ck)), (lambda X: q_mid(X, 1, cv, True)), cal
     if p[0] == "alloc":  # per (layer, KV head): the fraction of key / value channels at 2 bits (see Allocation)
         return Allocation(p[1], p[2], float(p[3]), float(p[4])), None, cal
+    if p[0] == "allocz":  # alloc with, per unit, a fraction KZ of the narrowest key channels dropped (see Allocation)
+        return Allocation(p[1], "0", float(p[3]), float(p[4]), zero=p[2]), None, cal
     if p[0] == "kmixq":  # kmixh, the 2-bit key channels picked by the prompt's text queries (see pick_key_channels)
         return ("kmixq", float(p[1]), float(p[2]), float(p[3])), None, cal
     if p[0] == "auto":  # 1 bit about the midpoint; per KV head, key and value clips picked at prefill (see pick_clips)
@@ -161,9 +166,9 @@ class Allocation:
     (layer, KV head), layer-major (a single number: every unit); the others 1 bit about the midpoint (CK, CV). Offsets
     and scales fp16. KV bytes: each 2-bit channel adds one bit per token."""
 
-    def __init__(self, kf, vf, ck, cv):
+    def __init__(self, kf, vf, ck, cv, zero="0"):
         units = C["layers"] * C["kv_heads"]
-        self.kf, self.vf = (self._parse(x, units) for x in (kf, vf)); self.ck, self.cv = ck, cv
+        self.kf, self.vf, self.kz = (self._parse(x, units) for x in (kf, vf, zero)); self.ck, self.cv = ck, cv
 
     @staticmethod
     def _parse(text, units):
@@ -177,7 +182,14 @@ class Allocation:
         h = C["kv_heads"]; return xs[layer * h:(layer + 1) * h]
 
     def keys(self, X, layer):
-        return q_mixed(X, self._of(self.kf, layer), self.ck, True)
+        out = q_mixed(X, self._of(self.kf, layer), self.ck, True)
+        for h, z in enumerate(self._of(self.kz, layer)):  # dropped: the narrowest channels, rebuilt as their midpoint
+            k = int(round(z * X.shape[2]))
+            if k > 0:
+                rng = X[h].max(0) - X[h].min(0)
+                idx = np.argsort(rng)[:k]
+                out[h][:, idx] = h_(((X[h].max(0) + X[h].min(0)) / 2)[idx])[None, :]
+        return out
 
     def values(self, X, layer):
         return q_mixed(X, self._of(self.vf, layer), self.cv, True)
