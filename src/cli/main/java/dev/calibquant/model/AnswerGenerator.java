@@ -64,14 +64,12 @@ public final class AnswerGenerator {
     }
 
     /**
-     * {@link #answer(Prefill, dev.calibquant.quant.QuantConfig, int[])} with one config per layer ({@code layerQuant}
+     * {@link #answer(Prefill, dev.calibquant.quant.QuantConfig, int[])} with one config per layer ({@code quant}
      * null keeps the visual span in full precision). The layers must agree on calibration: one decode attention
      * serves them all.
      */
-    public Answer answerPerLayer(Prefill prefill, List<dev.calibquant.quant.QuantConfig> layerQuant,
-            int[] fedFirst) {
+    public Answer answerPerLayer(Prefill prefill, List<dev.calibquant.quant.QuantConfig> quant, int[] fedFirst) {
         Objects.requireNonNull(fedFirst, "fedFirst");
-        List<dev.calibquant.quant.QuantConfig> quant = layerQuant;
         int vocab = model.config().vocabSize();
         for (int t : fedFirst) {
             if (t < 0 || t >= vocab) {
@@ -86,20 +84,21 @@ public final class AnswerGenerator {
         try (Sequence sequence = open(prefill, quant)) {
             int position = prefill.tokens();
             int next = Ops.argmax(prefill.lastLogits());
-            for (int fed : fedFirst) {
-                long started = System.nanoTime();
-                next = Ops.argmax(model.step(fed, position++, sequence, cache.dtype(), decode));
-                nanos += System.nanoTime() - started;
-                steps++;
-            }
+            int fed = 0;
             while (true) {
-                tokens[count++] = next;
-                if (next == Vocabulary.EOS || count == maxTokens) {
-                    break;
+                int input;
+                if (fed < fedFirst.length) { // the tokens to feed first, then the answer's own
+                    input = fedFirst[fed++];
+                } else {
+                    tokens[count++] = next;
+                    if (next == Vocabulary.EOS || count == maxTokens) {
+                        break;
+                    }
+                    input = next;
                 }
                 // the steps alone: filling and quantizing the cache (open) is the end of prefill, not decoding
                 long started = System.nanoTime();
-                next = Ops.argmax(model.step(next, position++, sequence, cache.dtype(), decode));
+                next = Ops.argmax(model.step(input, position++, sequence, cache.dtype(), decode));
                 nanos += System.nanoTime() - started;
                 steps++;
             }

@@ -45,13 +45,7 @@ final class DecodeInputs {
 
     private static boolean shared(LayerKvView view) {
         for (QuantizedSpan s : view.visualSpans()) {
-            List<MemorySegment> parts = new java.util.ArrayList<>(List.of(s.keyCodes(), s.valueCodes(), s.keyScale(),
-                    s.keyOffset(), s.valueScale(), s.valueOffset()));
-            if (s.wideKeys() != null) {
-                parts.add(s.wideKeys().mask());
-                parts.add(s.wideKeys().lowBits());
-            }
-            for (MemorySegment m : parts) {
+            for (MemorySegment m : s.segments()) {
                 if (!m.isAccessibleBy(OTHER_THREAD)) {
                     return false;
                 }

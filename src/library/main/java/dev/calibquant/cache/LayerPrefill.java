@@ -71,9 +71,8 @@ public record LayerPrefill(MemorySegment keys, MemorySegment values, DType dtype
         long params = ChannelQuantizer.paramCount(keys ? config.keyGranularity() : config.valueGranularity(), kvHeads,
                 tokens, headDim);
         long codes = (long) kvHeads * tokens * headDim * (keys ? config.bits() : config.valueBits()) / 8;
-        boolean wide = keys && config.wideKeyChannels() > 0;
-        long mask = wide ? (long) kvHeads * (headDim / 8) : 0;
-        long low = wide ? (long) kvHeads * tokens * (config.wideKeyChannels() / 8) : 0;
+        long mask = keys ? ChannelQuantizer.wideMaskBytes(config, kvHeads, headDim) : 0;
+        long low = keys ? ChannelQuantizer.wideLowBitBytes(config, kvHeads, tokens) : 0;
         return new SpanPart(config.paramType().byteSize() * params, codes, mask, low);
     }
 

@@ -57,7 +57,7 @@ public final class DecodeErrorBound {
         }
         for (QuantizedSpan s : view.visualSpans()) {
             // a wide key channel tops out at α + 1.5σ (its stored scale weighs the high bit); values have their width
-            double keyTop = s.wideKeys() != null ? Math.max(1.5, (1 << s.bits()) - 1) : (1 << s.bits()) - 1;
+            double keyTop = s.wideKeys() != null ? 1.5 : (1 << s.bits()) - 1; // wide keys are 1-bit keys
             int valueTop = (1 << s.valueBits()) - 1;
             int size = s.paramType().byteSize(); // per channel or per token: every stored (σ, α) pair counts
             for (long i = 0; i < s.keyScale().byteSize() / size; i++) {

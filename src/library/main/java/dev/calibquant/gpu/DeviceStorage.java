@@ -650,22 +650,15 @@ final class DeviceStorage implements KvStorage {
         parts.add(view.fullKeys());
         parts.add(view.fullValues());
         for (QuantizedSpan q : view.visualSpans()) {
-            parts.addAll(List.of(q.keyCodes(), q.valueCodes(), q.keyScale(), q.keyOffset(), q.valueScale(),
-                    q.valueOffset()));
-            if (q.wideKeys() != null) {
-                parts.addAll(List.of(q.wideKeys().mask(), q.wideKeys().lowBits()));
-            }
+            parts.addAll(q.segments());
         }
         MemorySegment[] host = download(parts, arena);
         List<QuantizedSpan> spans = new ArrayList<>();
         int p = 2;
         for (QuantizedSpan q : view.visualSpans()) {
-            QuantizedSpan.WideKeys wide = q.wideKeys() == null ? null
-                    : new QuantizedSpan.WideKeys(q.wideKeys().channels(), host[p + 6], host[p + 7]);
-            spans.add(new QuantizedSpan(q.tokens(), q.kvHeads(), q.headDim(), q.bits(), q.keyGranularity(),
-                    q.valueGranularity(), host[p], host[p + 1], host[p + 2], host[p + 3], host[p + 4], host[p + 5],
-                    q.valueBits(), q.paramType(), wide));
-            p += wide == null ? 6 : 8;
+            int n = q.segments().size();
+            spans.add(q.withSegments(q.kvHeads(), List.of(host).subList(p, p + n)));
+            p += n;
         }
         return new DownloadedLayer(view.kvHeads(), view.headDim(), view.dtype(), view.fullTokens(), view.fullCapacity(),
                 host[0], host[1], spans);

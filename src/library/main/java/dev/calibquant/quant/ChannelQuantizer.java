@@ -56,12 +56,18 @@ public final class ChannelQuantizer {
 
     /** Bytes of the wide-channel mask and low-bit plane of a span's keys; 0 without wide key channels. */
     public static long wideBytes(QuantConfig config, int kvHeads, int tokens, int headDim) {
-        int wide = config.wideKeyChannels();
-        if (wide == 0) {
-            return 0;
-        }
         config.requireFits(headDim);
-        return (long) kvHeads * (headDim / 8) + Math.multiplyExact((long) kvHeads * tokens, wide / 8);
+        return wideMaskBytes(config, kvHeads, headDim) + wideLowBitBytes(config, kvHeads, tokens);
+    }
+
+    /** Bytes of the wide-channel mask, {@code [kvHeads][headDim / 8]}; 0 without wide key channels. */
+    public static long wideMaskBytes(QuantConfig config, int kvHeads, int headDim) {
+        return config.wideKeyChannels() == 0 ? 0 : (long) kvHeads * (headDim / 8);
+    }
+
+    /** Bytes of the wide channels' low bits, {@code [kvHeads][tokens][channels / 8]}; 0 without wide key channels. */
+    public static long wideLowBitBytes(QuantConfig config, int kvHeads, int tokens) {
+        return Math.multiplyExact((long) kvHeads * tokens, config.wideKeyChannels() / 8);
     }
 
     /** Number of scales (= number of offsets) of one tensor: {@code kvHeads × headDim}, or {@code × tokens}. */
@@ -112,9 +118,9 @@ public final class ChannelQuantizer {
         at += valueCodeBytes;
         QuantizedSpan.WideKeys wide = null;
         if (config.wideKeyChannels() > 0) {
-            long maskBytes = (long) kvHeads * (headDim / 8);
+            long maskBytes = wideMaskBytes(config, kvHeads, headDim);
             MemorySegment mask = block.asSlice(at, maskBytes);
-            MemorySegment low = block.asSlice(at + maskBytes, (long) kvHeads * tokens * (config.wideKeyChannels() / 8));
+            MemorySegment low = block.asSlice(at + maskBytes, wideLowBitBytes(config, kvHeads, tokens));
             keyStats.writeMask(mask);
             wide = new QuantizedSpan.WideKeys(config.wideKeyChannels(), mask, low);
         }

@@ -98,9 +98,29 @@ public record QuantizedSpan(
                 keyOffset, valueScale, valueOffset, bits);
     }
 
-    /** Whether the span stores what only the CPU path reads: fp16 parameters or wide key channels. */
-    public boolean hasCpuOnlyFormat() {
-        return paramType != DType.FP32 || wideKeys != null;
+    /**
+     * Every segment of the span, in one fixed order: key codes, value codes, key scale, key offset, value scale, value
+     * offset, then the wide-key mask and low bits when there are wide key channels. Each is laid out
+     * {@code [kvHeads][...]}; {@link #withSegments} takes them back in this order.
+     */
+    public java.util.List<MemorySegment> segments() {
+        return wideKeys == null ? java.util.List.of(keyCodes, valueCodes, keyScale, keyOffset, valueScale, valueOffset)
+                : java.util.List.of(keyCodes, valueCodes, keyScale, keyOffset, valueScale, valueOffset,
+                        wideKeys.mask(), wideKeys.lowBits());
+    }
+
+    /**
+     * The same span over {@code kvHeads} heads held in {@code segments} (the order of {@link #segments}): a slice of
+     * its heads, a copy elsewhere, several spans' heads side by side.
+     */
+    public QuantizedSpan withSegments(int kvHeads, java.util.List<MemorySegment> segments) {
+        if (segments.size() != segments().size()) {
+            throw new IllegalArgumentException(segments.size() + " segments for a span of " + segments().size());
+        }
+        WideKeys wide = wideKeys == null ? null : new WideKeys(wideKeys.channels(), segments.get(6), segments.get(7));
+        return new QuantizedSpan(tokens, kvHeads, headDim, bits, keyGranularity, valueGranularity, segments.get(0),
+                segments.get(1), segments.get(2), segments.get(3), segments.get(4), segments.get(5), valueBits,
+                paramType, wide);
     }
 
     /** Scale or offset {@code index} of one of this span's parameter segments, as fp32. */

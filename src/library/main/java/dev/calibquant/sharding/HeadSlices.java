@@ -31,13 +31,7 @@ final class HeadSlices {
         int all = view.kvHeads();
         List<QuantizedSpan> spans = new ArrayList<>();
         for (QuantizedSpan q : view.visualSpans()) {
-            spans.add(new QuantizedSpan(q.tokens(), heads, q.headDim(), q.bits(), q.keyGranularity(),
-                    q.valueGranularity(), part(q.keyCodes(), all, first, heads), part(q.valueCodes(), all, first, heads),
-                    part(q.keyScale(), all, first, heads), part(q.keyOffset(), all, first, heads),
-                    part(q.valueScale(), all, first, heads), part(q.valueOffset(), all, first, heads), q.valueBits(),
-                    q.paramType(), q.wideKeys() == null ? null : new QuantizedSpan.WideKeys(q.wideKeys().channels(),
-                            part(q.wideKeys().mask(), all, first, heads),
-                            part(q.wideKeys().lowBits(), all, first, heads))));
+            spans.add(q.withSegments(heads, q.segments().stream().map(m -> part(m, all, first, heads)).toList()));
         }
         return new HostLayer(heads, view.headDim(), view.dtype(), view.fullTokens(), view.fullCapacity(),
                 part(view.fullKeys(), all, first, heads), part(view.fullValues(), all, first, heads), spans);
@@ -78,14 +72,12 @@ final class HeadSlices {
         for (int i = 0; i < first.visualSpans().size(); i++) {
             int s = i;
             QuantizedSpan q = first.visualSpans().get(i);
-            spans.add(new QuantizedSpan(q.tokens(), heads, q.headDim(), q.bits(), q.keyGranularity(),
-                    q.valueGranularity(), concat(parts, s, QuantizedSpan::keyCodes, arena),
-                    concat(parts, s, QuantizedSpan::valueCodes, arena), concat(parts, s, QuantizedSpan::keyScale, arena),
-                    concat(parts, s, QuantizedSpan::keyOffset, arena), concat(parts, s, QuantizedSpan::valueScale, arena),
-                    concat(parts, s, QuantizedSpan::valueOffset, arena), q.valueBits(), q.paramType(),
-                    q.wideKeys() == null ? null : new QuantizedSpan.WideKeys(q.wideKeys().channels(),
-                            concat(parts, s, x -> x.wideKeys().mask(), arena),
-                            concat(parts, s, x -> x.wideKeys().lowBits(), arena))));
+            List<MemorySegment> merged = new ArrayList<>();
+            for (int m = 0; m < q.segments().size(); m++) {
+                int segment = m;
+                merged.add(concat(parts, s, x -> x.segments().get(segment), arena));
+            }
+            spans.add(q.withSegments(heads, merged));
         }
         return new HostLayer(heads, first.headDim(), first.dtype(), first.fullTokens(), capacity, keys, values, spans);
     }

@@ -400,8 +400,7 @@ public final class ShardedKvCache implements AutoCloseable {
     private static boolean readableByShardThreads(LayerKvView view) {
         List<MemorySegment> all = new ArrayList<>(List.of(view.fullKeys(), view.fullValues()));
         for (QuantizedSpan q : view.visualSpans()) {
-            all.addAll(List.of(q.keyCodes(), q.valueCodes(), q.keyScale(), q.keyOffset(), q.valueScale(),
-                    q.valueOffset()));
+            all.addAll(q.segments());
         }
         return Inputs.readableByShardThreads(all.toArray(MemorySegment[]::new));
     }

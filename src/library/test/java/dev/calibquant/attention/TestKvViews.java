@@ -53,21 +53,9 @@ public final class TestKvViews {
     public static TestKvView singleHead(TestKvView view, int kvh) {
         long rowBytes = (long) view.fullCapacity() * view.headDim() * view.dtype().byteSize();
         List<QuantizedSpan> spans = new ArrayList<>();
-        for (QuantizedSpan s : view.visualSpans()) {
-            long codes = (long) s.tokens() * s.bytesPerTokenRow();
-            long valueCodes = (long) s.tokens() * s.valueBytesPerTokenRow();
-            long keyParams = s.keyScale().byteSize() / s.kvHeads();
-            long valueParams = s.valueScale().byteSize() / s.kvHeads();
-            spans.add(new QuantizedSpan(s.tokens(), 1, s.headDim(), s.bits(), s.keyGranularity(),
-                    s.valueGranularity(), s.keyCodes().asSlice(kvh * codes, codes),
-                    s.valueCodes().asSlice(kvh * valueCodes, valueCodes), s.keyScale().asSlice(kvh * keyParams, keyParams),
-                    s.keyOffset().asSlice(kvh * keyParams, keyParams),
-                    s.valueScale().asSlice(kvh * valueParams, valueParams),
-                    s.valueOffset().asSlice(kvh * valueParams, valueParams), s.valueBits(), s.paramType(),
-                    s.wideKeys() == null ? null : new QuantizedSpan.WideKeys(s.wideKeys().channels(),
-                            s.wideKeys().mask().asSlice(kvh * (s.headDim() / 8), s.headDim() / 8),
-                            s.wideKeys().lowBits().asSlice((long) kvh * s.tokens() * (s.wideKeys().channels() / 8),
-                                    (long) s.tokens() * (s.wideKeys().channels() / 8)))));
+        for (QuantizedSpan s : view.visualSpans()) { // every segment is [kvHeads][...]
+            spans.add(s.withSegments(1, s.segments().stream()
+                    .map(m -> m.asSlice(kvh * (m.byteSize() / s.kvHeads()), m.byteSize() / s.kvHeads())).toList()));
         }
         return new TestKvView(1, view.headDim(), view.dtype(), view.fullTokens(), view.fullCapacity(),
                 view.fullKeys().asSlice(kvh * rowBytes, rowBytes), view.fullValues().asSlice(kvh * rowBytes, rowBytes),
